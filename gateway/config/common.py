@@ -1,0 +1,93 @@
+"""Building blocks shared by every config section and by the drivers' own config models."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``100ms``, ``1s``, ``1.5s``, ``5m``, ``1h`` or a bare number of seconds -> seconds (float)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 100ms, 1s, 5m")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if not m:
+            raise ValueError(f"{value!r} is not a duration; use a number with ms, s, m or h, e.g. 100ms, 1s, 5m")
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    else:
+        raise ValueError("expected a duration such as 100ms, 1s, 5m")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m|h)?$"},
+                {"type": "number", "minimum": 0},
+            ],
+            "description": "Duration: 100ms, 1s, 5m, 1h, or a number of seconds",
+        }
+    ),
+]
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors, so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+Name = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$",
+        description="Letters, digits, '_', '-', '.'; used in MQTT topics and URLs",
+    ),
+]
+
+Aggregate = Literal["min", "max", "mean", "count"]
+
+
+class TagBase(StrictModel):
+    """Fields every tag has, whatever the driver. Drivers subclass it and add their addressing."""
+
+    name: Name
+    description: str | None = None
+    unit: str | None = Field(None, description="Engineering unit, shown on the status API (e.g. bar, degC)")
+    scale: float = Field(1.0, description="value = raw * scale + offset")
+    offset: float = 0.0
+    deadband: float = Field(
+        0.0, ge=0, description="Absolute deadband: publish only when the value moved more than this (0: any change)"
+    )
+    heartbeat: Duration | None = Field(
+        None, description="Publish at least this often even without change (default: mqtt.heartbeat)"
+    )
+    aggregate: list[Aggregate] = Field(
+        default_factory=list, description="Window aggregates sent with each publish: min, max, mean, count"
+    )
+    mode: Literal["rbe", "raw"] = Field(
+        "rbe", description="rbe: report by exception (last value); raw: every sample of the window as arrays"
+    )
+
+
+class SourceBase(StrictModel):
+    """Fields every source has. Drivers subclass it and add ``driver: Literal[...]`` and their connection."""
+
+    poll: Duration = Field(1.0, gt=0, description="Poll interval")
+    timeout: Duration = Field(2.0, gt=0, description="Timeout of one connect or read")
+    retry_max: Duration = Field(30.0, gt=0, description="Longest wait between reconnect attempts (backoff cap)")

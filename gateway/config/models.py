@@ -1,0 +1,169 @@
+"""The pydantic models of the gateway's YAML config.
+
+The ``assets[].source`` / ``assets[].tags`` part depends on the driver: each driver contributes its own
+``SourceConfig`` and ``TagConfig`` models (see :mod:`gateway.driver`), and :func:`config_model` builds the
+asset union from the driver registry, discriminated on ``source.driver``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from gateway.config.common import Duration, Name, StrictModel
+from gateway.driver import registry
+
+
+class GatewaySection(StrictModel):
+    id: Name = Field(description="This gateway's id; used in its status topic and as the MQTT client id")
+    namespace: str = Field(
+        description="Unified-Namespace topic prefix, e.g. acme/plant-a/press-shop/line1 (enterprise/site/area/line)",
+        min_length=1,
+    )
+    state_dir: str = Field("state", description="Directory for the gateway's own state (spool, certificates)")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("namespace")
+    @classmethod
+    def _topic_safe(cls, v: str) -> str:
+        if any(c in v for c in "+#\x00") or v.startswith("/") or v.endswith("/") or "//" in v:
+            raise ValueError("namespace must be topic levels separated by '/', without '+', '#', or empty levels")
+        return v
+
+
+class TlsSection(StrictModel):
+    ca_file: str | None = Field(None, description="CA bundle to verify the broker (default: system CAs)")
+    cert_file: str | None = Field(None, description="Client certificate (PEM) for mutual TLS")
+    key_file: str | None = Field(None, description="Client private key (PEM)")
+    insecure_skip_verify: bool = Field(
+        False, description="Do not verify the broker's certificate. Never in production."
+    )
+
+
+class MqttSection(StrictModel):
+    host: str = Field(min_length=1)
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str | None = Field(None, description="Default: the gateway id")
+    username: str | None = None
+    password: SecretStr | None = None
+    keepalive: Duration = Field(30.0, ge=5)
+    tls: TlsSection | None = Field(None, description="Enable TLS (certificates are verified)")
+    publish_interval: Duration = Field(1.0, gt=0, description="How often each asset's data message is sent")
+    heartbeat: Duration = Field(60.0, gt=0, description="Every tag is sent at least this often, changed or not")
+    qos: Literal[0, 1] = 1
+    reconnect_max: Duration = Field(30.0, gt=0, description="Cap of the reconnect backoff")
+    max_queued: int = Field(10000, ge=1, description="Messages held in memory while the broker is unreachable")
+
+    @field_validator("username", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _empty_password_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+
+class ApiSection(StrictModel):
+    listen: str = Field("127.0.0.1:8080", description="host:port of the status API")
+    enabled: bool = True
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not (0 <= int(port) <= 65535):
+            raise ValueError("expected host:port, e.g. 127.0.0.1:8080 or 0.0.0.0:8080")
+        return v
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class BufferSection(StrictModel):
+    seconds: Duration = Field(600.0, gt=0, description="History kept in RAM per tag (ring buffer), in seconds")
+
+
+class AssetBase(StrictModel):
+    id: Name
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _unique_tag_names(self) -> "AssetBase":
+        seen: set[str] = set()
+        for tag in getattr(self, "tags", []):
+            if tag.name in seen:
+                raise ValueError(f"duplicate tag name {tag.name!r} in asset {self.id!r}")
+            seen.add(tag.name)
+        return self
+
+
+def _driver_of(value: Any) -> str | None:
+    if isinstance(value, dict):
+        source = value.get("source")
+        return source.get("driver") if isinstance(source, dict) else None
+    return getattr(getattr(value, "source", None), "driver", None)
+
+
+@functools.cache
+def asset_models() -> dict[str, type[AssetBase]]:
+    """Driver name -> asset model with that driver's source and tag models."""
+    models: dict[str, type[AssetBase]] = {}
+    for name, drv in registry().items():
+        models[name] = create_model(
+            f"Asset_{name}",
+            __base__=AssetBase,
+            source=(drv.SourceConfig, Field(description=f"Connection of a {name} device")),
+            tags=(list[drv.TagConfig], Field(min_length=1)),
+        )
+    return models
+
+
+@functools.cache
+def config_model() -> type[StrictModel]:
+    """The root model, ``GatewayConfig``, built once from the installed drivers."""
+    models = asset_models()
+    names = ", ".join(models)
+    asset_union = Annotated[
+        Union[tuple(Annotated[m, Tag(n)] for n, m in models.items())],  # type: ignore[misc]
+        Discriminator(
+            _driver_of,
+            custom_error_type="unknown_driver",
+            custom_error_message=f"source.driver must be one of: {names}",
+            custom_error_context={"drivers": names},
+        ),
+    ]
+
+    class GatewayConfig(StrictModel):
+        gateway: GatewaySection
+        mqtt: MqttSection
+        api: ApiSection = Field(default_factory=ApiSection)
+        buffer: BufferSection = Field(default_factory=BufferSection)
+        assets: list[asset_union] = Field(min_length=1)  # type: ignore[valid-type]
+
+        @model_validator(mode="after")
+        def _unique_asset_ids(self) -> "GatewayConfig":
+            seen: set[str] = set()
+            for asset in self.assets:
+                if asset.id in seen:
+                    raise ValueError(f"duplicate asset id {asset.id!r}")
+                seen.add(asset.id)
+            return self
+
+    return GatewayConfig

@@ -1,0 +1,68 @@
+"""The driver contract and the driver registry.
+
+A driver speaks one protocol to one device (one configured ``source``). The engine creates it,
+then calls, always from the one asyncio task that owns the source (never concurrently):
+
+- ``await connect()`` — open the connection; raise :class:`DeviceUnavailable` if the device cannot be
+  reached. The engine retries with capped exponential backoff.
+- ``await read() -> Batch`` — one poll of every tag in the plan. Raise :class:`DeviceUnavailable` when
+  the connection is lost (the engine closes, marks the asset disconnected and reconnects); mark single
+  tags bad in the batch when only they failed (e.g. a Modbus exception on one read request).
+- ``await write(tag, value)`` — reserved for write-back (issue 3); may raise ``NotImplementedError``.
+- ``await close()`` — release the connection; must not raise.
+
+Timeouts wrap every call from outside (``source.timeout``); drivers do not sleep, retry or log and swallow
+errors on their own.
+
+Each driver class declares ``name`` (the ``driver:`` key in YAML), ``SourceConfig`` (pydantic model of
+its ``source:`` block; a ``driver: Literal[name]`` field is required) and ``TagConfig`` (pydantic model of
+one tag, subclassing :class:`gateway.config.common.TagBase`). Drivers are found through the entry-point
+group ``iiot_gateway.drivers``; the gateway never imports a particular driver.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+from gateway.batch import Batch
+
+ENTRY_POINT_GROUP = "iiot_gateway.drivers"
+
+
+class DeviceUnavailable(Exception):
+    """The device cannot be reached or the connection broke; the engine reconnects with backoff."""
+
+
+class WriteError(Exception):
+    """A write was refused or failed (message says why)."""
+
+
+@runtime_checkable
+class Driver(Protocol):
+    name: ClassVar[str]
+    SourceConfig: ClassVar[type[BaseModel]]
+    TagConfig: ClassVar[type[BaseModel]]
+
+    def __init__(self, source: Any, tags: list[Any]) -> None: ...
+
+    async def connect(self) -> None: ...
+
+    async def read(self) -> Batch: ...
+
+    async def write(self, tag: str, value: Any) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@functools.cache
+def registry() -> dict[str, type[Driver]]:
+    """Driver name -> driver class, from the ``iiot_gateway.drivers`` entry points (loaded once)."""
+    found: dict[str, type[Driver]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        cls = ep.load()
+        found[ep.name] = cls
+    return dict(sorted(found.items()))
