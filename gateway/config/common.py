@@ -50,12 +50,15 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
+NAME_RULE = "use letters, digits, '_', '-' and '.' only (no spaces), not starting with '-' or '.'"
+
 Name = Annotated[
     str,
     Field(
         min_length=1,
         max_length=64,
-        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$",
+        pattern=NAME_PATTERN,
         description="Letters, digits, '_', '-', '.'; used in MQTT topics and URLs",
     ),
 ]

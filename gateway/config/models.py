@@ -19,12 +19,15 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from gateway.config.common import Duration, Name, StrictModel
 from gateway.driver import registry
 
 
 class GatewaySection(StrictModel):
+    """This gateway: its id and where its data goes in the Unified Namespace."""
+
     id: Name = Field(description="This gateway's id; used in its status topic and as the MQTT client id")
     namespace: str = Field(
         description="Unified-Namespace topic prefix, e.g. acme/plant-a/press-shop/line1 (enterprise/site/area/line)",
@@ -42,6 +45,8 @@ class GatewaySection(StrictModel):
 
 
 class TlsSection(StrictModel):
+    """TLS to the MQTT broker."""
+
     ca_file: str | None = Field(None, description="CA bundle to verify the broker (default: system CAs)")
     cert_file: str | None = Field(None, description="Client certificate (PEM) for mutual TLS")
     key_file: str | None = Field(None, description="Client private key (PEM)")
@@ -51,6 +56,8 @@ class TlsSection(StrictModel):
 
 
 class MqttSection(StrictModel):
+    """The MQTT broker the gateway publishes to, and how often."""
+
     host: str = Field(min_length=1)
     port: int = Field(1883, ge=1, le=65535)
     client_id: str | None = Field(None, description="Default: the gateway id")
@@ -76,6 +83,8 @@ class MqttSection(StrictModel):
 
 
 class ApiSection(StrictModel):
+    """The HTTP status API (per-asset status, history, health probes)."""
+
     listen: str = Field("127.0.0.1:8080", description="host:port of the status API")
     enabled: bool = True
 
@@ -97,10 +106,14 @@ class ApiSection(StrictModel):
 
 
 class BufferSection(StrictModel):
+    """The in-memory history (ring buffer) of every tag."""
+
     seconds: Duration = Field(600.0, gt=0, description="History kept in RAM per tag (ring buffer), in seconds")
 
 
 class AssetBase(StrictModel):
+    """One machine or device: its source (driver and connection) and its tags."""
+
     id: Name
     description: str | None = None
 
@@ -109,7 +122,11 @@ class AssetBase(StrictModel):
         seen: set[str] = set()
         for tag in getattr(self, "tags", []):
             if tag.name in seen:
-                raise ValueError(f"duplicate tag name {tag.name!r} in asset {self.id!r}")
+                raise PydanticCustomError(
+                    "duplicate_tag_name",
+                    "duplicate tag name '{name}' in asset '{asset}'",
+                    {"name": tag.name, "asset": self.id},
+                )
             seen.add(tag.name)
         return self
 
@@ -129,8 +146,9 @@ def asset_models() -> dict[str, type[AssetBase]]:
         models[name] = create_model(
             f"Asset_{name}",
             __base__=AssetBase,
+            __doc__=f"An asset read through the {name} driver: its connection and its tags.",
             source=(drv.SourceConfig, Field(description=f"Connection of a {name} device")),
-            tags=(list[drv.TagConfig], Field(min_length=1)),
+            tags=(list[drv.TagConfig], Field(min_length=1, description="The values read from this asset")),
         )
     return models
 
@@ -151,18 +169,22 @@ def config_model() -> type[StrictModel]:
     ]
 
     class GatewayConfig(StrictModel):
-        gateway: GatewaySection
-        mqtt: MqttSection
-        api: ApiSection = Field(default_factory=ApiSection)
-        buffer: BufferSection = Field(default_factory=BufferSection)
-        assets: list[asset_union] = Field(min_length=1)  # type: ignore[valid-type]
+        """The whole config file of one gateway."""
+
+        gateway: GatewaySection = Field(description="This gateway's id and Unified-Namespace prefix")
+        mqtt: MqttSection = Field(description="The MQTT broker data is published to")
+        api: ApiSection = Field(default_factory=ApiSection, description="The HTTP status API")
+        buffer: BufferSection = Field(default_factory=BufferSection, description="In-memory history per tag")
+        assets: list[asset_union] = Field(  # type: ignore[valid-type]
+            min_length=1, description=f"The machines polled, each with one source and its tags; drivers: {names}"
+        )
 
         @model_validator(mode="after")
         def _unique_asset_ids(self) -> "GatewayConfig":
             seen: set[str] = set()
             for asset in self.assets:
                 if asset.id in seen:
-                    raise ValueError(f"duplicate asset id {asset.id!r}")
+                    raise PydanticCustomError("duplicate_asset_id", "duplicate asset id '{id}'", {"id": asset.id})
                 seen.add(asset.id)
             return self
 

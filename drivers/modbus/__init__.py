@@ -1,0 +1,1 @@
+"""Modbus drivers: address parsing, read planning and vectorised decoding shared by the TCP (and later RTU) drivers."""

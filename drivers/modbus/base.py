@@ -1,0 +1,194 @@
+"""The transport-independent part of the Modbus drivers: plan, poll, error mapping.
+
+A concrete driver (TCP here; RTU and RTU-over-TCP later) only says how to build its pymodbus async
+client and how to name its endpoint in messages. Everything else — issuing the plan's requests one
+after another on the one connection, turning exception responses into bad tags and lost connections
+into :class:`~gateway.driver.DeviceUnavailable` — lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+from pymodbus.client.base import ModbusBaseClient
+from pymodbus.exceptions import ModbusException
+from pymodbus.pdu import ModbusPDU
+
+from drivers.modbus.address import Table
+from drivers.modbus.config import ModbusTag
+from drivers.modbus.decode import apply_scaling, decode_bits, decode_registers
+from drivers.modbus.plan import ReadPlan, ReadRequest, compile_plan
+from gateway.batch import Batch
+from gateway.driver import DeviceUnavailable
+
+#: Standard Modbus exception codes (the number the device answered with is kept as the error code).
+EXCEPTION_NAMES: dict[int, str] = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    7: "negative acknowledge",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+#: Error code of a response that carried fewer registers or bits than requested.
+SHORT_RESPONSE = 1001
+
+
+def exception_text(code: int) -> str:
+    """``"Modbus exception 2 (illegal data address)"`` for a Modbus exception code."""
+    return f"Modbus exception {code} ({EXCEPTION_NAMES.get(code, 'unknown exception code')})"
+
+
+class ModbusDriverBase(ABC):
+    """Polls a compiled :class:`ReadPlan` over a pymodbus async client.
+
+    Called only from the source's task (never concurrently), as described in :mod:`gateway.driver`.
+    Subclasses implement :meth:`_make_client` and :attr:`endpoint`.
+    """
+
+    TagConfig: ClassVar[type[ModbusTag]] = ModbusTag
+
+    def __init__(self, source: Any, tags: list[ModbusTag]) -> None:
+        self.source = source
+        self.tags = list(tags)
+        self.plan: ReadPlan = compile_plan(
+            self.tags,
+            max_registers_per_read=source.max_registers_per_read,
+            max_bits_per_read=source.max_bits_per_read,
+            max_gap=source.max_gap,
+        )
+        #: float32 tags are published at float32 precision (123.4, not 123.40000152587891)
+        self.float32_tags = np.array([t.type == "float32" for t in self.tags], dtype=bool)
+        self._client: ModbusBaseClient | None = None
+        self._lost: asyncio.Future[None] | None = None
+
+    @property
+    @abstractmethod
+    def endpoint(self) -> str:
+        """Where the device is, for messages (``host:port unit 1``)."""
+
+    @abstractmethod
+    def _make_client(self) -> ModbusBaseClient:
+        """A new, unconnected pymodbus async client with its own retries and reconnects disabled.
+
+        It must pass :meth:`_on_connection_change` as pymodbus's ``trace_connect`` so that a connection
+        closed by the device fails the request in flight at once instead of at its timeout.
+        """
+
+    def _on_connection_change(self, connected: bool) -> None:
+        if not connected and self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+
+    def describe(self) -> str:
+        """One line for logs, e.g. ``6 tags in 3 read requests: hr:0+20 (registers, 4 tags), ...``."""
+        return self.plan.describe()
+
+    @property
+    def request_count(self) -> int:
+        """Number of Modbus requests one poll issues."""
+        return len(self.plan.requests)
+
+    async def connect(self) -> None:
+        """Open the connection; :class:`DeviceUnavailable` when the device cannot be reached."""
+        await self.close()
+        self._lost = asyncio.get_running_loop().create_future()
+        self._client = client = self._make_client()  # held before awaiting, so close() frees it on cancel
+        if not await client.connect():
+            await self.close()
+            raise DeviceUnavailable(f"cannot connect to Modbus device at {self.endpoint} (refused, unreachable or timed out)")
+
+    async def close(self) -> None:
+        """Drop the connection. Never raises."""
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - close() must not raise; the connection is gone either way
+                pass
+
+    async def write(self, tag: str, value: Any) -> None:
+        """Write-back is not implemented yet (issue 3)."""
+        raise NotImplementedError("Modbus write-back is not implemented yet")
+
+    async def read(self) -> Batch:
+        """One poll of every tag, requests issued in plan order on the one connection.
+
+        Each tag's ``ts`` is when the response of its request arrived. A Modbus exception answer marks
+        only that request's tags bad (error code = the exception code). No answer, or a lost
+        connection, raises :class:`DeviceUnavailable`.
+        """
+        client = self._client
+        if client is None:
+            raise DeviceUnavailable(f"not connected to {self.endpoint}")
+        batch = Batch.empty(len(self.plan), 0)
+        for request in self.plan.requests:
+            if not client.connected:
+                raise DeviceUnavailable(f"connection to {self.endpoint} was closed")
+            try:
+                response = await self._exchange(client, request)
+            except ModbusException as exc:
+                raise DeviceUnavailable(self._failure_text(client, request, exc)) from exc
+            batch.ts[request.positions] = time.time_ns()
+            self._decode(request, response, batch)
+        apply_scaling(self.plan, batch)
+        return batch
+
+    def _failure_text(self, client: ModbusBaseClient, request: ReadRequest, exc: ModbusException) -> str:
+        if not client.connected:
+            return f"connection to {self.endpoint} was closed while reading {request}"
+        if "No response" in str(exc):  # pymodbus's wording for a request that timed out
+            return f"no response from {self.endpoint} within {self.source.timeout:g}s to a read of {request}"
+        return f"invalid response from {self.endpoint} to a read of {request}: {exc}"
+
+    async def _exchange(self, client: ModbusBaseClient, request: ReadRequest) -> ModbusPDU:
+        """One request/response, abandoned as soon as the device closes the connection."""
+        lost = self._lost
+        assert lost is not None
+        task = asyncio.ensure_future(self._send(client, request))
+        try:
+            await asyncio.wait((task, lost), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+        if not task.done() or task.cancelled():
+            raise DeviceUnavailable(f"connection to {self.endpoint} was closed while reading {request}")
+        return task.result()
+
+    async def _send(self, client: ModbusBaseClient, request: ReadRequest) -> ModbusPDU:
+        unit = self.source.unit
+        if request.table is Table.HOLDING_REGISTER:
+            return await client.read_holding_registers(request.start, count=request.count, device_id=unit)
+        if request.table is Table.INPUT_REGISTER:
+            return await client.read_input_registers(request.start, count=request.count, device_id=unit)
+        if request.table is Table.COIL:
+            return await client.read_coils(request.start, count=request.count, device_id=unit)
+        return await client.read_discrete_inputs(request.start, count=request.count, device_id=unit)
+
+    @staticmethod
+    def _decode(request: ReadRequest, response: ModbusPDU, batch: Batch) -> None:
+        if response.isError():
+            code = int(getattr(response, "exception_code", 0))
+            batch.mark_bad(request.positions, code, exception_text(code))
+            return
+        if request.table.is_bits:
+            bits = np.asarray(response.bits, dtype=bool)
+            if len(bits) < request.count:
+                batch.mark_bad(request.positions, SHORT_RESPONSE, f"short response: {len(bits)} of {request.count} bits")
+                return
+            decode_bits(request, bits, batch)
+        else:
+            registers = np.asarray(response.registers, dtype=np.uint16)
+            if len(registers) < request.count:
+                text = f"short response: {len(registers)} of {request.count} registers"
+                batch.mark_bad(request.positions, SHORT_RESPONSE, text)
+                return
+            decode_registers(request, registers, batch)
