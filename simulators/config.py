@@ -32,7 +32,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from simulators.addressing import TABLES, Address, parse_address
+from simulators.addressing import Address, parse_address
 from simulators.codec import ALLOWED_ORDERS, BIT_TYPES, BYTE_ORDERS, REGISTER_TYPES, register_count
 
 DEFAULT_PLANT = Path(__file__).with_name("plant.yaml")
