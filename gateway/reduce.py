@@ -34,13 +34,20 @@ class _Sent:
     string: list[str | None]
 
 
-def _json_number(x: float) -> float | None:
+def json_number(x: float) -> float | None:
     """Shortest faithful JSON number: drop float64 noise such as 45.100000000000001 from scaling."""
     if x != x:  # NaN
         return None
     if abs(x) < 1e15:
         return float("%.15g" % x)
     return x
+
+
+def json_value(x: float, float32: bool) -> float | None:
+    """One value as published: float32 tags at float32 precision, others via :func:`json_number`."""
+    if float32 and x == x:
+        return float(str(np.float32(x)))
+    return json_number(x)
 
 
 class Reducer:
@@ -122,7 +129,7 @@ class Reducer:
         out: dict[str, dict[str, Any]] = {}
         for k, (i, t, x, qq, e) in enumerate(zip(rows.tolist(), ts_ms, vals.tolist(), qn, errs)):
             s = ring.last_string[i]
-            entry: dict[str, Any] = {"ts": t, "v": s if s is not None else _json_number(x), "q": qq}
+            entry: dict[str, Any] = {"ts": t, "v": s if s is not None else json_number(x), "q": qq}
             if qq == "bad" and e:
                 entry["err"] = ring.error_text.get(e, f"error {e}")
             out[self.names[i]] = entry
@@ -145,11 +152,11 @@ class Reducer:
             entry = out[self.names[i]]
             ok = n[j] > 0
             if self.want["min"][i]:
-                entry["min"] = _json_number(mn[j]) if ok else None
+                entry["min"] = json_number(mn[j]) if ok else None
             if self.want["max"][i]:
-                entry["max"] = _json_number(mx[j]) if ok else None
+                entry["max"] = json_number(mx[j]) if ok else None
             if self.want["mean"][i]:
-                entry["mean"] = _json_number(mean[j]) if ok else None
+                entry["mean"] = json_number(mean[j]) if ok else None
             entry["n"] = int(n[j])
 
     def _add_raw(self, rows: np.ndarray, new: np.ndarray, out: dict[str, dict[str, Any]]) -> None:

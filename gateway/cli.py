@@ -1,0 +1,164 @@
+"""``iiot-gateway`` command line: run, validate, schema, demo, simulate, sub."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from gateway import __version__
+
+EXIT_CONFIG = 2
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # third-party libraries are chatty at INFO; their failures reach us as exceptions
+    for noisy in ("asyncua", "pymodbus", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if level != "debug" else logging.INFO)
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    """SIGINT/SIGTERM set ``stop``; a second one ends the process at once."""
+    loop = asyncio.get_running_loop()
+
+    def _on_signal(signame: str) -> None:
+        if stop.is_set():
+            logging.getLogger("gateway").warning("second %s: exiting now", signame)
+            raise SystemExit(130)
+        logging.getLogger("gateway").info("%s received, stopping", signame)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _on_signal, sig.name)
+
+
+async def run_gateway(cfg, stop: asyncio.Event | None = None) -> int:
+    """Run the daemon on a loaded config until ``stop`` is set (or a signal arrives)."""
+    from gateway.engine import Gateway
+
+    gw = Gateway(cfg)
+    try:
+        sock = gw.bind_api()
+    except OSError as exc:
+        logging.getLogger("gateway").error("cannot serve the status API on %s: %s", cfg.api.listen, exc.strerror)
+        return 1
+    if stop is None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+    await gw.run(stop, sock)
+    return 0
+
+
+def _load_or_exit(path: str):
+    from gateway.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load_or_exit(args.file)
+    setup_logging(args.log_level or cfg.gateway.log_level)
+    return asyncio.run(run_gateway(cfg))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from gateway.config.cli import cmd_validate
+
+    return cmd_validate(args.file)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from gateway.config.cli import cmd_schema
+
+    return cmd_schema()
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulators.runner import main_simulate
+
+    setup_logging(args.log_level or "info")
+    return main_simulate(args) or 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import main_demo
+
+    setup_logging(args.log_level or "info")
+    return main_demo(args)
+
+
+def cmd_sub(args: argparse.Namespace) -> int:
+    from gateway.subscribe import main_sub
+
+    return main_sub(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="iiot-gateway", description="Edge data-acquisition gateway for the shop floor.")
+    p.add_argument("--version", action="version", version=f"iiot-gateway {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run the gateway on a config file")
+    r.add_argument("file", help="YAML config, e.g. config/demo.yaml")
+    r.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("validate", help="check a config file; exit 0 when valid, 2 with every error")
+    v.add_argument("file")
+    v.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("schema", help="print the JSON Schema of the config (for editor completion)")
+    s.set_defaults(func=cmd_schema)
+
+    sim = sub.add_parser("simulate", help="run the bundled Modbus TCP and OPC UA PLC simulators")
+    sim.add_argument("file", nargs="?", help="plant model YAML (default: the bundled plant)")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--modbus-port", type=int, default=5020)
+    sim.add_argument("--opcua-port", type=int, default=4840)
+    sim.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    sim.set_defaults(func=cmd_simulate)
+
+    d = sub.add_parser("demo", help="simulators + broker + gateway on config/demo.yaml; Ctrl-C stops all")
+    d.add_argument("--config", default=None, help="gateway config (default: config/demo.yaml)")
+    d.add_argument("--mqtt-port", type=int, default=None, help="override the config's broker port")
+    d.add_argument("--modbus-port", type=int, default=None, help="override the Modbus simulator port")
+    d.add_argument("--opcua-port", type=int, default=None, help="override the OPC UA simulator port")
+    d.add_argument("--api-port", type=int, default=None, help="override the status API port")
+    d.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    d.set_defaults(func=cmd_demo)
+
+    m = sub.add_parser("sub", help="print MQTT messages (a small mosquitto_sub for machines without it)")
+    m.add_argument("topic", nargs="?", default="#")
+    m.add_argument("-H", "--host", default="127.0.0.1")
+    m.add_argument("-p", "--port", type=int, default=1883)
+    m.add_argument("-u", "--username")
+    m.add_argument("-P", "--password-env", metavar="VAR", help="read the password from this environment variable")
+    m.add_argument("-n", "--count", type=int, default=0, help="exit after this many messages (0: never)")
+    m.set_defaults(func=cmd_sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `iiot-gateway schema | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""The daemon: one root TaskGroup with the uplink, the status API, the publisher and one task per source.
+
+Start sinks before sources, stop sources before sinks: on stop, the source tasks are cancelled first
+(drivers closed), then one final publish drains what they produced, then the uplink flushes and says
+``offline``, then the API stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from typing import Any
+
+from gateway import __version__
+from gateway.driver import registry
+from gateway.source import AssetRuntime
+from gateway.uplink.mqtt import MqttUplink
+
+log = logging.getLogger("gateway")
+
+
+class Gateway:
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.started_at = time.time()
+        self.namespace: str = cfg.gateway.namespace
+        drivers = registry()
+        self.assets: dict[str, AssetRuntime] = {
+            a.id: AssetRuntime(
+                a,
+                drivers[a.source.driver],
+                buffer_seconds=cfg.buffer.seconds,
+                heartbeat=cfg.mqtt.heartbeat,
+                on_state=self._asset_state_changed,
+            )
+            for a in cfg.assets
+        }
+        self.status_topic = f"{self.namespace}/_gateway/{cfg.gateway.id}/status"
+        self.uplink = MqttUplink(
+            cfg.mqtt,
+            client_id=cfg.gateway.id,
+            status_topic=self.status_topic,
+            on_connection_change=self._uplink_changed,
+        )
+        self.seq = 0
+        self.messages_published = 0
+        self.config_loaded = True
+        self._api_server: Any = None
+
+    # -- topics and messages --------------------------------------------------------------------------
+    def data_topic(self, asset_id: str) -> str:
+        return f"{self.namespace}/{asset_id}/data"
+
+    def asset_status_topic(self, asset_id: str) -> str:
+        return f"{self.namespace}/{asset_id}/status"
+
+    def _asset_state_changed(self, asset: AssetRuntime) -> None:
+        self.uplink.publish(self.asset_status_topic(asset.id), asset.status.state, qos=1, retain=True)
+
+    def _uplink_changed(self, connected: bool) -> None:
+        if connected:  # a restarted broker may have lost retained messages: say them again
+            for asset in self.assets.values():
+                self._asset_state_changed(asset)
+
+    def publish_once(self) -> int:
+        """Reduce every asset's new samples into one message each and hand them to the uplink."""
+        now_mono = time.monotonic()
+        now_ms = time.time_ns() // 1_000_000
+        sent = 0
+        for asset in self.assets.values():
+            tags = asset.reducer.reduce(now_mono)
+            if not tags:
+                continue
+            self.seq += 1
+            msg = {"seq": self.seq, "ts": now_ms, "asset": asset.id, "tags": tags}
+            payload = json.dumps(msg, separators=(",", ":"), allow_nan=False).encode()
+            self.uplink.publish(self.data_topic(asset.id), payload, qos=self.cfg.mqtt.qos)
+            sent += 1
+        self.messages_published += sent
+        return sent
+
+    async def _publish_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.cfg.mqtt.publish_interval
+        next_at = loop.time() + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at += interval
+            if next_at < loop.time():
+                next_at = loop.time() + interval
+            self.publish_once()
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def bind_api(self) -> socket.socket | None:
+        """Bind the status API's socket (before anything starts, so a busy port is reported at once)."""
+        api = self.cfg.api
+        if not api.enabled:
+            return None
+        family = socket.AF_INET6 if ":" in api.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((api.host, api.port))
+        except OSError:
+            sock.close()
+            raise
+        sock.listen(128)
+        sock.setblocking(False)
+        return sock
+
+    async def run(self, stop: asyncio.Event, api_socket: socket.socket | None = None) -> None:
+        """Run until ``stop`` is set, then shut down in order (sources, final publish, uplink, API)."""
+        from gateway.api import serve_api  # FastAPI import is heavy; only the daemon needs it
+
+        log.info(
+            "iiot-gateway %s starting: %d asset(s), %d tag(s); broker %s:%d",
+            __version__, len(self.assets), sum(len(a.tags) for a in self.assets.values()),
+            self.cfg.mqtt.host, self.cfg.mqtt.port,
+        )
+        async with asyncio.TaskGroup() as tg:
+            uplink_task = tg.create_task(self.uplink.run(), name="uplink")
+            api_task = None
+            if api_socket is not None:
+                self._api_server, api_coro = serve_api(self, api_socket)
+                api_task = tg.create_task(api_coro, name="api")
+            publisher = tg.create_task(self._publish_forever(), name="publisher")
+            sources = [tg.create_task(a.run(), name=f"source:{a.id}") for a in self.assets.values()]
+            await stop.wait()
+
+            log.info("stopping: sources")
+            for t in sources:
+                t.cancel()
+            await asyncio.gather(*sources, return_exceptions=True)
+            publisher.cancel()
+            await asyncio.gather(publisher, return_exceptions=True)
+            self.publish_once()
+            log.info("stopping: uplink")
+            await self.uplink.stop()
+            await asyncio.gather(uplink_task, return_exceptions=True)
+            if api_task is not None:
+                self._api_server.should_exit = True
+                try:
+                    async with asyncio.timeout(2):
+                        await api_task
+                except TimeoutError:
+                    api_task.cancel()
+        log.info("stopped")
+
+    @property
+    def ready(self) -> bool:
+        return self.config_loaded and self.uplink.connected
+
+    def gateway_status(self) -> dict[str, Any]:
+        return {
+            "id": self.cfg.gateway.id,
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "namespace": self.namespace,
+            "uplink": {"connected": self.uplink.connected, **self.uplink.stats},
+            "seq": self.seq,
+            "messages_published": self.messages_published,
+        }

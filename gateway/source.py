@@ -1,0 +1,168 @@
+"""One source task: owns one driver, polls it on schedule, writes its ring buffer, keeps its status.
+
+The engine side of the driver contract: connect with capped exponential backoff, a timeout around every
+driver call, fixed-rate poll scheduling (a slow poll skips slots instead of drifting or piling up), one log
+line when a device fails and one when it recovers, counters for everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from gateway.batch import Batch, Quality
+from gateway.driver import DeviceUnavailable, Driver
+from gateway.reduce import Reducer
+from gateway.ringbuffer import RingBuffer
+from gateway.status import AssetStatus, Backoff
+
+log = logging.getLogger("gateway.source")
+
+#: error code the engine puts on every tag of a source that went away
+ERR_DISCONNECTED = -1
+#: failures that mean "the device is not there": reconnect with backoff
+CONNECTION_ERRORS = (DeviceUnavailable, TimeoutError, OSError, ConnectionError)
+
+
+class AssetRuntime:
+    """Everything the gateway keeps for one configured asset."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        driver_cls: type[Driver],
+        *,
+        buffer_seconds: float,
+        heartbeat: float,
+        on_state: Callable[["AssetRuntime"], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.id: str = cfg.id
+        self.source = cfg.source
+        self.tags = list(cfg.tags)
+        self.tag_index = {t.name: i for i, t in enumerate(self.tags)}
+        self.driver = driver_cls(cfg.source, self.tags)
+        self.ring = RingBuffer.for_rate(len(self.tags), buffer_seconds, cfg.source.poll)
+        self.reducer = Reducer(
+            self.tags, self.ring, heartbeat=heartbeat, float32=getattr(self.driver, "float32_tags", None)
+        )
+        self.status = AssetStatus()
+        self._on_state = on_state
+        self._bad_texts: frozenset[str] = frozenset()
+
+    # -- state -------------------------------------------------------------------------------------
+    def _set_state(self, state: str) -> None:
+        if self.status.set_state(state) and self._on_state:
+            self._on_state(self)
+
+    def _went_down(self, exc: BaseException, *, during: str) -> None:
+        text = _describe(exc)
+        self.status.record_error(f"{during}: {text}")
+        if self.status.state != "disconnected":
+            log.warning("asset %s: %s failed (%s); retrying with backoff", self.id, during, text)
+            if self.ring.head.any():
+                self.ring.write(
+                    Batch.all_bad(len(self.tags), time.time_ns(), ERR_DISCONNECTED, f"disconnected: {text}")
+                )
+        self._set_state("disconnected")
+
+    # -- the task ------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Connect, poll until the connection fails, reconnect with backoff; forever (until cancelled)."""
+        backoff = Backoff(self.source.retry_max)
+        down_since: float | None = None
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.source.timeout):
+                        await self.driver.connect()
+                except CONNECTION_ERRORS as exc:
+                    self.status.connect_failures += 1
+                    self._went_down(exc, during="connect")
+                    down_since = down_since or time.monotonic()
+                    await self._close()
+                    await asyncio.sleep(backoff.next())
+                    continue
+                except Exception as exc:  # a driver bug must not take the gateway down
+                    log.exception("asset %s: driver error during connect", self.id)
+                    self._went_down(exc, during="connect")
+                    await self._close()
+                    await asyncio.sleep(backoff.next())
+                    continue
+                if down_since is not None:
+                    log.info("asset %s: connected again after %.1f s", self.id, time.monotonic() - down_since)
+                    self.status.reconnects += 1
+                elif self.status.state == "connecting":
+                    log.info("asset %s: connected (%s)", self.id, self.source.driver)
+                down_since = None
+                backoff.reset()
+                self._set_state("connected")
+                try:
+                    await self._poll_forever()
+                except CONNECTION_ERRORS as exc:
+                    self.status.poll_errors += 1
+                    self._went_down(exc, during="poll")
+                except Exception as exc:
+                    log.exception("asset %s: driver error during poll", self.id)
+                    self.status.poll_errors += 1
+                    self._went_down(exc, during="poll")
+                down_since = time.monotonic()
+                await self._close()
+                await asyncio.sleep(min(backoff.next(), self.source.poll))
+        finally:
+            await self._close()
+            self._set_state("stopped")
+
+    async def _poll_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.source.poll
+        next_at = loop.time()
+        while True:
+            started = loop.time()
+            async with asyncio.timeout(self.source.timeout):
+                batch = await self.driver.read()
+            self._accept(batch, loop.time() - started)
+            next_at += interval
+            now = loop.time()
+            if next_at < now:
+                missed = int((now - next_at) // interval) + 1
+                self.status.overruns += missed
+                next_at += missed * interval
+            await asyncio.sleep(next_at - now)
+
+    def _accept(self, batch: Batch, latency: float) -> None:
+        self.ring.write(batch)
+        bad = batch.quality == Quality.BAD
+        n_bad = int(np.count_nonzero(bad))
+        self.status.record_poll(latency, n_bad)
+        texts = frozenset(batch.error_text[c] for c in np.unique(batch.errors[bad]).tolist() if c in batch.error_text)
+        if texts != self._bad_texts:
+            if texts:
+                names = [self.tags[i].name for i in np.flatnonzero(bad)[:5].tolist()]
+                more = "" if n_bad <= 5 else f" and {n_bad - 5} more"
+                log.warning("asset %s: %d tag(s) bad (%s%s): %s", self.id, n_bad, ", ".join(names), more,
+                            "; ".join(sorted(texts)))
+                self.status.record_error("; ".join(sorted(texts)))
+            else:
+                log.info("asset %s: all tags good again", self.id)
+            self._bad_texts = texts
+
+    async def _close(self) -> None:
+        try:
+            async with asyncio.timeout(self.source.timeout):
+                await self.driver.close()
+        except Exception:  # close must not raise per contract; a misbehaving driver must not stop us
+            log.debug("asset %s: driver close raised", self.id, exc_info=True)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text and not isinstance(exc, DeviceUnavailable) else (
+        text or type(exc).__name__
+    )

@@ -1,0 +1,85 @@
+"""Run the real gateway in-process against the bundled simulators and a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+
+from gateway.config import load_config
+from gateway.engine import Gateway
+from helpers import free_port
+
+NAMESPACE = "acme/test/line1"
+
+
+def write_config(tmp_path: Path, broker, assets_yaml: str, *, api_port: int, publish_interval: str = "200ms",
+                 extra_mqtt: str = "") -> Path:
+    """A config file with the given ``assets:`` block (indented YAML list) for ``broker``."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            gateway:
+              id: test-gw
+              namespace: {NAMESPACE}
+            mqtt:
+              host: {broker.host}
+              port: {broker.port}
+              publish_interval: {publish_interval}
+              keepalive: 5s
+              reconnect_max: 1s
+            {textwrap.indent(extra_mqtt, '  ')}
+            api:
+              listen: 127.0.0.1:{api_port}
+            buffer:
+              seconds: 60
+            """
+        )
+        + "assets:\n"
+        + textwrap.indent(textwrap.dedent(assets_yaml), "  ")
+    )
+    return path
+
+
+class RunningGateway:
+    def __init__(self, gw: Gateway, task: asyncio.Task, stop: asyncio.Event, api_port: int) -> None:
+        self.gw, self.task, self.stop_event, self.api_port = gw, task, stop, api_port
+        self.api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=5)
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        async with asyncio.timeout(10):
+            await self.task
+        await self.api.aclose()
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(config_path: Path) -> AsyncIterator[RunningGateway]:
+    cfg = load_config(config_path)
+    gw = Gateway(cfg)
+    sock = gw.bind_api()
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop, sock))
+    rg = RunningGateway(gw, task, stop, cfg.api.port)
+    try:
+        yield rg
+    finally:
+        if not task.done():
+            await rg.stop()
+        else:
+            await rg.api.aclose()
+            task.result()
+
+
+def data_of(asset: str):
+    """Predicate: a data message of ``asset``."""
+    topic = f"{NAMESPACE}/{asset}/data"
+    return lambda m: m.topic == topic
+
+
+__all__ = ["NAMESPACE", "RunningGateway", "data_of", "free_port", "running_gateway", "write_config"]
