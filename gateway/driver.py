@@ -16,8 +16,11 @@ errors on their own.
 
 Each driver class declares ``name`` (the ``driver:`` key in YAML), ``SourceConfig`` (pydantic model of
 its ``source:`` block; a ``driver: Literal[name]`` field is required) and ``TagConfig`` (pydantic model of
-one tag, subclassing :class:`gateway.config.common.TagBase`). Drivers are found through the entry-point
-group ``iiot_gateway.drivers``; the gateway never imports a particular driver.
+one tag, subclassing :class:`gateway.config.common.TagBase`). A driver may also define a classmethod
+``check_config(source, tags)`` that raises ``ValueError`` for a config its models accept one by one but it
+cannot serve as a whole (e.g. a tag larger than the read limit); it runs during config validation, so the
+error comes with the asset's file and line. Drivers are found through the entry-point group
+``iiot_gateway.drivers``; the gateway never imports a particular driver.
 """
 
 from __future__ import annotations

@@ -88,8 +88,11 @@ class AssetRuntime:
                     await asyncio.sleep(backoff.next())
                     continue
                 except Exception as exc:  # a driver bug must not take the gateway down
-                    log.exception("asset %s: driver error during connect", self.id)
+                    if self.status.state != "disconnected":
+                        log.exception("asset %s: driver error during connect", self.id)
+                    self.status.connect_failures += 1
                     self._went_down(exc, during="connect")
+                    down_since = down_since or time.monotonic()
                     await self._close()
                     await asyncio.sleep(backoff.next())
                     continue

@@ -71,6 +71,16 @@ class ModbusDriverBase(ABC):
         self._client: ModbusBaseClient | None = None
         self._lost: asyncio.Future[None] | None = None
 
+    @classmethod
+    def check_config(cls, source: Any, tags: list[ModbusTag]) -> None:
+        """Raise ``ValueError`` (PlanError) when the tags cannot be read within the source's limits."""
+        compile_plan(
+            tags,
+            max_registers_per_read=source.max_registers_per_read,
+            max_bits_per_read=source.max_bits_per_read,
+            max_gap=source.max_gap,
+        )
+
     @property
     @abstractmethod
     def endpoint(self) -> str:

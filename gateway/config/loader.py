@@ -261,6 +261,10 @@ def locate(tree: Any, loc: Sequence[Any]) -> _Place:
                 node = node[el]
                 i += 1
                 continue
+            source = node.get("source")
+            if isinstance(source, CommentedMap) and source.get("driver") == el:  # the asset union's tag
+                i += 1
+                continue
             if i == len(loc) - 1:  # a missing key: at the mapping that lacks it
                 parts.append(el)
                 return _Place(line + 1, col + 1, tuple(parts), False, None)

@@ -143,9 +143,19 @@ def asset_models() -> dict[str, type[AssetBase]]:
     """Driver name -> asset model with that driver's source and tag models."""
     models: dict[str, type[AssetBase]] = {}
     for name, drv in registry().items():
+        validators = {}
+        check = getattr(drv, "check_config", None)
+        if check is not None:
+
+            def _driver_check(self: AssetBase, _check=check) -> AssetBase:
+                _check(self.source, self.tags)  # type: ignore[attr-defined]
+                return self
+
+            validators["_driver_check"] = model_validator(mode="after")(_driver_check)
         models[name] = create_model(
             f"Asset_{name}",
             __base__=AssetBase,
+            __validators__=validators,
             __doc__=f"An asset read through the {name} driver: its connection and its tags.",
             source=(drv.SourceConfig, Field(description=f"Connection of a {name} device")),
             tags=(list[drv.TagConfig], Field(min_length=1, description="The values read from this asset")),

@@ -241,3 +241,14 @@ def test_one_line_for_a_value_that_fails_every_union_member(tmp_path):
     [err] = errors_of(write(tmp_path, "limit: lots\n"), model=Model)
     assert (err.line, err.path) == (1, "limit")
     assert "valid integer" in err.message and "; or expected a list" in err.message
+
+
+def test_a_tag_the_driver_cannot_read_within_its_limits_is_a_config_error_at_the_asset(tmp_path):
+    text = BASE.replace("      poll: 100ms\n", "      poll: 100ms\n      max_registers_per_read: 10\n", 1).replace(
+        "      - {name: strokes, address: 40003, type: uint32}",
+        "      - {name: strokes, address: 40003, type: uint32}\n"
+        "      - {name: label, address: 40100, type: string, length: 20}",
+    )
+    [issue] = errors_of(write(tmp_path, text))
+    assert (issue.line, issue.path) == (line_of(text, "- id: press-3"), "assets[0]")
+    assert "tag 'label' (string, 20 registers) is larger than max_registers_per_read=10" in issue.message

@@ -244,3 +244,36 @@ async def test_unreachable_device_at_start_does_not_stop_the_others(tmp_path, mq
         press = (await rg.api.get("/api/v1/assets/press-3")).json()
         assert press["state"] == "disconnected" and press["connect_failures"] >= 1
         assert press["last_error"].startswith("connect:")
+
+
+async def test_modbus_exception_marks_only_that_reads_tags_bad_and_is_logged_once(
+    tmp_path, mqtt_broker, mqtt_subscriber, modbus_sim, caplog
+):
+    sub = await mqtt_subscriber(f"{NAMESPACE}/#")
+    # the simulator has 300 holding registers: 40401 is answered with exception 2 (illegal data address)
+    cfg = write_config(
+        tmp_path, mqtt_broker, api_port=free_port(),
+        assets_yaml=f"""\
+        - id: press
+          source: {{driver: modbus_tcp, host: 127.0.0.1, port: {modbus_sim.port}, poll: 50ms, max_gap: 0}}
+          tags:
+            - {{name: strokes, address: 40003, type: uint32}}
+            - {{name: ghost, address: 40401, type: int16}}
+            - {{name: oil_temp, address: 30001, type: int16, scale: 0.1}}
+        """,
+    )
+    modbus_sim.set("strokes", 4242)
+    with caplog.at_level("INFO", logger="gateway"):
+        async with running_gateway(cfg) as rg:
+            msg = await sub.next(data_of("press"))
+            tags = msg.json()["tags"]
+            assert tags["ghost"]["q"] == "bad" and tags["ghost"]["v"] is None
+            assert tags["ghost"]["err"] == "Modbus exception 2 (illegal data address)"
+            assert tags["strokes"] == {"ts": tags["strokes"]["ts"], "v": 4242.0, "q": "good"}
+            assert tags["oil_temp"]["q"] == "good"
+            assert await wait_until(lambda: rg.gw.assets["press"].status.polls >= 20)
+            detail = (await rg.api.get("/api/v1/assets/press")).json()
+            assert detail["state"] == "connected" and detail["bad_tags"] == 1
+            assert detail["tag_errors"] >= 20 and "illegal data address" in detail["last_error"]
+    bad_logs = [r for r in caplog.records if "tag(s) bad" in r.getMessage()]
+    assert len(bad_logs) == 1, [r.getMessage() for r in bad_logs]  # once per failure, not once per poll
