@@ -10,6 +10,11 @@ then calls, always from the one asyncio task that owns the source (never concurr
   tags bad in the batch when only they failed (e.g. a Modbus exception on one read request).
 - ``await write(tag, value)`` — reserved for write-back (issue 3); may raise ``NotImplementedError``.
 - ``await close()`` — release the connection; must not raise.
+- optional ``subscribe()`` — an async iterator of Batches, used instead of ``read()`` when the driver
+  instance has ``streaming = True`` (e.g. OPC UA ``mode: subscribe``, a serial instrument that streams).
+  After each (re)connect it should first yield one full read, so nothing is missed silently; it raises
+  :class:`DeviceUnavailable` when the link is lost. Batches may hold a subset of tags (``Batch.index``),
+  each tag at most once per batch (split a burst of changes of one tag into several batches).
 
 Timeouts wrap every call from outside (``source.timeout``); drivers do not sleep, retry or log and swallow
 errors on their own.

@@ -8,7 +8,6 @@ Start sinks before sources, stop sources before sinks: on stop, the source tasks
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import time
@@ -16,6 +15,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.driver import registry
+from gateway.encode import encode_json
 from gateway.source import AssetRuntime
 from gateway.uplink.mqtt import MqttUplink
 
@@ -76,7 +76,7 @@ class Gateway:
                 continue
             self.seq += 1
             msg = {"seq": self.seq, "ts": now_ms, "asset": asset.id, "tags": tags}
-            payload = json.dumps(msg, separators=(",", ":"), allow_nan=False).encode()
+            payload = encode_json(msg)
             self.uplink.publish(self.data_topic(asset.id), payload, qos=self.cfg.mqtt.qos)
             sent += 1
         self.messages_published += sent

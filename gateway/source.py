@@ -51,6 +51,9 @@ class AssetRuntime:
             self.tags, self.ring, heartbeat=heartbeat, float32=getattr(self.driver, "float32_tags", None)
         )
         self.status = AssetStatus()
+        #: the driver pushes batches (``subscribe()``) instead of being polled; the driver decides from its
+        #: source config (e.g. ``mode: subscribe``) through its ``streaming`` attribute
+        self.streaming = bool(getattr(self.driver, "streaming", False))
         self._on_state = on_state
         self._bad_texts: frozenset[str] = frozenset()
 
@@ -105,7 +108,10 @@ class AssetRuntime:
                 backoff.reset()
                 self._set_state("connected")
                 try:
-                    await self._poll_forever()
+                    if self.streaming:
+                        await self._receive_forever()
+                    else:
+                        await self._poll_forever()
                 except CONNECTION_ERRORS as exc:
                     self.status.poll_errors += 1
                     self._went_down(exc, during="poll")
@@ -119,6 +125,20 @@ class AssetRuntime:
         finally:
             await self._close()
             self._set_state("stopped")
+
+    async def _receive_forever(self) -> None:
+        """Stream mode: the driver pushes batches (OPC UA subscriptions, serial instruments that stream).
+
+        The driver's ``subscribe()`` yields a batch whenever values arrive; it raises DeviceUnavailable when
+        the connection is lost. No timeout applies between batches: a quiet device is not a dead one (the
+        driver detects dead links with its own keepalive and raises).
+        """
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        async for batch in self.driver.subscribe():  # type: ignore[attr-defined]
+            now = loop.time()
+            self._accept(batch, now - last)
+            last = now
 
     async def _poll_forever(self) -> None:
         loop = asyncio.get_running_loop()
