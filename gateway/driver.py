@@ -31,6 +31,7 @@ error comes with the asset's file and line. Drivers are found through the entry-
 from __future__ import annotations
 
 import functools
+import logging
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -67,10 +68,23 @@ class Driver(Protocol):
 
 
 @functools.cache
+def _load() -> tuple[dict[str, type[Driver]], dict[str, str]]:
+    found: dict[str, type[Driver]] = {}
+    broken: dict[str, str] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            found[ep.name] = ep.load()
+        except Exception as exc:  # one broken plug-in must not take the others down
+            broken[ep.name] = f"{type(exc).__name__}: {exc}"
+            logging.getLogger("gateway.driver").warning("driver %r cannot be loaded: %s", ep.name, broken[ep.name])
+    return dict(sorted(found.items())), broken
+
+
 def registry() -> dict[str, type[Driver]]:
     """Driver name -> driver class, from the ``iiot_gateway.drivers`` entry points (loaded once)."""
-    found: dict[str, type[Driver]] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        cls = ep.load()
-        found[ep.name] = cls
-    return dict(sorted(found.items()))
+    return _load()[0]
+
+
+def broken_drivers() -> dict[str, str]:
+    """Driver name -> why its entry point could not be loaded (shown in config errors)."""
+    return _load()[1]
