@@ -55,13 +55,9 @@ Address = Annotated[
 ]
 
 
-class ModbusTcpSource(SourceBase):
-    """A Modbus TCP device (or a gateway in front of serial devices, addressed by ``unit``)."""
+class ModbusReadLimits(SourceBase):
+    """Read-size limits shared by every Modbus source (TCP, RTU, RTU over TCP)."""
 
-    driver: Literal["modbus_tcp"]
-    host: str = Field(min_length=1, description="Host name or IP address of the device")
-    port: int = Field(502, ge=1, le=65535)
-    unit: int = Field(1, ge=0, le=247, description="Modbus unit id (slave / device id)")
     max_registers_per_read: int = Field(
         125, ge=1, le=125, description="Largest register read request; lower it for devices that refuse 125"
     )
@@ -76,6 +72,15 @@ class ModbusTcpSource(SourceBase):
             "that span unmapped registers."
         ),
     )
+
+
+class ModbusTcpSource(ModbusReadLimits):
+    """A Modbus TCP device (or a gateway in front of serial devices, addressed by ``unit``)."""
+
+    driver: Literal["modbus_tcp"]
+    host: str = Field(min_length=1, description="Host name or IP address of the device")
+    port: int = Field(502, ge=1, le=65535)
+    unit: int = Field(1, ge=0, le=247, description="Modbus unit id (slave / device id)")
 
 
 class ModbusTag(TagBase):

@@ -1,0 +1,69 @@
+"""Config models of Modbus RTU sources: ``driver: modbus_rtu`` (serial) and ``driver: modbus_rtu_tcp``.
+
+Tags are the same :class:`~drivers.modbus.config.ModbusTag` as Modbus TCP (every address form, type and
+byte order). Several assets naming the same ``port`` share one bus; their line settings must agree.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from drivers.modbus.config import ModbusReadLimits
+from gateway.config.common import Duration
+
+
+class _RtuCommon(ModbusReadLimits):
+    unit: int = Field(1, ge=1, le=247, description="Modbus slave address (unit id) on the bus, 1..247")
+    response_timeout: Duration = Field(
+        0.5,
+        gt=0,
+        description=(
+            "How long this slave may stay silent after a request before it counts as not answering. "
+            "It is the bus time a dead slave costs; `timeout` covers a whole poll including waiting for the bus."
+        ),
+    )
+    demote_after: int = Field(
+        3, ge=1, le=100, description="Failed requests in a row after which the slave is demoted to slow_retry"
+    )
+    slow_retry: Duration = Field(
+        30.0, gt=0, description="A demoted slave is tried once per this interval, so the others keep their rates"
+    )
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> _RtuCommon:
+        if self.timeout < 2 * self.response_timeout:
+            raise ValueError(
+                f"timeout ({self.timeout:g} s) must be at least twice response_timeout ({self.response_timeout:g} s): "
+                f"a poll may wait for another slave's answer on the bus before its own"
+            )
+        return self
+
+
+class ModbusRtuSource(_RtuCommon):
+    """A Modbus RTU slave on a local serial port (RS-485 / RS-232 adapter)."""
+
+    driver: Literal["modbus_rtu"]
+    port: str = Field(min_length=1, description="Serial device, e.g. /dev/ttyUSB0, /dev/ttyAMA0, /dev/serial/by-id/...")
+    baudrate: int = Field(9600, ge=300, le=4_000_000, description="Bits per second, e.g. 9600, 19200, 38400, 115200")
+    parity: Literal["N", "E", "O"] = Field(
+        "E", description="E (even, the Modbus default), O (odd) or N (none; the spec then asks for stopbits: 2)"
+    )
+    stopbits: Literal[1, 2] = Field(1, description="1 or 2 stop bits")
+    bytesize: int = Field(8, description="Data bits per character; Modbus RTU needs 8")
+
+    @field_validator("bytesize")
+    @classmethod
+    def _eight_bits(cls, value: int) -> int:
+        if value != 8:
+            raise ValueError(f"Modbus RTU needs 8 data bits (bytesize {value} is Modbus ASCII, not supported)")
+        return value
+
+
+class ModbusRtuTcpSource(_RtuCommon):
+    """Modbus RTU frames over TCP: a serial-to-Ethernet converter in transparent mode (not a Modbus TCP gateway)."""
+
+    driver: Literal["modbus_rtu_tcp"]
+    host: str = Field(min_length=1, description="Host name or IP address of the converter")
+    port: int = Field(ge=1, le=65535, description="TCP port of the converter's serial channel (often 4001, 502 or 8899)")
