@@ -1,0 +1,48 @@
+"""YAML -> simulated instruments on ptys -> gateway -> real MQTT broker: both modes, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+
+from conftest import scale_asset, thermo_asset, write_gateway_yaml
+from e2e.harness import NAMESPACE, data_of, running_gateway
+from helpers import free_port
+
+from simulators.serial_instrument import SerialInstrument
+
+XOR = "checksum: {kind: xor8, separator: '*'}"
+
+
+async def merged(sub, asset: str, want: dict[str, object], timeout: float = 15.0) -> dict[str, object]:
+    seen: dict[str, object] = {}
+    try:
+        async with asyncio.timeout(timeout):
+            while any(seen.get(k) != v for k, v in want.items()):
+                for name, entry in (await sub.next(data_of(asset))).json()["tags"].items():
+                    seen[name] = entry["v"]
+    except TimeoutError:
+        pass
+    return seen
+
+
+async def test_polled_scale_and_streaming_transmitter_arrive_on_mqtt(tmp_path, mqtt_broker, mqtt_subscriber) -> None:
+    async with SerialInstrument("scale", checksum="xor8") as scale, \
+            SerialInstrument("thermo", mode="stream", rate=20) as thermo:  # fmt: skip
+        scale.weight = 7.5
+        thermo.t1, thermo.t2 = 180.25, 100.0
+        assets = scale_asset(scale.path, checksum=XOR) + thermo_asset(thermo.path)
+        api_port = free_port()
+        path = write_gateway_yaml(tmp_path, assets, mqtt_host=mqtt_broker.host, mqtt_port=mqtt_broker.port,
+                                  api_port=api_port)
+        sub = await mqtt_subscriber(f"{NAMESPACE}/#")
+        async with running_gateway(path) as gw:
+            got = await merged(sub, "scale-1", {"weight_g": 7500.0, "stable": True})
+            assert got == {"weight_g": 7500.0, "stable": True}
+            got = await merged(sub, "oven-probe", {"zone1": 180.25, "zone2_f": 212.0, "probe_ok": True,
+                                                   "status_text": "OK"})
+            assert got == {"zone1": 180.25, "zone2_f": 212.0, "probe_ok": True, "status_text": "OK"}
+            scale.weight, thermo.t1 = 8.0, 181.5
+            assert (await merged(sub, "scale-1", {"weight_g": 8000.0}))["weight_g"] == 8000.0
+            assert (await merged(sub, "oven-probe", {"zone1": 181.5}))["zone1"] == 181.5
+            detail = (await gw.api.get("/api/v1/assets/oven-probe")).json()
+            assert detail["state"] == "connected" and detail["driver"] == "serial_line"
