@@ -3,8 +3,11 @@
 The plant file's namespace (``urn:acme:oven``) is registered first, so it has index 2. Variables get the
 configured node ids in that namespace (``ns=2;s=Oven1.Zone1.Temperature``, ``ns=2;i=1001``) and live under
 object nodes named by the dotted prefix of their string id (``Oven1`` -> ``Oven1.Zone1``), or by ``parent``.
-Values are written on change, with source and server timestamps. Security policy None, anonymous access
-only, no certificate: start-up costs the ~1 s asyncua needs to build its standard address space.
+Values are written on change, with source and server timestamps. By default: security policy None,
+anonymous access, no certificate. With ``security=`` (:class:`~simulators.opcua_security.SimulatorSecurity`)
+it serves only Basic256Sha256, Aes128_Sha256_RsaOaep and Aes256_Sha256_RsaPss (Sign and SignAndEncrypt)
+with its own certificate, accepts only client certificates in its trust folder, and users by name and
+password or certificate. Start-up costs the ~1 s asyncua needs to build its standard address space.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from asyncua import Node, Server, ua
 
 from simulators.config import OpcUaNode, OpcUaSection
+from simulators.opcua_security import SECURE_POLICIES, SimulatorSecurity, SimulatorUsers
 from simulators.plant import Plant
 from simulators.signals import Value
 
@@ -75,10 +79,17 @@ class OpcUaSimulator:
     """
 
     def __init__(
-        self, plant: Plant | str | Path | None = None, host: str = "127.0.0.1", port: int = 4840, *, clock: bool = True
+        self,
+        plant: Plant | str | Path | None = None,
+        host: str = "127.0.0.1",
+        port: int = 4840,
+        *,
+        clock: bool = True,
+        security: SimulatorSecurity | None = None,
     ) -> None:
         self.plant = plant if isinstance(plant, Plant) else Plant.load(plant)
         self.clock = clock
+        self.security = security
         self.section = self.plant.config.opcua or OpcUaSection()
         self.host, self.port = host, port
         self._vars: dict[str, _Var] = {}
@@ -102,14 +113,25 @@ class OpcUaSimulator:
         """Build the address space and listen; raises ``OSError`` when the port cannot be bound."""
         if self._server is not None:
             return
-        server = Server()
+        sec = self.security
+        server = Server(user_manager=SimulatorUsers(sec) if sec else None)
         await server.init()
         server.set_endpoint(self.endpoint)
         server.disable_clock(not self.clock)
         server.set_server_name("iiot-gateway OPC UA simulator")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        server.set_identity_tokens([ua.AnonymousIdentityToken])
-        await server.set_application_uri("urn:iiot-gateway:simulator:opcua")
+        if sec is None:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+            server.set_identity_tokens([ua.AnonymousIdentityToken])
+            await server.set_application_uri("urn:iiot-gateway:simulator:opcua")
+        else:
+            await asyncio.to_thread(sec.ensure_certificate)
+            await server.load_certificate(str(sec.cert_file))
+            await server.load_private_key(str(sec.key_file))
+            server.set_security_policy(SECURE_POLICIES)
+            tokens = [ua.UserNameIdentityToken, ua.X509IdentityToken]
+            server.set_identity_tokens([ua.AnonymousIdentityToken, *tokens] if sec.allow_anonymous else tokens)
+            server.set_certificate_validator(sec.validate_client)
+            await server.set_application_uri(sec.application_uri)
         self.namespace_index = await server.register_namespace(self.section.namespace)
         await self._build(server)
         try:
@@ -235,7 +257,7 @@ class OpcUaSimulator:
         server = self._server
         if server is None:
             return
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for var in self._vars.values():
             value = self._value(var, values)
             if var.last is not None and type(var.last) is type(value) and var.last == value:

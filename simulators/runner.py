@@ -17,9 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from simulators.config import DEFAULT_PLANT, PlantConfigError
+from simulators.modbus_rtu_sim import ModbusRtuSimulator, RtuSlave
 from simulators.modbus_sim import ModbusSimulator
+from simulators.opcua_security import SimulatorSecurity
 from simulators.opcua_sim import OpcUaSimulator
 from simulators.plant import Plant
+from simulators.serial_instrument import add_instrument_arguments, instrument_from_args, start_and_announce
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,9 @@ async def run_simulators(
     modbus_port: int = 5020,
     opcua_port: int = 4840,
     stop_event: asyncio.Event | None = None,
+    opcua_security: SimulatorSecurity | None = None,
+    rtu_units: Sequence[int] = (),
+    rtu_link: str | None = None,
 ) -> None:
     """Serve the plant file (default: the bundled plant) on Modbus TCP and OPC UA until ``stop_event`` is set.
 
@@ -43,8 +49,11 @@ async def run_simulators(
     if plant.config.modbus is not None:
         sims.append(ModbusSimulator(plant, host=host, port=modbus_port))
     if plant.config.opcua is not None:
-        sims.append(OpcUaSimulator(plant, host=host, port=opcua_port))
+        sims.append(OpcUaSimulator(plant, host=host, port=opcua_port, security=opcua_security))
+    rtu = ModbusRtuSimulator({u: RtuSlave.from_plant(plant) for u in rtu_units}, link=rtu_link) if rtu_units else None
     try:
+        if rtu is not None:
+            await rtu.start()
         results = await asyncio.gather(*(s.start() for s in sims), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
@@ -57,6 +66,13 @@ async def run_simulators(
             else:
                 print(f"  OPC UA PLC      {sim.endpoint}  {sim.section.namespace} = ns={sim.namespace_index}  "
                       f"({len(sim.node_names)} variables)", flush=True)
+                if sim.security is not None:
+                    print(f"    secured: certificate {sim.security.cert_file}; it trusts the client certificates "
+                          f"in {sim.security.trusted}/ (refused ones land in {sim.security.rejected}/)", flush=True)
+        if rtu is not None:
+            units = ",".join(map(str, rtu_units))
+            print(f"  Modbus RTU PLC  {rtu.path}  units {units}  (the modbus point map; in the config: "
+                  f"driver: modbus_rtu, port: {rtu.path}, parity: N)", flush=True)
         if stop_event is None:
             await asyncio.Future()  # until cancelled
         else:
@@ -64,6 +80,8 @@ async def run_simulators(
     finally:
         for sim in reversed(sims):
             await sim.stop()
+        if rtu is not None:
+            await rtu.stop()
 
 
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +91,33 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--modbus-port", type=int, default=5020, help="Modbus TCP port (default 5020)")
     parser.add_argument("--opcua-port", type=int, default=4840, help="OPC UA port (default 4840)")
+    parser.add_argument("--opcua-secure", metavar="PKI_DIR", default=None,
+                        help="serve OPC UA secured only, certificates under PKI_DIR (own/, trusted/, rejected/)")
+    parser.add_argument("--opcua-user", action="append", default=[], metavar="NAME:PASSWORD",
+                        help="with --opcua-secure: a user the simulator accepts (repeatable)")
+    add_rtu_arguments(parser)
+
+
+def add_rtu_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``--rtu [UNITS] --rtu-link PATH`` (Modbus RTU slaves on a pseudo-terminal)."""
+    parser.add_argument("--rtu", nargs="?", const="1", default=None, metavar="UNITS",
+                        help="also serve the modbus point map as Modbus RTU slaves on a pty, unit ids comma "
+                             "separated (default 1); prints the pty path to put in the config's port:")
+    parser.add_argument("--rtu-link", metavar="PATH", default=None,
+                        help="with --rtu: a stable symlink to the pty, e.g. /tmp/iiot-rtu")
+
+
+def _rtu_units(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        units = tuple(int(u) for u in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--rtu: expected unit ids like 1,2,3, not {text!r}") from None
+    if not all(1 <= u <= 247 for u in units):
+        raise SystemExit(f"--rtu: unit ids are 1..247, not {text!r}")
+    return units
+    add_instrument_arguments(parser)
 
 
 async def _serve_until_signal(ns: argparse.Namespace) -> None:
@@ -83,11 +128,25 @@ async def _serve_until_signal(ns: argparse.Namespace) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
+    instrument = instrument_from_args(ns)
     try:
-        await run_simulators(ns.file, ns.host, ns.modbus_port, ns.opcua_port, stop_event=stop)
+        if instrument is not None:
+            await start_and_announce(instrument)
+        await run_simulators(ns.file, ns.host, ns.modbus_port, ns.opcua_port, stop_event=stop,
+                             opcua_security=_opcua_security(ns), rtu_units=_rtu_units(ns.rtu),
+                             rtu_link=ns.rtu_link)
     finally:
+        if instrument is not None:
+            await instrument.stop()
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+def _opcua_security(ns: argparse.Namespace) -> SimulatorSecurity | None:
+    if not getattr(ns, "opcua_secure", None):
+        return None
+    users = dict(u.split(":", 1) for u in ns.opcua_user if ":" in u)
+    return SimulatorSecurity(Path(ns.opcua_secure), users=users)
 
 
 def main_simulate(args: argparse.Namespace | Sequence[str] | None = None) -> int:
@@ -106,6 +165,12 @@ def main_simulate(args: argparse.Namespace | Sequence[str] | None = None) -> int
         host=getattr(args, "host", "127.0.0.1"),
         modbus_port=getattr(args, "modbus_port", 5020),
         opcua_port=getattr(args, "opcua_port", 4840),
+        opcua_secure=getattr(args, "opcua_secure", None),
+        opcua_user=getattr(args, "opcua_user", None) or [],
+        rtu=getattr(args, "rtu", None),
+        rtu_link=getattr(args, "rtu_link", None),
+        **{k: getattr(args, k, None) for k in ("instrument", "instrument_stream", "instrument_checksum",
+                                               "instrument_link")},
     )
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

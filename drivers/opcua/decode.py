@@ -26,6 +26,10 @@ from gateway.batch import Batch, Quality
 ERR_UNKNOWN_NAMESPACE = 1
 #: Driver code: the Value is Null although the status is not bad.
 ERR_NULL_VALUE = 2
+#: Driver code: the tag's browse path does not lead to a node on this server.
+ERR_BROWSE_PATH = 3
+#: Driver code (subscribe mode): the server refused to create the tag's monitored item.
+ERR_NOT_MONITORED = 4
 #: Driver codes ``ERR_UNSUPPORTED_TYPE + VariantType`` / ``ERR_ARRAY + VariantType``.
 ERR_UNSUPPORTED_TYPE = 0x1000
 ERR_ARRAY = 0x2000

@@ -72,12 +72,16 @@ def test_unparsed_node_id_message_lists_accepted_forms() -> None:
 
 
 def test_source_fields() -> None:
-    src = OpcUaSource(driver="opcua", endpoint="opc.tcp://10.0.0.5:4840/", session_timeout="2m", poll="500ms")
+    src = OpcUaSource(
+        driver="opcua", endpoint="opc.tcp://10.0.0.5:4840/", session_timeout="2m", poll="500ms",
+        security_policy="Basic256Sha256",
+    )
     assert src.session_timeout == 120.0 and src.poll == 0.5
+    assert src.mode == "poll" and src.security_mode == "SignAndEncrypt" and src.secured
     assert src.username is None and src.password is None and src.max_nodes_per_read is None
-    creds = OpcUaSource(driver="opcua", endpoint="opc.tcp://h:4840", username="op", password="pw")
+    creds = OpcUaSource(driver="opcua", endpoint="opc.tcp://127.0.0.1:4840", username="op", password="pw")
     assert creds.password.get_secret_value() == "pw" and "pw" not in repr(creds)
-    empty = OpcUaSource(driver="opcua", endpoint="opc.tcp://h:4840", username="", password="")
+    empty = OpcUaSource(driver="opcua", endpoint="opc.tcp://127.0.0.1:4840", username="", password="")
     assert empty.username is None and empty.password is None
 
 
@@ -110,5 +114,6 @@ def test_sample_config_loads() -> None:
     source = OpcUaSource(**sample["source"])
     tags = [OpcUaTag(**t) for t in sample["tags"]]
     assert source.endpoint.startswith("opc.tcp://")
-    assert {t.node_ref.kind for t in tags} == {"s", "i", "g"}
+    assert {t.node_ref.kind for t in tags if t.node_ref} == {"s", "i", "g"}
+    assert any(t.browse_path for t in tags)
     assert any(t.node_ref.needs_resolution for t in tags)
