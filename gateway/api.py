@@ -3,25 +3,32 @@
 Handlers are ``async def`` on purpose: they run on the event loop, like the single writer of the ring
 buffers, so they never see a half-written batch (sync handlers would run in a thread pool).
 
-Read-only views of the ring buffers and runtime status; it never calls a driver.
+Read-only views of the ring buffers and runtime status; it never calls a driver. The one write endpoint
+(PUT a tag's value) hands the write to :mod:`gateway.writes`, which queues it to the asset's source task.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import secrets
 import socket
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import uvicorn
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from gateway import __version__
 from gateway.batch import QUALITY_NAMES
 from gateway.reduce import json_value
+from gateway.writes import perform
+
+_log = logging.getLogger("gateway.writes")
 
 if TYPE_CHECKING:
     from gateway.engine import Gateway
@@ -63,6 +70,18 @@ class AssetDetail(AssetSummary):
     last_error: str | None
     last_error_at: float | None
     tag_values: list[TagStatus]
+
+
+class WriteBody(BaseModel):
+    value: float | int | bool | str = Field(description="The value in engineering units (true/false for bits)")
+
+
+class WriteResult(BaseModel):
+    asset: str
+    tag: str
+    ok: bool
+    value: float | int | bool | str | None = Field(description="The value read back from the device after the write")
+    requested: float | int | bool | str | None = Field(description="The value that was asked for")
 
 
 class History(BaseModel):
@@ -197,7 +216,67 @@ def create_app(gw: "Gateway") -> FastAPI:
             "q": QUALITY_NAMES[w.quality].tolist(),
         }
 
+    @app.put(
+        "/api/v1/assets/{asset}/tags/{tag}",
+        response_model=WriteResult,
+        tags=["write-back"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": WriteBody.model_json_schema(), "example": {"value": 42.5}}},
+            },
+            "security": [{"bearer": []}],
+        },
+        responses={
+            400: {"description": "the body is not JSON of the form {\"value\": ...}"},
+            401: {"description": "missing or wrong bearer token"},
+            403: {"description": "API writes are off (no api.token) or the tag is not writable"},
+            404: {"description": "unknown asset or tag"},
+            422: {"description": "wrong type or out of range for the tag"},
+            502: {"description": "the device refused the write or read back another value"},
+            503: {"description": "the device is disconnected"},
+            504: {"description": "no answer in time; the write may or may not have been applied"},
+        },
+    )
+    async def write_tag(asset: str, tag: str, request: Request) -> JSONResponse:
+        """Write one value to a writable tag and read it back (docs/write-back.md).
+
+        Needs ``Authorization: Bearer <api.token>``. The answer carries the value read back from the device.
+        """
+        peer = f"{request.client.host}:{request.client.port}" if request.client else "unknown peer"
+        refusal = _check_token(gw.cfg.api.token, request.headers.get("authorization"))
+        if refusal is not None:
+            status, text = refusal
+            _log.warning("write %s/%s from api %s: refused (%d): %s", asset, tag, peer, status, text)
+            return JSONResponse({"detail": text, "error": "unauthorized" if status == 401 else "forbidden"},
+                                status_code=status, headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or "value" not in body or len(body) != 1:
+            text = 'the body must be a JSON object {"value": ...}'
+            _log.warning("write %s/%s from api %s: refused (400): %s", asset, tag, peer, text)
+            return JSONResponse({"detail": text, "error": "malformed"}, status_code=400)
+        outcome = await perform(gw.assets, asset, tag, body["value"], origin=f"api {peer}")
+        if not outcome.ok:
+            return JSONResponse({"detail": outcome.error, "error": outcome.kind}, status_code=outcome.http_status)
+        return JSONResponse({"asset": asset, "tag": tag, "ok": True, "value": outcome.value,
+                             "requested": outcome.requested})
+
     return app
+
+
+def _check_token(token: Any, header: str | None) -> tuple[int, str] | None:
+    """None when ``header`` carries the configured bearer token, else (HTTP status, reason). Constant time."""
+    if token is None:
+        return 403, "API writes are off: no api.token is configured on this gateway"
+    scheme, _, given = (header or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return 401, "missing bearer token: send the header Authorization: Bearer <api.token>"
+    if not secrets.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+        return 401, "wrong bearer token"
+    return None
 
 
 class _EmbeddedServer(uvicorn.Server):

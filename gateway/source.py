@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -19,6 +20,7 @@ from gateway.driver import DeviceUnavailable, Driver
 from gateway.reduce import Reducer
 from gateway.ringbuffer import RingBuffer
 from gateway.status import AssetStatus, Backoff
+from gateway.writes import WriteFailed, classify
 
 log = logging.getLogger("gateway.source")
 
@@ -26,6 +28,8 @@ log = logging.getLogger("gateway.source")
 ERR_DISCONNECTED = -1
 #: failures that mean "the device is not there": reconnect with backoff
 CONNECTION_ERRORS = (DeviceUnavailable, TimeoutError, OSError, ConnectionError)
+#: writes waiting for the source task, per asset; more are refused as busy
+WRITE_QUEUE = 16
 
 
 class AssetRuntime:
@@ -39,6 +43,7 @@ class AssetRuntime:
         buffer_seconds: float,
         heartbeat: float,
         on_state: Callable[["AssetRuntime"], None] | None = None,
+        state_dir: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.id: str = cfg.id
@@ -46,6 +51,9 @@ class AssetRuntime:
         self.tags = list(cfg.tags)
         self.tag_index = {t.name: i for i, t in enumerate(self.tags)}
         self.driver = driver_cls(cfg.source, self.tags)
+        if state_dir is not None and hasattr(self.driver, "state_dir"):
+            # a driver that keeps files (e.g. OPC UA certificates) declares ``state_dir``; it gets gateway.state_dir
+            self.driver.state_dir = Path(state_dir)  # type: ignore[attr-defined]
         self.ring = RingBuffer.for_rate(len(self.tags), buffer_seconds, cfg.source.poll)
         self.reducer = Reducer(
             self.tags, self.ring, heartbeat=heartbeat, float32=getattr(self.driver, "float32_tags", None)
@@ -56,6 +64,13 @@ class AssetRuntime:
         self.streaming = bool(getattr(self.driver, "streaming", False))
         self._on_state = on_state
         self._bad_texts: frozenset[str] = frozenset()
+        #: a device that accepts connections but fails every poll must not be retried at poll rate nor
+        #: logged per retry: the backoff resets, and recovery is logged, only after a good poll
+        self._session_good = False
+        self._failure_logged = False
+        self._down_since: float | None = None
+        #: writes waiting for the source task: (tag, value, future of the read-back value)
+        self._writes: asyncio.Queue[tuple[str, Any, asyncio.Future[Any]]] = asyncio.Queue(WRITE_QUEUE)
 
     # -- state -------------------------------------------------------------------------------------
     def _set_state(self, state: str) -> None:
@@ -65,7 +80,8 @@ class AssetRuntime:
     def _went_down(self, exc: BaseException, *, during: str) -> None:
         text = _describe(exc)
         self.status.record_error(f"{during}: {text}")
-        if self.status.state != "disconnected":
+        if self.status.state != "disconnected" and not self._failure_logged:
+            self._failure_logged = True
             log.warning("asset %s: %s failed (%s); retrying with backoff", self.id, during, text)
             if self.ring.head.any():
                 self.ring.write(
@@ -100,12 +116,12 @@ class AssetRuntime:
                     await asyncio.sleep(backoff.next())
                     continue
                 if down_since is not None:
-                    log.info("asset %s: connected again after %.1f s", self.id, time.monotonic() - down_since)
                     self.status.reconnects += 1
+                    self._down_since = self._down_since or down_since  # logged at the first good poll
                 elif self.status.state == "connecting":
                     log.info("asset %s: connected (%s)", self.id, self.source.driver)
                 down_since = None
-                backoff.reset()
+                self._session_good = False
                 self._set_state("connected")
                 try:
                     if self.streaming:
@@ -121,7 +137,11 @@ class AssetRuntime:
                     self._went_down(exc, during="poll")
                 down_since = time.monotonic()
                 await self._close()
-                await asyncio.sleep(min(backoff.next(), self.source.poll))
+                if self._session_good:  # it worked for a while: retry at once, then back off
+                    backoff.reset()
+                    await asyncio.sleep(min(backoff.next(), self.source.poll))
+                else:  # connects but never polls: capped exponential backoff like a refused connect
+                    await asyncio.sleep(backoff.next())
         finally:
             await self._close()
             self._set_state("stopped")
@@ -131,14 +151,20 @@ class AssetRuntime:
 
         The driver's ``subscribe()`` yields a batch whenever values arrive; it raises DeviceUnavailable when
         the connection is lost. No timeout applies between batches: a quiet device is not a dead one (the
-        driver detects dead links with its own keepalive and raises).
+        driver detects dead links with its own keepalive and raises). Writes are served by a second task
+        meanwhile, so in stream mode a driver's ``write()`` runs while its ``subscribe()`` is suspended.
         """
         loop = asyncio.get_running_loop()
         last = loop.time()
-        async for batch in self.driver.subscribe():  # type: ignore[attr-defined]
-            now = loop.time()
-            self._accept(batch, now - last)
-            last = now
+        writer = asyncio.create_task(self._serve_writes(None), name=f"writes:{self.id}")
+        try:
+            async for batch in self.driver.subscribe():  # type: ignore[attr-defined]
+                now = loop.time()
+                self._accept(batch, now - last)
+                last = now
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
 
     async def _poll_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -155,10 +181,77 @@ class AssetRuntime:
                 missed = int((now - next_at) // interval) + 1
                 self.status.overruns += missed
                 next_at += missed * interval
-            await asyncio.sleep(next_at - now)
+            lost = await self._serve_writes(next_at)
+            if lost is not None:
+                raise lost
+
+    # -- writes ----------------------------------------------------------------------------------------
+    async def write(self, tag: str, value: Any) -> Any:
+        """Write ``value`` to ``tag`` through the source task; the driver's read-back value.
+
+        Raises :class:`~gateway.writes.WriteFailed`: at once when the asset is not connected or too many
+        writes are queued; otherwise with what the driver's write ended in (see :func:`gateway.writes.classify`).
+        """
+        if self.status.state != "connected":
+            why = f" ({self.status.last_error})" if self.status.last_error else ""
+            raise WriteFailed("unavailable", f"asset {self.id!r} is {self.status.state}{why}; nothing was written")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        try:
+            self._writes.put_nowait((tag, value, future))
+        except asyncio.QueueFull:
+            raise WriteFailed("busy", f"asset {self.id!r} has {WRITE_QUEUE} writes waiting; try again") from None
+        return await future
+
+    async def _serve_writes(self, until: float | None) -> BaseException | None:
+        """Run queued writes until loop time ``until`` (forever when None), between polls.
+
+        Returns the connection error a write ended in (the caller reconnects), else None at ``until``.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                async with asyncio.timeout_at(until):
+                    tag, value, future = await self._writes.get()
+            except TimeoutError:
+                return None
+            if future.done():  # the caller gave up before its turn
+                continue
+            limit = 2 * self.source.timeout  # write and read back: two round trips
+            try:
+                async with asyncio.timeout(limit):
+                    result = await self.driver.write(tag, value)
+            except asyncio.CancelledError:
+                if not future.done():
+                    future.set_exception(WriteFailed("unavailable", f"asset {self.id!r} is stopping; the write "
+                                                     "may or may not have been applied"))
+                raise
+            except Exception as exc:
+                failed = classify(exc, asset=self.id, timeout=limit)
+                if failed.unexpected:
+                    log.exception("asset %s: driver error during a write", self.id)
+                if not future.done():
+                    future.set_exception(failed)
+                if isinstance(exc, CONNECTION_ERRORS) and until is not None:
+                    return exc  # polling: reconnect (in stream mode the subscription notices a dead link itself)
+            else:
+                if not future.done():
+                    future.set_result(result)
+            if until is not None and loop.time() >= until:
+                return None
+
+    def _fail_writes(self, text: str) -> None:
+        while not self._writes.empty():
+            _, _, future = self._writes.get_nowait()
+            if not future.done():
+                future.set_exception(WriteFailed("unavailable", f"asset {self.id!r}: {text}; nothing was written"))
 
     def _accept(self, batch: Batch, latency: float) -> None:
         self.ring.write(batch)
+        self._session_good = True
+        if self._down_since is not None:
+            log.info("asset %s: connected again after %.1f s", self.id, time.monotonic() - self._down_since)
+            self._down_since = None
+        self._failure_logged = False
         bad = batch.quality == Quality.BAD
         n_bad = int(np.count_nonzero(bad))
         self.status.record_poll(latency, n_bad)
@@ -175,6 +268,7 @@ class AssetRuntime:
             self._bad_texts = texts
 
     async def _close(self) -> None:
+        self._fail_writes("the connection was lost before the write's turn")
         try:
             async with asyncio.timeout(self.source.timeout):
                 await self.driver.close()

@@ -43,6 +43,19 @@ EXCEPTION_NAMES: dict[int, str] = {
 SHORT_RESPONSE = 1001
 
 
+class BadResponse(ModbusException):
+    """One answer was unusable (e.g. an RTU frame with a CRC error) but the link stands.
+
+    Raised by a transport for a single request; :meth:`ModbusDriverBase.read` marks only that request's
+    tags bad with ``code`` and ``text`` and goes on with the rest of the poll.
+    """
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
 def exception_text(code: int) -> str:
     """``"Modbus exception 2 (illegal data address)"`` for a Modbus exception code."""
     return f"Modbus exception {code} ({EXCEPTION_NAMES.get(code, 'unknown exception code')})"
@@ -125,9 +138,77 @@ class ModbusDriverBase(ABC):
             except Exception:  # noqa: BLE001 - close() must not raise; the connection is gone either way
                 pass
 
-    async def write(self, tag: str, value: Any) -> None:
-        """Write-back is not implemented yet (issue 3)."""
-        raise NotImplementedError("Modbus write-back is not implemented yet")
+    async def write(self, tag: str, value: Any) -> Any:
+        """Write engineering ``value`` to ``tag``, read it back, return the read-back value.
+
+        Encoding (type, scale, offset, byte order) is :func:`drivers.modbus.encode.encode_write`: a coil with
+        FC5, one register with FC6, several with FC16; a ``bit`` of a holding register is read (FC3),
+        changed and written back with FC6 — not atomic: a change the device makes to the other bits of that
+        register between the read and the write is lost. The value is then read back (FC1 / FC3) and must
+        equal what was written, register for register, else :class:`~gateway.driver.WriteError`.
+        ``ValueError`` for a value the tag cannot hold (nothing is sent); WriteError for an exception answer;
+        :class:`DeviceUnavailable` when the connection is gone or the device does not answer.
+        """
+        from drivers.modbus import encode  # local: write() is the one method of this class that uses it
+
+        from gateway.driver import WriteError
+
+        cfg = next((t for t in self.tags if t.name == tag), None)
+        if cfg is None:
+            raise ValueError(f"no tag {tag!r} on {self.endpoint}")
+        op = encode.encode_write(cfg, value)
+        client = self._client
+        if client is None or not client.connected:
+            raise DeviceUnavailable(f"not connected to {self.endpoint}")
+        unit = self.source.unit
+
+        async def call(what: str, request: Any) -> Any:
+            try:
+                response = await request
+            except ModbusException as exc:
+                if client.connected and "No response" not in str(exc):
+                    raise WriteError(f"invalid answer from {self.endpoint} to {what} ({exc}); "
+                                     "the write may or may not have been applied") from exc
+                raise DeviceUnavailable(f"{self.endpoint}: no answer to {what} ({exc})") from exc
+            if response.isError():
+                raise WriteError(f"{exception_text(int(getattr(response, 'exception_code', 0)))} "
+                                 f"from {self.endpoint} to {what}")
+            return response
+
+        if op.table is Table.COIL:
+            await call(f"write {op}", client.write_coil(op.address, bool(op.bit), device_id=unit))
+            rr = await call(f"read-back of co:{op.address}", client.read_coils(op.address, count=1, device_id=unit))
+            bits = list(rr.bits)
+            if not bits or bool(bits[0]) != op.bit:
+                raise WriteError(f"{self.endpoint}: wrote {op} but read back {bits[:1]}")
+            return encode.readback_value(cfg, bit=bool(bits[0]))
+
+        async def read_words(count: int) -> tuple[int, ...]:
+            rr = await call(f"read of hr:{op.address}+{count}",
+                            client.read_holding_registers(op.address, count=count, device_id=unit))
+            if len(rr.registers) < count:
+                raise WriteError(f"{self.endpoint}: short answer reading back hr:{op.address}+{count}")
+            return tuple(int(w) for w in rr.registers[:count])
+
+        if op.bit_index is not None:
+            (current,) = await read_words(1)
+            word = encode.set_bit(current, op.bit_index, bool(op.bit))
+            await call(f"write {op}", client.write_register(op.address, word, device_id=unit))
+            (back,) = await read_words(1)
+            if bool(back >> op.bit_index & 1) != op.bit:
+                raise WriteError(f"{self.endpoint}: wrote {op} but the bit reads back {back >> op.bit_index & 1}")
+            return encode.readback_value(cfg, bit=bool(back >> op.bit_index & 1))
+
+        if len(op.words) == 1:
+            await call(f"write {op}", client.write_register(op.address, op.words[0], device_id=unit))
+        else:
+            await call(f"write {op}", client.write_registers(op.address, list(op.words), device_id=unit))
+        back_words = await read_words(len(op.words))
+        shown = encode.readback_value(cfg, back_words)
+        if back_words != op.words:
+            raise WriteError(f"{self.endpoint}: wrote {value!r} to {tag!r} but read back {shown!r} "
+                             f"(registers {list(back_words)} instead of {list(op.words)})")
+        return shown
 
     async def read(self) -> Batch:
         """One poll of every tag, requests issued in plan order on the one connection.
@@ -145,6 +226,10 @@ class ModbusDriverBase(ABC):
                 raise DeviceUnavailable(f"connection to {self.endpoint} was closed")
             try:
                 response = await self._exchange(client, request)
+            except BadResponse as exc:
+                batch.ts[request.positions] = time.time_ns()
+                batch.mark_bad(request.positions, exc.code, exc.text)
+                continue
             except ModbusException as exc:
                 raise DeviceUnavailable(self._failure_text(client, request, exc)) from exc
             batch.ts[request.positions] = time.time_ns()

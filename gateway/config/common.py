@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -64,6 +64,7 @@ Name = Annotated[
 ]
 
 Aggregate = Literal["min", "max", "mean", "count"]
+ReduceMode = Literal["rbe", "raw", "lttb", "swinging_door"]
 
 
 class TagBase(StrictModel):
@@ -83,9 +84,42 @@ class TagBase(StrictModel):
     aggregate: list[Aggregate] = Field(
         default_factory=list, description="Window aggregates sent with each publish: min, max, mean, count"
     )
-    mode: Literal["rbe", "raw"] = Field(
-        "rbe", description="rbe: report by exception (last value); raw: every sample of the window as arrays"
+    mode: ReduceMode = Field(
+        "rbe",
+        description="rbe: report by exception (last value); raw: every sample of the window; lttb: `points` "
+        "samples per window keeping the shape; swinging_door: samples a line within `deviation` needs "
+        "(see docs/reduction.md)",
     )
+    deadband_percent: float = Field(
+        0.0, ge=0, le=100, description="rbe: publish only when the value moved more than this percent of the last "
+        "value sent (with `deadband` too: the larger threshold applies)"
+    )
+    points: int = Field(20, ge=3, le=10000, description="lttb: samples kept per publish window")
+    deviation: float = Field(
+        0.0, ge=0, description="swinging_door: compression deviation in engineering units (max time: heartbeat)"
+    )
+    writable: bool = Field(
+        False, description="Allow writes to this tag through the API and MQTT commands (docs/write-back.md)"
+    )
+    min: float | None = Field(None, description="Writes below this value (engineering units) are refused")
+    max: float | None = Field(None, description="Writes above this value (engineering units) are refused")
+
+    @model_validator(mode="after")
+    def _write_limits(self) -> "TagBase":
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is greater than max ({self.max:g})")
+        return self
+
+
+class ReduceProfile(StrictModel):
+    """Reduction defaults of an uplink: apply to every tag that does not set the same field itself."""
+
+    mode: ReduceMode = "rbe"
+    deadband: float = Field(0.0, ge=0)
+    deadband_percent: float = Field(0.0, ge=0, le=100)
+    aggregate: list[Aggregate] = Field(default_factory=list)
+    points: int = Field(20, ge=3, le=10000)
+    deviation: float = Field(0.0, ge=0)
 
 
 class SourceBase(StrictModel):

@@ -137,10 +137,13 @@ async def test_unreachable_device_and_reads_before_connect() -> None:
     await driver.close()
 
 
-async def test_write_is_not_implemented_yet(server) -> None:
+async def test_write_refuses_bad_values_before_and_missing_links_without_io(server) -> None:
+    # write-back round trips are tested end to end in tests/test_writeback.py
     _, port = server
     driver = ModbusTcpDriver(source(port), TAGS[:1])
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(ValueError, match="write a number"):
+        await driver.write("pressure", "high")
+    with pytest.raises(DeviceUnavailable, match="not connected"):
         await driver.write("pressure", 1.0)
 
 
