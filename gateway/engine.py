@@ -8,16 +8,20 @@ Start sinks before sources, stop sources before sinks: on stop, the source tasks
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 from gateway import __version__
 from gateway.driver import registry
-from gateway.encode import encode_json
+from gateway.delivery import Delivery, count_samples, json_wire
+from gateway.encode import compress, encode
 from gateway.source import AssetRuntime
 from gateway.uplink.mqtt import MqttUplink
+from gateway.writes import MqttCommands
 
 log = logging.getLogger("gateway")
 
@@ -35,9 +39,13 @@ class Gateway:
                 buffer_seconds=cfg.buffer.seconds,
                 heartbeat=cfg.mqtt.heartbeat,
                 on_state=self._asset_state_changed,
+                state_dir=cfg.gateway.state_dir,
             )
             for a in cfg.assets
         }
+        if cfg.mqtt.reduce is not None:  # the uplink's reduction profile fills what tags leave unset
+            for asset in self.assets.values():
+                asset.reducer.use_profile(cfg.mqtt.reduce)
         self.status_topic = f"{self.namespace}/_gateway/{cfg.gateway.id}/status"
         self.uplink = MqttUplink(
             cfg.mqtt,
@@ -45,6 +53,22 @@ class Gateway:
             status_topic=self.status_topic,
             on_connection_change=self._uplink_changed,
         )
+        #: every data message goes through the delivery: RAM front, on-disk spool, replay (docs/delivery-guarantees.md)
+        self.metrics_topic = f"{self.namespace}/_gateway/{cfg.gateway.id}/metrics"
+        spool = cfg.spool
+        self.delivery = Delivery(
+            self.uplink,
+            spool,
+            path=Path(spool.path) if spool.path else Path(cfg.gateway.state_dir) / "spool",
+            ack_timeout=spool.ack_timeout or cfg.mqtt.keepalive,
+            max_queued=cfg.mqtt.max_queued,
+            wire=self._wire,
+        )
+        #: write commands on {namespace}/{asset}/cmd, listened to when the config has a writable tag
+        self.commands = MqttCommands(self.assets, self.namespace, self.uplink.publish)
+        if any(getattr(t, "writable", False) for a in self.assets.values() for t in a.tags):
+            for asset_id in self.assets:
+                self.uplink.subscribe(self.commands.topic(asset_id), self.commands.on_message)
         self.seq = 0
         self.messages_published = 0
         self.config_loaded = True
@@ -61,9 +85,30 @@ class Gateway:
         self.uplink.publish(self.asset_status_topic(asset.id), asset.status.state, qos=1, retain=True)
 
     def _uplink_changed(self, connected: bool) -> None:
+        self.delivery.link_changed(connected)
         if connected:  # a restarted broker may have lost retained messages: say them again
             for asset in self.assets.values():
                 self._asset_state_changed(asset)
+            self.publish_metrics()
+
+    def _wire(self, topic: str, body: bytes, replay: bool) -> tuple[str, bytes]:
+        """What goes on the wire for a data message's JSON ``body``: marked when replayed, then compressed
+        as configured (called at send time, so spooled messages are stored uncompressed once)."""
+        topic, body = json_wire(topic, body, replay)
+        c = self.cfg.mqtt.compression
+        return (topic, body) if c == "none" else (f"{topic}/{c}", compress(body, c))
+
+    def publish_metrics(self) -> None:
+        """The gateway's own counters, retained JSON on ``{namespace}/_gateway/{id}/metrics`` (the plain
+        ``status`` topic keeps its online/offline string)."""
+        if self.uplink.connected:
+            body = json.dumps(self.gateway_status(), separators=(",", ":"), default=str)
+            self.uplink.publish(self.metrics_topic, body, qos=1, retain=True)
+
+    async def _metrics_forever(self, every: float = 10.0) -> None:
+        while True:
+            await asyncio.sleep(every)
+            self.publish_metrics()
 
     def publish_once(self) -> int:
         """Reduce every asset's new samples into one message each and hand them to the uplink."""
@@ -74,10 +119,11 @@ class Gateway:
             tags = asset.reducer.reduce(now_mono)
             if not tags:
                 continue
-            self.seq += 1
+            self.seq = self.delivery.next_seq()  # numbered before anything can lose it
             msg = {"seq": self.seq, "ts": now_ms, "asset": asset.id, "tags": tags}
-            payload = encode_json(msg)
-            self.uplink.publish(self.data_topic(asset.id), payload, qos=self.cfg.mqtt.qos)
+            body = encode(msg, "none").payload  # compression is applied at send time (_wire)
+            self.delivery.submit(self.seq, self.data_topic(asset.id), body, samples=count_samples(tags),
+                                 qos=self.cfg.mqtt.qos)
             sent += 1
         self.messages_published += sent
         return sent
@@ -120,8 +166,18 @@ class Gateway:
             __version__, len(self.assets), sum(len(a.tags) for a in self.assets.values()),
             self.cfg.mqtt.host, self.cfg.mqtt.port,
         )
+        await self.delivery.open()
+        try:
+            await self._run_tasks(stop, api_socket, serve_api)
+        finally:  # whatever ended the run, unacknowledged messages go to the spool and its lock is released
+            await self.delivery.close()
+        log.info("stopped")
+
+    async def _run_tasks(self, stop: asyncio.Event, api_socket: socket.socket | None, serve_api: Any) -> None:
         async with asyncio.TaskGroup() as tg:
             uplink_task = tg.create_task(self.uplink.run(), name="uplink")
+            delivery_task = tg.create_task(self.delivery.run(), name="delivery")
+            metrics_task = tg.create_task(self._metrics_forever(), name="metrics")
             api_task = None
             if api_socket is not None:
                 self._api_server, api_coro = serve_api(self, api_socket)
@@ -130,6 +186,7 @@ class Gateway:
             sources = [tg.create_task(a.run(), name=f"source:{a.id}") for a in self.assets.values()]
             await stop.wait()
 
+            await self.commands.close()
             log.info("stopping: sources")
             for t in sources:
                 t.cancel()
@@ -137,6 +194,11 @@ class Gateway:
             publisher.cancel()
             await asyncio.gather(publisher, return_exceptions=True)
             self.publish_once()
+            log.info("stopping: delivery (unacknowledged messages go to the spool)")
+            metrics_task.cancel()
+            await self.delivery.close()
+            delivery_task.cancel()
+            await asyncio.gather(metrics_task, delivery_task, return_exceptions=True)
             log.info("stopping: uplink")
             await self.uplink.stop()
             await asyncio.gather(uplink_task, return_exceptions=True)
@@ -147,7 +209,6 @@ class Gateway:
                         await api_task
                 except TimeoutError:
                     api_task.cancel()
-        log.info("stopped")
 
     @property
     def ready(self) -> bool:
@@ -162,4 +223,7 @@ class Gateway:
             "uplink": {"connected": self.uplink.connected, **self.uplink.stats},
             "seq": self.seq,
             "messages_published": self.messages_published,
+            "spool": self.delivery.stats(),
+            "dropped_messages": self.delivery.backlog.dropped_messages,
+            "dropped_samples": self.delivery.backlog.dropped_samples,
         }

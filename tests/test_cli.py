@@ -84,6 +84,7 @@ async def test_run_publishes_and_stops_cleanly_on_sigterm(tmp_path, mqtt_broker,
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(
         (ROOT / "config/demo.yaml").read_text()
+        .replace("gateway:\n", f"gateway:\n  state_dir: {tmp_path / 'state'}\n", 1)
         .replace("port: 1883", f"port: {mqtt_broker.port}")
         .replace("port: 5020", f"port: {press_sim.port}")
         .replace("127.0.0.1:8080", f"127.0.0.1:{api_port}")

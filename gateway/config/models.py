@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from gateway.config.common import Duration, Name, StrictModel
+from gateway.config.common import Duration, Name, ReduceProfile, StrictModel
 from gateway.driver import registry
 
 
@@ -70,6 +70,20 @@ class MqttSection(StrictModel):
     qos: Literal[0, 1] = 1
     reconnect_max: Duration = Field(30.0, gt=0, description="Cap of the reconnect backoff")
     max_queued: int = Field(10000, ge=1, description="Messages held in memory while the broker is unreachable")
+    compression: Literal["none", "zlib", "zstd"] = Field(
+        "none", description="Compress data payloads; the topic then ends in /zlib or /zstd (docs/reduction.md)"
+    )
+    reduce: ReduceProfile | None = Field(
+        None, description="Reduction defaults for every tag that does not set the field itself (docs/reduction.md)"
+    )
+
+    @field_validator("compression")
+    @classmethod
+    def _compression_available(cls, v: str) -> str:
+        from gateway.encode import check_compression
+
+        check_compression(v)
+        return v
 
     @field_validator("username", mode="before")
     @classmethod
@@ -87,6 +101,23 @@ class ApiSection(StrictModel):
 
     listen: str = Field("127.0.0.1:8080", description="host:port of the status API")
     enabled: bool = True
+    token: SecretStr | None = Field(
+        None,
+        description="Bearer token that allows writes through the API, e.g. ${API_TOKEN} (at least 16 characters); "
+        "without it API writes are off (docs/write-back.md)",
+    )
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+    @field_validator("token")
+    @classmethod
+    def _token_strength(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("token must be at least 16 characters (e.g. the output of: openssl rand -hex 32)")
+        return v
 
     @field_validator("listen")
     @classmethod
@@ -103,6 +134,28 @@ class ApiSection(StrictModel):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+
+class SpoolSection(StrictModel):
+    """The on-disk store-and-forward spool of data messages (docs/delivery-guarantees.md)."""
+
+    path: str | None = Field(None, description="Spool directory (default: <gateway.state_dir>/spool)")
+    max_bytes: int = Field(
+        256 * 1024 * 1024, ge=64 * 1024,
+        description="Disk budget of the spooled messages in bytes (default 256 MiB); beyond it the policy applies",
+    )
+    policy: Literal["drop_oldest", "drop_newest"] = Field(
+        "drop_oldest", description="What to drop when the spool is full; dropped messages and samples are counted"
+    )
+    durability: Literal["outage", "always"] = Field(
+        "outage",
+        description="outage: write to disk only while the broker is unreachable or behind (kind to SD cards); "
+        "always: every message is written and fsync'ed before it is sent (survives a crash while the link is up)",
+    )
+    replay_rate: float = Field(50.0, gt=0, description="Spooled messages replayed per second at most")
+    ack_timeout: Duration | None = Field(
+        None, gt=0, description="A PUBACK later than this closes and reopens the link (default: mqtt.keepalive)"
+    )
 
 
 class BufferSection(StrictModel):
@@ -185,6 +238,7 @@ def config_model() -> type[StrictModel]:
         mqtt: MqttSection = Field(description="The MQTT broker data is published to")
         api: ApiSection = Field(default_factory=ApiSection, description="The HTTP status API")
         buffer: BufferSection = Field(default_factory=BufferSection, description="In-memory history per tag")
+        spool: SpoolSection = Field(default_factory=SpoolSection, description="On-disk store-and-forward spool")
         assets: list[asset_union] = Field(  # type: ignore[valid-type]
             min_length=1, description=f"The machines polled, each with one source and its tags; drivers: {names}"
         )

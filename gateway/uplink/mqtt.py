@@ -127,6 +127,9 @@ class MqttUplink:
         self._inflight: OrderedDict[int, _Message] = OrderedDict()
         self._control: dict[int, asyncio.Future[None]] = {}
         self._subscriptions: dict[str, tuple[int, MessageCallback]] = {}
+        self._tracked: set[int] = set()  # packet ids of try_send() messages awaiting their PUBACK
+        self._on_ack: Callable[[int], None] | None = None
+        self._on_lost: Callable[[], None] | None = None
 
         self._client: paho.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -208,6 +211,35 @@ class MqttUplink:
         self._subscriptions[topic_filter] = (qos, callback)
         if self._connected and self._client is not None:
             self._client.subscribe(topic_filter, qos)
+
+    def set_delivery(self, on_ack: Callable[[int], None], on_lost: Callable[[], None]) -> None:
+        """Register the owner of :meth:`try_send` messages (the spool's delivery): ``on_ack(mid)`` when the
+        broker acknowledged one, ``on_lost()`` when the link is gone and no unacknowledged one will ever be
+        acknowledged (called before any reconnect, on the loop thread)."""
+        self._on_ack, self._on_lost = on_ack, on_lost
+
+    def try_send(self, topic: str, payload: bytes, *, qos: int = 1) -> int | None:
+        """Give a message to the broker now, without queuing: the packet id to expect in ``on_ack`` (QoS 1),
+        ``0`` for QoS 0 (nothing will acknowledge it), or ``None`` when not connected (the caller keeps it)."""
+        if not self._connected or self._client is None:
+            return None
+        info = self._client.publish(topic, payload, qos=qos)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return None
+        self._published += 1
+        if not qos:
+            return 0
+        self._tracked.add(info.mid)
+        return info.mid
+
+    def drop_connection(self, reason: str) -> None:
+        """Close the current connection at once (no DISCONNECT) and reconnect with backoff, e.g. when PUBACKs
+        stop coming although the socket looks alive (a half-open link)."""
+        if self._sock is not None and not self._stopping:
+            sock = self._sock
+            self._detach()
+            sock.close()
+            self._link_down(reason)
 
     def unsubscribe(self, topic_filter: str) -> None:
         """Stop delivering ``topic_filter`` (no-op when not subscribed)."""
@@ -376,6 +408,10 @@ class MqttUplink:
             if not fut.done():
                 fut.set_result(None)  # nobody waits for an ack that can no longer come
         self._control.clear()
+        if self._tracked:
+            self._tracked.clear()
+            if self._on_lost is not None:
+                self._on_lost()
         if self._inflight:
             self._pending.extendleft(reversed(self._inflight.values()))
             self._inflight.clear()
@@ -528,7 +564,12 @@ class MqttUplink:
         self._update_idle()
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
-        if self._inflight.pop(mid, None) is not None:
+        if mid in self._tracked:
+            self._tracked.discard(mid)
+            self._acked += 1
+            if self._on_ack is not None:
+                self._on_ack(mid)
+        elif self._inflight.pop(mid, None) is not None:
             self._acked += 1
         fut = self._control.pop(mid, None)
         if fut is not None and not fut.done():

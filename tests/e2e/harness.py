@@ -27,6 +27,7 @@ def write_config(tmp_path: Path, broker, assets_yaml: str, *, api_port: int, pub
             gateway:
               id: test-gw
               namespace: {NAMESPACE}
+              state_dir: {tmp_path / 'state'}
             mqtt:
               host: {broker.host}
               port: {broker.port}

@@ -1,0 +1,502 @@
+"""At-least-once delivery of data messages: a RAM front, the on-disk spool behind it, replay in order.
+
+Who calls what
+    The engine numbers a message (:meth:`Delivery.next_seq`) before anything can lose it, then hands it over
+    (:meth:`Delivery.submit`); it runs :meth:`Delivery.run` as a task and awaits :meth:`Delivery.close` on
+    stop, before the uplink stops. The MQTT uplink reports PUBACKs and link losses through the two callbacks
+    registered with ``uplink.set_delivery(on_ack, on_lost)``. Everything runs on the event loop thread except
+    file I/O, which runs in one dedicated thread (appends, fsync, reads, head updates; in submission order).
+
+Paths of a message
+    - Link up and keeping up: sent at once from RAM (the *live* path) and forgotten when the PUBACK comes.
+    - Link down, or a PUBACK late by more than ``spool.ack_timeout`` (the link is then closed and reopened:
+      a half-open link is caught this way), or more than ``mqtt.max_queued`` messages waiting in RAM: the
+      message, and everything unacknowledged in RAM, goes to the on-disk *backlog* spool in ``seq`` order.
+    - Backlog: replayed oldest first when the link is up, at most ``spool.replay_rate`` messages per second
+      and half the in-flight window, so live data keeps flowing; replayed payloads carry ``"replay": true``.
+    - ``durability: always``: every message is first appended and fsync'ed to a write-ahead spool (``wal/``)
+      and sent only then; a crash or power loss while the link is up loses nothing that was submitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway.spool import Spool, SpoolError, SpoolRecord
+
+log = logging.getLogger("gateway.delivery")
+
+Wire = Callable[[str, bytes, bool], tuple[str, bytes]]
+"""``wire(topic, body, replay) -> (topic, payload)``: the bytes put on the wire for a spooled body."""
+
+_WATCH_INTERVAL = 0.25
+_SYNC_INTERVAL = 1.0  # outage mode: spooled data reaches the disk within this (plus the fsync itself)
+_SEQ_BLOCK = 1000
+
+
+class Uplink(Protocol):
+    connected: bool
+
+    def try_send(self, topic: str, payload: bytes, *, qos: int) -> int | None: ...
+    def set_delivery(self, on_ack: Callable[[int], None], on_lost: Callable[[], None]) -> None: ...
+    def drop_connection(self, reason: str) -> None: ...
+
+
+def json_wire(topic: str, body: bytes, replay: bool) -> tuple[str, bytes]:
+    """The default ``wire``: the JSON body as is, with ``"replay":true`` put first when replayed."""
+    if replay and body[:1] == b"{":
+        body = b'{"replay":true,' + body[1:] if body != b"{}" else b'{"replay":true}'
+    return topic, body
+
+
+def count_samples(tags: dict[str, dict[str, Any]]) -> int:
+    """Samples in a message's ``tags``: one per tag, or the length of its ``raw`` arrays."""
+    n = 0
+    for entry in tags.values():
+        raw = entry.get("raw")
+        n += len(raw["v"]) if raw else 1
+    return n
+
+
+# ------------------------------------------------------------------------------------------- seq numbers
+
+
+class SeqCounter:
+    """Sequence numbers that never repeat across restarts.
+
+    ``seq`` (file, JSON) holds the next number and a reservation: numbers are handed out from blocks of
+    1000 reserved on disk ahead of use, so a crash skips at most the rest of one block (``gap``) and never
+    reuses a number. A clean stop records the exact next number: no gap.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.next = 1
+        self.reserved = 1
+        self.gap: tuple[int, int] | None = None  # numbers never used because of an unclean stop
+        self._reserving = False
+
+    def open(self, floor: int) -> None:
+        state: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads(self.path.read_text())
+        nxt = int(state.get("next", 1))
+        if not state.get("clean", True):
+            start = max(int(state.get("reserved", nxt)), nxt)
+            if start > nxt:
+                self.gap = (nxt, start - 1)
+            nxt = start
+        self.next = max(nxt, floor + 1, 1)
+        self.reserved = self.next + _SEQ_BLOCK
+        self._write(clean=False)
+
+    def _write(self, *, clean: bool, reserved: int | None = None) -> None:
+        tmp = self.path.with_name(f"{self.path.name}.{threading.get_ident()}.tmp")  # loop and I/O thread
+        data = json.dumps({"next": self.next, "reserved": reserved or self.reserved, "clean": clean})
+        with open(tmp, "w") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def take(self, io: ThreadPoolExecutor) -> int:
+        """The next number (loop thread). Reserves the next block in ``io`` when half of this one is used."""
+        seq = self.next
+        self.next += 1
+        if self.next >= self.reserved:  # the reservation ran behind: do it now, rare
+            self.reserved += _SEQ_BLOCK
+            self._write(clean=False)
+        elif self.next > self.reserved - _SEQ_BLOCK // 2 and not self._reserving:
+            self._reserving = True
+            target = self.reserved + _SEQ_BLOCK
+
+            def reserve() -> None:
+                self._write(clean=False, reserved=target)
+
+            fut = asyncio.get_running_loop().run_in_executor(io, reserve)
+            fut.add_done_callback(lambda f, t=target: self._reserved(f, t))
+        return seq
+
+    def _reserved(self, fut: asyncio.Future[None], target: int) -> None:
+        self._reserving = False
+        if not fut.cancelled() and fut.exception() is None:
+            self.reserved = max(self.reserved, target)
+
+    def close(self) -> None:
+        self._write(clean=True, reserved=self.next)
+
+
+# ---------------------------------------------------------------------------------------------- delivery
+
+
+@dataclass(slots=True)
+class _Sent:
+    rec: SpoolRecord
+    backlog_pos: int | None  # set for a replayed message
+    wal_pos: int | None  # set for a live message in durability "always"
+    at: float
+
+
+@dataclass(slots=True)
+class _Job:
+    """One batch of file work, done in the I/O thread in this order."""
+
+    requeue: list[int] = field(default_factory=list)
+    backlog_acks: list[int] = field(default_factory=list)
+    wal_records: list[SpoolRecord] = field(default_factory=list)
+    backlog_records: list[SpoolRecord] = field(default_factory=list)
+    wal_acks: list[int] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.requeue or self.backlog_acks or self.wal_records or self.backlog_records or self.wal_acks)
+
+
+class Delivery:
+    """The data path between the engine and the MQTT uplink (see the module docstring)."""
+
+    def __init__(self, uplink: Uplink, cfg: Any, *, path: Path, ack_timeout: float, max_queued: int,
+                 wire: Wire = json_wire, max_inflight: int = 64, flush_timeout: float = 2.0) -> None:
+        self.cfg = cfg
+        self.path = path
+        self.always = cfg.durability == "always"
+        self.ack_timeout = ack_timeout
+        self.max_queued = max_queued
+        self.max_inflight = max(2, max_inflight)
+        self.flush_timeout = flush_timeout
+        self._uplink = uplink
+        self._wire = wire
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="spool-io")
+        self.backlog = Spool(path / "backlog", max_bytes=cfg.max_bytes, policy=cfg.policy)
+        self.wal = Spool(path / "wal", max_bytes=2**62, policy="drop_newest") if self.always else None
+        self.seq = SeqCounter(path / "seq")
+        self._live: deque[tuple[SpoolRecord, int | None]] = deque()
+        self._inflight: dict[int, _Sent] = {}
+        self._job = _Job()
+        self._io_busy = False
+        self._io_idle = asyncio.Event()
+        self._io_idle.set()
+        self._wake = asyncio.Event()
+        self._more_backlog = True
+        self._opened = False
+        self._closing = False
+        self._closed = False
+        self._replay_inflight = 0
+        self._dropping = False
+        self._late_logged = False
+        self._dirty = False  # outage mode: appended but not yet fsync'ed (synced every second)
+        self.delivered = 0
+        self.replayed = 0
+        self.spooled = 0
+        self.lost_at_close = 0
+        uplink.set_delivery(self._on_ack, self._on_lost)
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Open the spools (verifying every record; damage is skipped and counted) and the seq counter."""
+        await asyncio.get_running_loop().run_in_executor(self._io, self._open_sync)
+        self._opened = True
+        if self.backlog.messages:
+            log.info("spool %s: %d message(s) from before the restart will be replayed", self.backlog.path,
+                     self.backlog.messages)
+        if self.seq.gap:
+            log.warning("seq continues at %d after an unclean stop: numbers %d..%d were never used",
+                        self.seq.next, *self.seq.gap)
+
+    def _open_sync(self) -> None:
+        self.backlog.open()
+        if self.wal is not None:
+            self.wal.open()
+            left = self.wal.take(self.wal.messages)
+            redo = [rec for _, rec in left if rec.seq > self.backlog.last_seq]
+            if redo:
+                self.backlog.append(redo, sync=True)
+            self.wal.ack([pos for pos, _ in left])
+            self.wal.commit(sync=True)
+        floor = max(self.backlog.last_seq, self.wal.last_seq if self.wal else 0)
+        self.seq.open(floor)
+
+    async def run(self) -> None:
+        """Replay the backlog and watch PUBACK deadlines, until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._replay_forever(), name="spool-replay")
+            tg.create_task(self._watch_forever(), name="spool-watch")
+
+    async def close(self) -> None:
+        """Stop replaying; give RAM messages up to ``flush_timeout`` to be acknowledged; spool what is left;
+        sync and close the files. Call before the uplink stops."""
+        if self._closed or not self._opened:
+            return
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.flush_timeout
+        while (self._live or any(s.backlog_pos is None for s in self._inflight.values())) and \
+                self._uplink.connected and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        self._on_lost()
+        await self._drain_io()
+        self._closed = True
+
+        def close_files() -> None:
+            self.backlog.close()
+            if self.wal is not None:
+                self.wal.close()
+            self.seq.close()
+
+        await loop.run_in_executor(self._io, close_files)
+        self._io.shutdown(wait=True)
+
+    def link_changed(self, connected: bool) -> None:
+        """The uplink's connection came up (replay may start) or went down."""
+        if connected:
+            self._more_backlog = True
+            self._pump()
+            self._wake.set()
+
+    async def _drain_io(self) -> None:
+        while self._io_busy or self._job:
+            self._kick()
+            self._io_idle.clear()
+            await self._io_idle.wait()
+
+    # --------------------------------------------------------------------------------------------- submit
+
+    def next_seq(self) -> int:
+        """The sequence number of the next message (never repeats, also across restarts)."""
+        return self.seq.take(self._io)
+
+    def submit(self, seq: int, topic: str, body: bytes, *, samples: int, qos: int = 1) -> None:
+        """Take over one message (``body``: the JSON the engine encoded); never blocks, never raises for the
+        link's state. From here the message is either acknowledged by the broker or counted as dropped."""
+        rec = SpoolRecord(seq, topic, body, samples, time.time_ns(), qos)
+        if self.always:
+            self._job.wal_records.append(rec)
+        elif self._uplink.connected and not self._closing and len(self._live) < self.max_queued:
+            self._live.append((rec, None))
+            self._pump()
+            return
+        else:
+            self._job.backlog_records.append(rec)
+        self._kick()
+
+    # ------------------------------------------------------------------------------------------- sending
+
+    def _send(self, rec: SpoolRecord, *, backlog_pos: int | None, wal_pos: int | None) -> bool:
+        topic, payload = self._wire(rec.topic, rec.payload, backlog_pos is not None)
+        mid = self._uplink.try_send(topic, payload, qos=rec.qos)
+        if mid is None:
+            return False
+        if mid == 0:  # QoS 0: nothing will acknowledge it
+            self._done(_Sent(rec, backlog_pos, wal_pos, 0.0))
+        else:
+            self._inflight[mid] = _Sent(rec, backlog_pos, wal_pos, time.monotonic())
+            if backlog_pos is not None:
+                self._replay_inflight += 1
+        return True
+
+    def _pump(self) -> None:
+        while self._live and self._uplink.connected and len(self._inflight) < self.max_inflight:
+            rec, wal_pos = self._live[0]
+            if not self._send(rec, backlog_pos=None, wal_pos=wal_pos):
+                break
+            self._live.popleft()
+
+    def _done(self, sent: _Sent) -> None:
+        self.delivered += 1
+        if sent.backlog_pos is not None:
+            self.replayed += 1
+            self._job.backlog_acks.append(sent.backlog_pos)
+            self._kick()
+        elif sent.wal_pos is not None:
+            self._job.wal_acks.append(sent.wal_pos)
+            self._kick()
+
+    def _on_ack(self, mid: int) -> None:
+        sent = self._inflight.pop(mid, None)
+        if sent is None:
+            return
+        if sent.backlog_pos is not None:
+            self._replay_inflight -= 1
+        self._done(sent)
+        self._pump()
+        self._wake.set()
+
+    def _on_lost(self) -> None:
+        """The link is gone: replayed messages in flight are handed out again later, live ones go to disk."""
+        if self._closed:
+            return
+        back: list[tuple[SpoolRecord, int | None]] = []
+        for sent in self._inflight.values():
+            if sent.backlog_pos is not None:
+                self._job.requeue.append(sent.backlog_pos)
+            else:
+                back.append((sent.rec, sent.wal_pos))
+        self._inflight.clear()
+        self._replay_inflight = 0
+        back.extend(self._live)
+        self._live.clear()
+        back.sort(key=lambda x: x[0].seq)
+        self._job.backlog_records.extend(rec for rec, _ in back)
+        self._job.wal_acks.extend(pos for _, pos in back if pos is not None)
+        self._more_backlog = True
+        self._kick()
+
+    # ------------------------------------------------------------------------------------------ file work
+
+    def _kick(self) -> None:
+        if self._io_busy or not self._job or self._closed:
+            if not self._io_busy and not self._job:
+                self._io_idle.set()
+            return
+        job, self._job = self._job, _Job()
+        job.backlog_records.sort(key=lambda r: r.seq)
+        self._io_busy = True
+        self._io_idle.clear()
+        fut = asyncio.get_running_loop().run_in_executor(self._io, self._do_io, job)
+        fut.add_done_callback(self._io_done)
+
+    def _do_io(self, job: _Job) -> list[tuple[int, SpoolRecord]]:
+        backlog, wal = self.backlog, self.wal
+        if job.requeue:
+            backlog.requeue(job.requeue)
+        if job.backlog_acks:
+            backlog.ack(job.backlog_acks)
+        written: list[tuple[int, SpoolRecord]] = []
+        if wal is not None and job.wal_records:
+            wal.append(job.wal_records, sync=True)
+            written = wal.take(len(job.wal_records))
+        if job.backlog_records:
+            backlog.append(job.backlog_records, sync=self.always)
+            self._dirty = not self.always
+        if wal is not None and job.wal_acks:
+            wal.ack(job.wal_acks)
+            wal.commit(sync=False)
+        backlog.commit(sync=self.always)
+        return written
+
+    def _io_done(self, fut: asyncio.Future[list[tuple[int, SpoolRecord]]]) -> None:
+        self._io_busy = False
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None:
+            log.error("spool I/O failed: %s", exc, exc_info=exc)
+        else:
+            for pos, rec in fut.result():
+                if self._uplink.connected and not self._closing and len(self._live) < self.max_queued:
+                    self._live.append((rec, pos))
+                else:
+                    self._job.backlog_records.append(rec)
+                    self._job.wal_acks.append(pos)
+            self._pump()
+        self._more_backlog = True
+        self._note_drops()
+        self._wake.set()
+        self._kick()
+
+    def _note_drops(self) -> None:
+        b = self.backlog
+        full = b.dropped_messages > getattr(self, "_dropped_seen", 0)
+        self._dropped_seen = b.dropped_messages
+        if full and not self._dropping:
+            self._dropping = True
+            log.warning("spool full (%d bytes, spool.max_bytes): %s applies; see dropped_messages/samples",
+                        b.max_bytes, b.policy)
+        elif self._dropping and b.bytes < 0.9 * b.max_bytes:
+            self._dropping = False
+            log.info("spool below its quota again; %d message(s) (%d samples) dropped in total",
+                     b.dropped_messages, b.dropped_samples)
+
+    # ---------------------------------------------------------------------------------------------- tasks
+
+    async def _replay_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        rate = float(self.cfg.replay_rate)
+        tokens, last = 1.0, loop.time()
+        window = self.max_inflight // 2
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._uplink.connected and not self._closing and self._more_backlog:
+                room = window - self._replay_inflight
+                if room <= 0:
+                    break
+                now = loop.time()
+                tokens, last = min(max(rate, 1.0), tokens + (now - last) * rate), now
+                if tokens < 1.0:
+                    await asyncio.sleep((1.0 - tokens) / rate)
+                    continue
+                n = max(1, min(int(tokens), room, 64))
+                batch = await loop.run_in_executor(self._io, self.backlog.take, n)
+                if len(batch) < n:
+                    self._more_backlog = False
+                tokens -= len(batch)
+                unsent = []
+                for pos, rec in batch:
+                    if self._closing or not self._send(rec, backlog_pos=pos, wal_pos=None):
+                        unsent.append(pos)
+                if unsent:
+                    self._job.requeue.extend(unsent)
+                    self._more_backlog = True
+                    self._kick()
+                    break
+
+    async def _watch_forever(self) -> None:
+        """A PUBACK later than ``ack_timeout``: the link is not delivering; close it (reconnect, spool)."""
+        loop = asyncio.get_running_loop()
+        next_sync = loop.time() + _SYNC_INTERVAL
+        while True:
+            await asyncio.sleep(_WATCH_INTERVAL)
+            if self._dirty and loop.time() >= next_sync and not self._closed:
+                self._dirty = False
+                next_sync = loop.time() + _SYNC_INTERVAL
+                await loop.run_in_executor(self._io, self.backlog.sync)
+            if not self._inflight:
+                self._late_logged = False
+                continue
+            oldest = next(iter(self._inflight.values()))
+            late = time.monotonic() - oldest.at
+            if late > self.ack_timeout and self._uplink.connected:
+                log.warning("no PUBACK for %.1f s (spool.ack_timeout %gs): closing the MQTT link; %d message(s) "
+                            "go to the spool", late, self.ack_timeout, len(self._inflight) + len(self._live))
+                self._uplink.drop_connection(f"no PUBACK within {self.ack_timeout:g}s")
+
+    # ---------------------------------------------------------------------------------------------- status
+
+    def stats(self) -> dict[str, Any]:
+        """The spool and delivery counters for the status API and the metrics topic."""
+        b = self.backlog
+        age = b.oldest_age()
+        return {
+            "path": str(self.path),
+            "durability": self.cfg.durability,
+            "policy": b.policy,
+            "max_bytes": b.max_bytes,
+            "messages": b.messages,
+            "bytes": b.bytes,
+            "samples": b.samples,
+            "oldest_age_s": None if age is None else round(age, 3),
+            "ram_queued": len(self._live),
+            "inflight": len(self._inflight),
+            "delivered": self.delivered,
+            "replayed": self.replayed,
+            "dropped_messages": b.dropped_messages,
+            "dropped_samples": b.dropped_samples,
+            "damaged_records": b.damaged_records,
+            "damaged_bytes": b.damaged_bytes,
+            "next_seq": self.seq.next,
+            "seq_gap": list(self.seq.gap) if self.seq.gap else None,
+        }
+
+
+__all__ = ["Delivery", "SeqCounter", "SpoolError", "count_samples", "json_wire"]

@@ -1,0 +1,104 @@
+"""Shared pieces of the fault-injection suite: a gateway config on fake devices, spool inspection."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from gateway.spool import Spool
+
+NS = "acme/faults/line1"
+
+
+def gateway_yaml(tmp_path: Path, *, mqtt_port: int, devices: list[tuple[str, int]], tags: int = 10,
+                 poll: str = "100ms", publish_interval: str = "500ms", mode: str = "raw", spool: str = "",
+                 api_port: int | None = None, keepalive: str = "5s", timeout: str = "500ms",
+                 retry_max: str = "2s") -> Path:
+    """A config with one asset per ``(id, port)`` Modbus device, ``tags`` holding registers each."""
+    assets = []
+    for asset_id, port in devices:
+        tag_lines = "\n".join(
+            f"      - {{name: t{i:03d}, address: \"hr:{i}\", type: uint16, mode: {mode}}}" for i in range(tags)
+        )
+        assets.append(
+            f"  - id: {asset_id}\n    source: {{driver: modbus_tcp, host: 127.0.0.1, port: {port}, poll: {poll},"
+            f" timeout: {timeout}, retry_max: {retry_max}}}\n    tags:\n{tag_lines}"
+        )
+    api = f"api:\n  listen: 127.0.0.1:{api_port}\n" if api_port else "api:\n  enabled: false\n"
+    text = textwrap.dedent(
+        f"""\
+        gateway:
+          id: fault-gw
+          namespace: {NS}
+          state_dir: {tmp_path / 'state'}
+        mqtt:
+          host: 127.0.0.1
+          port: {mqtt_port}
+          publish_interval: {publish_interval}
+          keepalive: {keepalive}
+          reconnect_max: 1s
+        buffer:
+          seconds: 120
+        """
+    ) + api + (textwrap.dedent(spool) if spool else "") + "assets:\n" + "\n".join(assets) + "\n"
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    return path
+
+
+def spooled_seqs(path: Path) -> list[int]:
+    """The seq of every message held in a (closed) spool directory, oldest first."""
+    s = Spool(path, max_bytes=2**40)
+    s.open()
+    try:
+        return [rec.seq for _, rec in s.take(10**9)]
+    finally:
+        s.close()
+
+
+def data_messages(sub) -> list[dict]:
+    return [m.json() for m in sub.messages if m.topic.startswith(NS + "/") and m.topic.endswith("/data")]
+
+
+class InProcess:
+    """The real gateway on the test's event loop (``gw``), stopped on exit like SIGTERM would."""
+
+    def __init__(self, config: Path) -> None:
+        from gateway.config import load_config
+        from gateway.engine import Gateway
+
+        self.cfg = load_config(config)
+        self.gw = Gateway(self.cfg)
+        self._stop = None
+        self._task = None
+
+    async def __aenter__(self):
+        import asyncio
+
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self.gw.run(self._stop, self.gw.bind_api()))
+        return self.gw
+
+    async def stop(self) -> None:
+        import asyncio
+
+        self._stop.set()
+        async with asyncio.timeout(15):
+            await self._task
+
+    async def __aexit__(self, *exc) -> None:
+        if not self._task.done():
+            await self.stop()
+
+
+def samples_by_tag(messages: list[dict]) -> dict[str, list[int]]:
+    """Per tag, the timestamps of every raw sample, messages taken in seq order (duplicates removed)."""
+    out: dict[str, list[int]] = {}
+    seen: set[int] = set()
+    for m in sorted(messages, key=lambda m: m["seq"]):
+        if m["seq"] in seen:
+            continue
+        seen.add(m["seq"])
+        for name, entry in m["tags"].items():
+            out.setdefault(name, []).extend(entry["raw"]["ts"])
+    return out

@@ -1,0 +1,47 @@
+"""One of ten Modbus devices misbehaves (hangs, resets every connection, or answers only exceptions):
+the other nine keep at least 99 % of their scheduled polls; the bad one is retried with capped backoff."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from fakes import FakeModbus
+from faultkit import InProcess, gateway_yaml
+
+INTERVAL = 0.1
+WINDOW = 8.0
+
+
+@pytest.mark.parametrize("kind", ["hung", "reset", "exceptions"])
+async def test_a_bad_device_does_not_disturb_the_other_nine(tmp_path, mqtt_broker, kind):
+    good = [await FakeModbus().start() for _ in range(9)]
+    bad = await FakeModbus(kind).start()
+    devices = [(f"dev{i}", d.port) for i, d in enumerate(good)] + [("bad", bad.port)]
+    cfg = gateway_yaml(tmp_path, mqtt_port=mqtt_broker.port, devices=devices, tags=10, poll="100ms",
+                       timeout="500ms", retry_max="2s", mode="rbe")
+    loop = asyncio.get_running_loop()
+    try:
+        async with InProcess(cfg) as gw:
+            await asyncio.sleep(2.0)  # connected and polling
+            t0, polls0 = loop.time(), {a: gw.assets[a].status.polls for a, _ in devices}
+            bad_connections0 = bad.connections
+            await asyncio.sleep(WINDOW)
+            elapsed = loop.time() - t0
+            polls = {a: gw.assets[a].status.polls - polls0[a] for a, _ in devices}
+            bad_status = gw.assets["bad"].status
+    finally:
+        for d in (*good, bad):
+            await d.stop()
+    scheduled = elapsed / INTERVAL
+    for asset, n in polls.items():
+        if asset != "bad":
+            assert n >= 0.99 * scheduled - 1, f"{asset}: {n} polls of {scheduled:.0f} scheduled"
+    if kind == "exceptions":
+        assert bad_status.tag_errors > 0  # answered, every tag bad: polling goes on at its rate
+    else:
+        assert polls["bad"] == 0 and bad_status.last_error is not None
+        # retried all along with a backoff capped at retry_max (2 s): neither given up nor hammered at poll rate
+        attempts = bad.connections - bad_connections0
+        assert 3 <= attempts <= WINDOW / 0.8 + 2, attempts
