@@ -1,4 +1,4 @@
-"""``iiot-gateway`` command line: run, validate, schema, demo, simulate, sub."""
+"""``iiot-gateway`` command line: run, validate, schema, demo, simulate, sub, browse, trust."""
 
 from __future__ import annotations
 
@@ -98,10 +98,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return main_demo(args)
 
 
+def cmd_browse(args: argparse.Namespace) -> int:
+    from drivers.opcua.tools import main_browse  # the CLI composes; the engine never imports a driver
+
+    return main_browse(args)
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    from drivers.opcua.tools import main_trust
+
+    return main_trust(args)
+
+
 def cmd_sub(args: argparse.Namespace) -> int:
     from gateway.subscribe import main_sub
 
     return main_sub(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from gateway.bench import main_bench
+
+    setup_logging(args.log_level or "warning")
+    return main_bench(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--modbus-port", type=int, default=5020)
     sim.add_argument("--opcua-port", type=int, default=4840)
+    sim.add_argument("--opcua-secure", metavar="PKI_DIR", default=None,
+                     help="serve OPC UA secured only (Basic256Sha256, Aes128/Aes256; Sign/SignAndEncrypt), with its "
+                     "certificate in PKI_DIR/own and the client certificates it trusts in PKI_DIR/trusted")
+    sim.add_argument("--opcua-user", action="append", default=[], metavar="NAME:PASSWORD",
+                     help="with --opcua-secure: a user the simulator accepts (repeatable)")
+    from simulators.serial_instrument import add_instrument_arguments
+
+    add_instrument_arguments(sim)
     sim.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    sim.add_argument("--rtu", nargs="?", const="1", default=None, metavar="UNITS",
+                     help="also serve Modbus RTU slaves (unit ids, default 1) on a pty and print its path")
+    sim.add_argument("--rtu-link", metavar="PATH", default=None, help="with --rtu: a stable symlink to the pty")
     sim.set_defaults(func=cmd_simulate)
 
     d = sub.add_parser("demo", help="simulators + broker + gateway on config/demo.yaml; Ctrl-C stops all")
@@ -146,6 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-P", "--password-env", metavar="VAR", help="read the password from this environment variable")
     m.add_argument("-n", "--count", type=int, default=0, help="exit after this many messages (0: never)")
     m.set_defaults(func=cmd_sub)
+
+    from drivers.opcua.cli_args import add_browse_arguments, add_trust_arguments
+
+    b = sub.add_parser("browse", help="list an OPC UA server's variables as YAML tag lines (node ids, types)")
+    add_browse_arguments(b)
+    b.set_defaults(func=cmd_browse)
+
+    t = sub.add_parser("trust", help="OPC UA certificates: list rejected/trusted servers, trust one, show own")
+    add_trust_arguments(t)
+    t.set_defaults(func=cmd_trust)
+    bn = sub.add_parser("bench", help="measure throughput, CPU, bytes, latency and memory on this machine")
+    bn.add_argument("--quick", action="store_true", help="shorter runs (under a minute)")
+    bn.add_argument("--json", metavar="FILE", help="also write the JSON document to FILE")
+    bn.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    bn.set_defaults(func=cmd_bench)
     return p
 
 

@@ -1,15 +1,21 @@
 """Reduction per publish interval: what of the ring buffer goes into the next message of an asset.
 
-Per tag, vectorised over all tags of an asset:
+Per tag (``mode``), vectorised over all tags of an asset:
 
-- report by exception (``mode: rbe``, the default): the newest value is sent when it moved more than
-  ``deadband`` from the value last sent (any change when ``deadband`` is 0), when its quality changed, or
-  when ``heartbeat`` has passed since it was last sent;
-- ``aggregate: [min, max, mean, count]``: the newest value plus aggregates over the good samples that
-  arrived since the last publish, sent every interval that has new samples (``n`` = samples aggregated);
-- ``mode: raw``: every sample of the window as arrays, sent every interval that has new samples.
+- ``rbe`` (report by exception, the default): the newest value is sent when it moved more than the
+  deadband from the value last sent — ``deadband`` (absolute) or ``deadband_percent`` (of the last value
+  sent), the larger of the two; any change when both are 0 — when its quality changed, or when
+  ``heartbeat`` has passed since it was last sent;
+- ``aggregate: [min, max, mean, count]`` (with any mode): aggregates over the good samples that arrived
+  since the last publish, sent every interval that has new samples (``n`` = samples aggregated);
+- ``raw``: every sample of the window as arrays under ``"raw"``;
+- ``lttb``: at most ``points`` samples of the window, chosen by LTTB (:mod:`gateway.lttb`), under ``"lttb"``;
+- ``swinging_door``: the samples swinging-door compression archives (:mod:`gateway.swinging_door`) with
+  ``deviation``, under ``"swinging_door"``; the heartbeat is its max time.
 
-String tags (kept as last value only) are sent when the text or quality changes, or on heartbeat.
+Every entry carries the newest sample as ``ts``/``v``/``q``. String tags (kept as last value only) are sent
+when the text or quality changes, or on heartbeat. A per-uplink :class:`ReduceProfile` supplies defaults
+for the fields a tag does not set itself. Docs: docs/reduction.md.
 """
 
 from __future__ import annotations
@@ -20,10 +26,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from gateway.batch import QUALITY_NAMES, Quality
-from gateway.config.common import TagBase
+from gateway.config.common import ReduceProfile, TagBase
+from gateway.lttb import lttb_indices
 from gateway.ringbuffer import RingBuffer
+from gateway.swinging_door import SwingingDoor
 
 _NS_PER_MS = 1_000_000
+_PROFILE_FIELDS = tuple(ReduceProfile.model_fields)
 
 
 @dataclass(slots=True)
@@ -43,11 +52,42 @@ def json_number(x: float) -> float | None:
     return x
 
 
+def json_numbers(x: np.ndarray) -> np.ndarray:
+    """:func:`json_number` over an array, vectorised: values rounded to 15 significant digits.
+
+    ``round(x * 10**k) / 10**k`` with an exact power of ten is the float nearest to the 15-digit decimal,
+    as parsing ``"%.15g" % x`` gives. NaN stays NaN (the encoder writes null); magnitudes outside
+    [1e-8, 1e15) are left alone.
+    """
+    a = np.abs(x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = 14 - np.floor(np.log10(a))
+    ok = (a < 1e15) & (a >= 1e-8)
+    k = np.where(ok, k, 0.0)
+    p = 10.0 ** k
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.where(ok, np.round(x * p) / p, x)
+
+
 def json_value(x: float, float32: bool) -> float | None:
     """One value as published: float32 tags at float32 precision, others via :func:`json_number`."""
     if float32 and x == x:
         return float(str(np.float32(x)))
     return json_number(x)
+
+
+def _nan_to_none(values: list[float]) -> list[float | None]:
+    return [None if x != x else x for x in values]
+
+
+def effective_settings(tag: TagBase, profile: ReduceProfile | None) -> dict[str, Any]:
+    """The reduction fields of ``tag``, with the profile's value where the tag does not set the field."""
+    own = tag.model_fields_set
+    return {
+        f: getattr(profile, f) if profile is not None and f not in own and f in profile.model_fields_set
+        else getattr(tag, f)
+        for f in _PROFILE_FIELDS
+    }
 
 
 class Reducer:
@@ -60,18 +100,13 @@ class Reducer:
         *,
         heartbeat: float,
         float32: np.ndarray | None = None,
+        profile: ReduceProfile | None = None,
     ) -> None:
         n = len(tags)
+        self.tags = list(tags)
         self.names = [t.name for t in tags]
         self.ring = ring
-        self.deadband = np.array([t.deadband for t in tags], dtype=np.float64)
-        self.heartbeat = np.array([t.heartbeat if t.heartbeat is not None else heartbeat for t in tags])
-        aggs = [set(t.aggregate) for t in tags]
-        self.agg_rows = np.flatnonzero([bool(a) for a in aggs])
-        self.want = {k: np.array([k in a for a in aggs], dtype=bool) for k in ("min", "max", "mean", "count")}
-        self.raw = np.array([t.mode == "raw" for t in tags], dtype=bool)
-        self.raw_rows = np.flatnonzero(self.raw)
-        self.always_on_new = self.raw | np.array([bool(a) for a in aggs], dtype=bool)
+        self.default_heartbeat = heartbeat
         self.float32 = np.zeros(n, dtype=bool) if float32 is None else float32.astype(bool)
         self.cursor = np.zeros(n, dtype=np.int64)
         self.sent = _Sent(
@@ -80,6 +115,27 @@ class Reducer:
             at=np.full(n, -np.inf),
             string=[None] * n,
         )
+        self.use_profile(profile)
+
+    def use_profile(self, profile: ReduceProfile | None) -> None:
+        """(Re)compile the per-tag settings, with ``profile`` filling what tags do not set."""
+        s = [effective_settings(t, profile) for t in self.tags]
+        self.profile = profile
+        self.deadband = np.array([x["deadband"] for x in s], dtype=np.float64)
+        self.deadband_pct = np.array([x["deadband_percent"] for x in s], dtype=np.float64) / 100.0
+        hb = self.default_heartbeat
+        self.heartbeat = np.array([t.heartbeat if t.heartbeat is not None else hb for t in self.tags], dtype=float)
+        aggs = [set(x["aggregate"]) for x in s]
+        self.agg_rows = np.flatnonzero([bool(a) for a in aggs])
+        self.want = {k: np.array([k in a for a in aggs], dtype=bool) for k in ("min", "max", "mean", "count")}
+        modes = np.array([x["mode"] for x in s], dtype=object)
+        self.mode_rows = {m: np.flatnonzero(modes == m) for m in ("raw", "lttb", "swinging_door")}
+        self.points = np.array([x["points"] for x in s], dtype=np.int64)
+        self.always_on_new = (modes == "raw") | (modes == "lttb") | np.array([bool(a) for a in aggs], dtype=bool)
+        sd = self.mode_rows["swinging_door"]
+        self.sdt = SwingingDoor(np.array([s[i]["deviation"] for i in sd.tolist()]), self.heartbeat[sd])
+        self.sdt_pos = np.full(len(self.tags), -1, dtype=np.int64)
+        self.sdt_pos[sd] = np.arange(len(sd))
 
     def reduce(self, now: float) -> dict[str, dict[str, Any]]:
         """The ``tags`` object of the next message (empty when nothing is due). ``now``: monotonic seconds."""
@@ -88,18 +144,25 @@ class Reducer:
         new = ring.head > self.cursor
         sent = self.sent
 
-        moved = np.abs(v - sent.value)
-        value_changed = np.where(self.deadband > 0, moved > self.deadband, v != sent.value)
+        with np.errstate(invalid="ignore"):
+            moved = np.abs(v - sent.value)
+            threshold = np.maximum(self.deadband, self.deadband_pct * np.abs(sent.value))
+            value_changed = np.where(threshold > 0, moved > threshold, v != sent.value)
         nan_changed = np.isnan(v) != np.isnan(sent.value)
         value_changed = (value_changed & ~np.isnan(moved)) | nan_changed
         strings_changed = self._strings_changed(new)
         due = new & (value_changed | (q != sent.quality) | self.always_on_new | strings_changed)
         due |= has & (now - sent.at >= self.heartbeat)
+        sdt = self._swinging_door(new)
+        if sdt:
+            due[list(sdt)] = True
 
         rows = np.flatnonzero(due)
         out: dict[str, dict[str, Any]] = {}
         if len(rows):
             out = self._entries(rows, ts, v, q, new)
+            for i, series in sdt.items():
+                out[self.names[i]]["swinging_door"] = series
             sent.value[rows] = v[rows]
             sent.quality[rows] = q[rows]
             sent.at[rows] = now
@@ -116,60 +179,117 @@ class Reducer:
                 changed[i] = True
         return changed
 
-    def _entries(self, rows: np.ndarray, ts: np.ndarray, v: np.ndarray, q: np.ndarray, new: np.ndarray):
-        ring = self.ring
-        vals = v[rows]
+    def _published(self, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Values as published: float32 tags at float32 precision, the rest without float64 noise."""
+        out = json_numbers(values)
         f32 = self.float32[rows]
         if f32.any():
-            vals = vals.copy()
-            vals[f32] = vals[f32].astype(np.float32).astype(str).astype(np.float64)
-        ts_ms = (ts[rows] // _NS_PER_MS).tolist()
-        qn = QUALITY_NAMES[q[rows]].tolist()
-        errs = ring.last_error[rows].tolist()
-        out: dict[str, dict[str, Any]] = {}
-        for k, (i, t, x, qq, e) in enumerate(zip(rows.tolist(), ts_ms, vals.tolist(), qn, errs)):
-            s = ring.last_string[i]
-            entry: dict[str, Any] = {"ts": t, "v": s if s is not None else json_number(x), "q": qq}
-            if qq == "bad" and e:
-                entry["err"] = ring.error_text.get(e, f"error {e}")
-            out[self.names[i]] = entry
-        self._add_aggregates(rows, new, out)
-        self._add_raw(rows, new, out)
+            if values.ndim == 2:
+                f32 = np.broadcast_to(f32[:, None], values.shape)
+            good = f32 & ~np.isnan(values)
+            out[good] = values[good].astype(np.float32).astype(str).astype(np.float64)
         return out
 
-    def _add_aggregates(self, rows: np.ndarray, new: np.ndarray, out: dict[str, dict[str, Any]]) -> None:
-        agg = np.intersect1d(self.agg_rows, rows[new[rows]])
+    def _entries(self, rows: np.ndarray, ts: np.ndarray, v: np.ndarray, q: np.ndarray, new: np.ndarray):
+        ring = self.ring
+        vals = _nan_to_none(self._published(rows, v[rows]).tolist())
+        ts_ms = (ts[rows] // _NS_PER_MS).tolist()
+        qr = q[rows]
+        qn = QUALITY_NAMES[qr].tolist()
+        names = self.names
+        rl = rows.tolist()
+        out = {names[i]: {"ts": t, "v": x, "q": qq} for i, t, x, qq in zip(rl, ts_ms, vals, qn)}
+        if ring.is_string[rows].any():
+            for i in rl:
+                s = ring.last_string[i]
+                if s is not None:
+                    out[names[i]]["v"] = s
+        bad = np.flatnonzero((qr == Quality.BAD) & (ring.last_error[rows] != 0))
+        for j in bad.tolist():
+            e = int(ring.last_error[rl[j]])
+            out[names[rl[j]]]["err"] = ring.error_text.get(e, f"error {e}")
+        with_new = rows[new[rows]]
+        self._add_aggregates(with_new, out)
+        self._add_series("raw", with_new, out)
+        self._add_series("lttb", with_new, out)
+        return out
+
+    def _add_aggregates(self, with_new: np.ndarray, out: dict[str, dict[str, Any]]) -> None:
+        agg = np.intersect1d(self.agg_rows, with_new)
         if not len(agg):
             return
         _, w, wq, count = self.ring.pending(agg, self.cursor)
         good = wq == Quality.GOOD
         n = good.sum(axis=1)
+        ok = n > 0
         with np.errstate(invalid="ignore", divide="ignore"):
-            mn = np.where(good, w, np.inf).min(axis=1, initial=np.inf)
-            mx = np.where(good, w, -np.inf).max(axis=1, initial=-np.inf)
-            mean = np.where(good, w, 0.0).sum(axis=1) / n
-        for j, i in enumerate(agg.tolist()):
-            entry = out[self.names[i]]
-            ok = n[j] > 0
-            if self.want["min"][i]:
-                entry["min"] = json_number(mn[j]) if ok else None
-            if self.want["max"][i]:
-                entry["max"] = json_number(mx[j]) if ok else None
-            if self.want["mean"][i]:
-                entry["mean"] = json_number(mean[j]) if ok else None
-            entry["n"] = int(n[j])
-
-    def _add_raw(self, rows: np.ndarray, new: np.ndarray, out: dict[str, dict[str, Any]]) -> None:
-        raw = np.intersect1d(self.raw_rows, rows[new[rows]])
-        if not len(raw):
-            return
-        ts, w, wq, count = self.ring.pending(raw, self.cursor)
-        for j, i in enumerate(raw.tolist()):
-            c = int(count[j])
-            vals = w[j, :c]
-            entry = out[self.names[i]]
-            entry["raw"] = {
-                "ts": (ts[j, :c] // _NS_PER_MS).tolist(),
-                "v": [None if x != x else x for x in vals.tolist()],
-                "q": QUALITY_NAMES[wq[j, :c]].tolist(),
+            stats = {
+                "min": np.where(good, w, np.inf).min(axis=1, initial=np.inf),
+                "max": np.where(good, w, -np.inf).max(axis=1, initial=-np.inf),
+                "mean": np.where(good, w, 0.0).sum(axis=1) / n,
             }
+        cols = {k: _nan_to_none(np.where(ok, json_numbers(x), np.nan).tolist()) for k, x in stats.items()}
+        names = self.names
+        n_list = n.tolist()
+        for key, col in cols.items():
+            want = self.want[key][agg]
+            for j, i in enumerate(agg.tolist()):
+                if want[j]:
+                    out[names[i]][key] = col[j]
+        for j, i in enumerate(agg.tolist()):
+            out[names[i]]["n"] = n_list[j]
+
+    def _add_series(self, mode: str, with_new: np.ndarray, out: dict[str, dict[str, Any]]) -> None:
+        rows = np.intersect1d(self.mode_rows[mode], with_new)
+        if not len(rows):
+            return
+        ts, w, wq, count = self.ring.pending(rows, self.cursor)
+        if mode == "lttb":
+            ts, w, wq, count = self._lttb(rows, ts, w, wq, count)
+        tms = (ts // _NS_PER_MS).tolist()
+        vals = self._published(rows, w).tolist()
+        qn = QUALITY_NAMES[wq].tolist()
+        for j, c in enumerate(count.tolist()):
+            out[self.names[rows[j]]][mode] = {"ts": tms[j][:c], "v": _nan_to_none(vals[j][:c]), "q": qn[j][:c]}
+
+    def _lttb(self, rows, ts, w, wq, count):
+        """Down-sample each row's window to its ``points``; rows grouped by (count, points)."""
+        pts = self.points[rows]
+        k_out = int(np.minimum(count, pts).max())
+        o_ts = np.zeros((len(rows), k_out), dtype=np.int64)
+        o_w = np.full((len(rows), k_out), np.nan)
+        o_q = np.full((len(rows), k_out), Quality.BAD, dtype=np.uint8)
+        keys = np.stack([count, pts], axis=1)
+        for c, p in np.unique(keys, axis=0).tolist():
+            sel = np.flatnonzero((count == c) & (pts == p))
+            t = ts[sel, :c]
+            idx = lttb_indices((t - t[:, :1]).astype(np.float64), w[sel, :c], p)
+            m = idx.shape[1]
+            o_ts[sel, :m] = np.take_along_axis(t, idx, axis=1)
+            o_w[sel, :m] = np.take_along_axis(w[sel, :c], idx, axis=1)
+            o_q[sel, :m] = np.take_along_axis(wq[sel, :c], idx, axis=1)
+        return o_ts, o_w, o_q, np.minimum(count, pts)
+
+    def _swinging_door(self, new: np.ndarray) -> dict[int, dict[str, list]]:
+        """Feed the new samples of swinging-door tags; tag -> archived points (only tags with some)."""
+        rows = np.intersect1d(self.mode_rows["swinging_door"], np.flatnonzero(new))
+        if not len(rows):
+            return {}
+        ts, w, wq, count = self.ring.pending(rows, self.cursor)
+        arch = self.sdt.feed(self.sdt_pos[rows], ts, w, wq, count)
+        # feed() groups by position in its own row list; map back to our rows
+        result: dict[int, dict[str, list]] = {}
+        if len(arch.ts) == 0:
+            return result
+        tms = (arch.ts // _NS_PER_MS).tolist()
+        start = arch.start.tolist()
+        order_rows = rows.tolist()
+        vals_all = json_numbers(arch.values)
+        for j, i in enumerate(order_rows):
+            a, b = start[j], start[j + 1]
+            if b > a:
+                v = vals_all[a:b]
+                if self.float32[i]:
+                    v = self._published(np.array([i]), arch.values[a:b][None, :])[0]
+                result[i] = {"ts": tms[a:b], "v": _nan_to_none(v.tolist()), "q": QUALITY_NAMES[arch.quality[a:b]].tolist()}
+        return result

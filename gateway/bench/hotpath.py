@@ -1,0 +1,247 @@
+"""In-process figures: the vectorised hot path against a naive per-sample pipeline, uplink bytes per
+sample for each reduction/encoding setting, and memory per buffered sample.
+
+The workload is one Modbus device of ``n_tags`` tags of mixed types and byte orders (a register image
+read in requests of up to 125 registers), polled ``polls_per_window`` times per publish window, every
+tag reduced to last value + min/max/mean/count per window and encoded as the gateway's JSON message.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+import tracemalloc
+from typing import Any, Callable
+
+import numpy as np
+
+from drivers.modbus.config import ModbusTag
+from drivers.modbus.decode import apply_scaling, decode_registers
+from drivers.modbus.plan import compile_plan
+from gateway.batch import Batch
+from gateway.config.common import TagBase
+from gateway.encode import JSON_ENCODER, encode, encode_json, encode_json_stdlib, zstd_available
+from gateway.reduce import Reducer
+from gateway.ringbuffer import RingBuffer
+
+_TYPES = [("float32", "ABCD"), ("float32", "CDAB"), ("int16", "ABCD"), ("uint16", "BADC"),
+          ("int32", "CDAB"), ("uint32", "DCBA"), ("float64", "ABCD"), ("int16", "ABCD")]
+_WORDS = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "float64": 4}
+_FMT = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "float32": "f", "float64": "d"}
+
+
+def make_tags(n: int, **reduce: Any) -> list[ModbusTag]:
+    tags, addr = [], 0
+    for i in range(n):
+        typ, order = _TYPES[i % len(_TYPES)]
+        scale = 0.1 if typ == "int16" and i % 2 else 1.0
+        tags.append(ModbusTag(name=f"t{i}", address=f"hr:{addr}", type=typ, byte_order=order, scale=scale, **reduce))
+        addr += _WORDS[typ]
+    return tags
+
+
+def register_image(tags: list[ModbusTag], step: int) -> np.ndarray:
+    """A register image whose values move a little every poll (float noise, integer counters)."""
+    words = sum(_WORDS[t.type] for t in tags)
+    img = np.empty(words, dtype=np.uint16)
+    pos = 0
+    rng = np.random.default_rng(step)
+    for i, t in enumerate(tags):
+        n = _WORDS[t.type]
+        x = 100 + 10 * np.sin(step / 20 + i) + rng.normal(0, 0.05)
+        v = x if t.type.startswith("float") else int(x) % 30000
+        raw = struct.pack(">" + _FMT[t.type], v)
+        w = list(struct.unpack(f">{n}H", raw))
+        if t.byte_order in ("CDAB", "DCBA"):
+            w = w[::-1]
+        if t.byte_order in ("BADC", "DCBA"):
+            w = [((x & 0xFF) << 8) | (x >> 8) for x in w]
+        img[pos:pos + n] = w
+        pos += n
+    return img
+
+
+def vectorised(tags: list[ModbusTag], images: list[np.ndarray], windows: int, polls: int) -> tuple[int, float]:
+    """decode -> ring buffer -> reduce -> encode, the gateway's own code. Returns (samples, cpu seconds)."""
+    plan = compile_plan(tags, max_registers_per_read=125, max_bits_per_read=2000, max_gap=0)
+    ring = RingBuffer(len(tags), polls * 4)
+    red = Reducer(tags, ring, heartbeat=60.0)
+    slices = [(r, slice(r.start, r.start + r.count)) for r in plan.requests]
+    n = len(tags)
+    t0 = time.process_time()
+    seq = 0
+    for w in range(windows):
+        for p in range(polls):
+            img = images[(w * polls + p) % len(images)]
+            batch = Batch.empty(n, 0)
+            now = time.time_ns()
+            batch.ts[:] = now
+            for req, sl in slices:
+                decode_registers(req, img[sl], batch)
+            apply_scaling(plan, batch)
+            ring.write(batch)
+        seq += 1
+        encode({"seq": seq, "ts": 0, "asset": "bench", "tags": red.reduce(float(w))})
+    return windows * polls * n, time.process_time() - t0
+
+
+def naive(tags: list[ModbusTag], images: list[np.ndarray], windows: int, polls: int) -> tuple[int, float]:
+    """The same work one Python object at a time: struct per tag, a dict per sample, lists as buffers."""
+    layout, pos = [], 0
+    for t in tags:
+        n = _WORDS[t.type]
+        layout.append((t.name, pos, n, _FMT[t.type], t.byte_order, t.scale, t.offset))
+        pos += n
+    history: dict[str, list[dict[str, Any]]] = {t.name: [] for t in tags}
+    t0 = time.process_time()
+    seq = 0
+    for w in range(windows):
+        for p in range(polls):
+            regs = images[(w * polls + p) % len(images)].tolist()
+            now = time.time_ns()
+            for name, at, n, fmt, order, scale, offset in layout:
+                words = regs[at:at + n]
+                if order in ("CDAB", "DCBA"):
+                    words = words[::-1]
+                if order in ("BADC", "DCBA"):
+                    words = [((x & 0xFF) << 8) | (x >> 8) for x in words]
+                value = struct.unpack(">" + fmt, struct.pack(f">{n}H", *words))[0] * scale + offset
+                history[name].append({"ts": now, "value": value, "quality": "good"})
+        out = {}
+        for name, samples in history.items():
+            vals = [s["value"] for s in samples if s["quality"] == "good"]
+            last = samples[-1]
+            out[name] = {"ts": last["ts"] // 1_000_000, "v": last["value"], "q": last["quality"],
+                         "min": min(vals), "max": max(vals), "mean": sum(vals) / len(vals), "n": len(vals)}
+            samples.clear()
+        seq += 1
+        json.dumps({"seq": seq, "ts": 0, "asset": "bench", "tags": out}, separators=(",", ":")).encode()
+    return windows * polls * len(tags), time.process_time() - t0
+
+
+def hot_path(quick: bool) -> dict[str, Any]:
+    n_tags, polls = 2000, 10
+    windows = 15 if quick else 60
+    tags = make_tags(n_tags, aggregate=["min", "max", "mean", "count"])
+    images = [register_image(tags, s) for s in range(polls * 2)]
+    vectorised(tags, images, 2, polls)  # warm up
+    s_vec, cpu_vec = vectorised(tags, images, windows, polls)
+    naive_windows = max(2, windows // 5)
+    s_naive, cpu_naive = naive(tags, images, naive_windows, polls)
+    vec_rate, naive_rate = s_vec / cpu_vec, s_naive / cpu_naive
+    return {
+        "workload": f"{n_tags} Modbus tags (8 type/byte-order mixes), {polls} polls per window, "
+                    f"last+min/max/mean/count per window, JSON via {JSON_ENCODER}",
+        "samples_per_s": round(vec_rate),
+        "naive_samples_per_s": round(naive_rate),
+        "ratio": round(vec_rate / naive_rate, 1),
+        "json_encoder": JSON_ENCODER,
+        **json_encoders(tags, images, polls),
+    }
+
+
+def json_encoders(tags, images, polls) -> dict[str, Any]:
+    """orjson (when installed) against the stdlib encoder on one of our real messages."""
+    ring = RingBuffer(len(tags), polls * 2)
+    red = Reducer(tags, ring, heartbeat=60.0)
+    plan = compile_plan(tags, max_registers_per_read=125, max_bits_per_read=2000, max_gap=0)
+    for p in range(polls):
+        b = Batch.empty(len(tags), time.time_ns())
+        for req in plan.requests:
+            decode_registers(req, images[p][req.start:req.start + req.count], b)
+        apply_scaling(plan, b)
+        ring.write(b)
+    msg = {"seq": 1, "ts": 0, "asset": "bench", "tags": red.reduce(0.0)}
+    return {"json_stdlib_MB_per_s": _mb_per_s(encode_json_stdlib, msg),
+            "json_fast_MB_per_s": _mb_per_s(encode_json, msg) if JSON_ENCODER != "json" else None}
+
+
+def _mb_per_s(fn: Callable[[Any], bytes], msg: Any) -> float:
+    size = len(fn(msg))
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 0.3:
+        fn(msg)
+        n += 1
+    return round(size * n / (time.perf_counter() - t0) / 1e6, 1)
+
+
+# -- uplink bytes per sample -------------------------------------------------------------------------------
+
+def _wire(topic: str, payload: bytes) -> int:
+    """Bytes of an MQTT 3.1.1 PUBLISH with QoS 1 on the wire."""
+    body = 2 + len(topic.encode()) + 2 + len(payload)
+    return 1 + (1 if body < 128 else 2 if body < 16384 else 3) + body
+
+
+def plant_signals(n_tags: int, steps: int, dt: float) -> np.ndarray:
+    """Shop-floor-like signals (steps x tags): slow sines with noise, random walks, counters, flat values."""
+    rng = np.random.default_rng(1)
+    t = np.arange(steps)[:, None] * dt
+    kind = np.arange(n_tags) % 4
+    sine = 150 + 30 * np.sin(2 * np.pi * t / rng.uniform(20, 120, n_tags)) + rng.normal(0, 0.05, (steps, n_tags))
+    walk = 45 + np.cumsum(rng.normal(0, 0.02, (steps, n_tags)), axis=0)
+    counter = np.floor(t / 1.5) + rng.integers(0, 1000, n_tags)
+    flat = np.broadcast_to(rng.integers(0, 3, n_tags).astype(float), (steps, n_tags))
+    return np.round(np.choose(kind, [sine, walk, counter, flat]), 3)
+
+
+UPLINK_SETTINGS: list[tuple[str, dict[str, Any]]] = [
+    ("rbe (any change)", {}),
+    ("rbe deadband_percent 0.5", {"deadband_percent": 0.5}),
+    ("aggregate min/max/mean", {"mode": "rbe", "aggregate": ["min", "max", "mean"]}),
+    ("lttb points 5", {"mode": "lttb", "points": 5}),
+    ("swinging_door deviation 0.5", {"mode": "swinging_door", "deviation": 0.5}),
+    ("raw", {"mode": "raw"}),
+]
+
+
+def uplink(quick: bool) -> dict[str, Any]:
+    """Bytes per sample on the wire for each setting vs. one JSON message per sample per tag."""
+    n_tags, poll, publish = 100, 0.1, 1.0
+    seconds = 60 if quick else 300
+    steps = int(seconds / poll)
+    data = plant_signals(n_tags, steps, poll)
+    per = int(publish / poll)
+    base_topic = "acme/plant-a/press-shop/line1/press-3/data"
+    baseline = 0
+    t0_ns = 1_700_000_000_000_000_000
+    for k in range(steps):
+        ts_ms = (t0_ns + int(k * poll * 1e9)) // 1_000_000
+        for i in range(n_tags):
+            payload = json.dumps({"ts": ts_ms, "v": float(data[k, i]), "q": "good"}, separators=(",", ":")).encode()
+            baseline += _wire(f"acme/plant-a/press-shop/line1/press-3/t{i}", payload)
+    samples = steps * n_tags
+    result: dict[str, Any] = {"baseline_bytes_per_sample": round(baseline / samples, 2), "settings": {}}
+    comps = ["none", "zlib"] + (["zstd"] if zstd_available() else [])
+    for label, reduce in UPLINK_SETTINGS:
+        tags = [TagBase(name=f"t{i}", **reduce) for i in range(n_tags)]
+        for comp in comps:
+            ring = RingBuffer(n_tags, per * 4)
+            red = Reducer(tags, ring, heartbeat=60.0)
+            total = 0
+            for k in range(steps):
+                b = Batch.empty(n_tags, t0_ns + int(k * poll * 1e9))
+                b.values[:] = data[k]
+                ring.write(b)
+                if (k + 1) % per == 0:
+                    out = red.reduce(k * poll)
+                    if out:
+                        enc = encode({"seq": k, "ts": int(k * poll * 1000), "asset": "press-3", "tags": out}, comp)
+                        total += _wire(base_topic + enc.topic_suffix, enc.payload)
+            bps = total / samples
+            result["settings"][f"{label} / {comp}"] = {
+                "bytes_per_sample": round(bps, 3), "ratio": round(bps / (baseline / samples), 4)}
+    result["workload"] = f"{n_tags} tags, poll {poll:g}s, publish {publish:g}s, {seconds}s of plant-like signals"
+    result["zstd"] = "measured" if zstd_available() else "not measured: zstandard package not installed"
+    return result
+
+
+def ring_memory() -> dict[str, Any]:
+    """Bytes per buffered sample: what NumPy allocates for a 10 000-tag, 600-slot ring."""
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    ring = RingBuffer(10_000, 600)
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return {"bytes_per_sample": round(used / (ring.n_tags * ring.capacity), 2), "tags": 10_000, "slots": 600}

@@ -1,0 +1,260 @@
+"""Figures that need the real parts: the bundled Modbus simulator, a broker, the gateway in its own process
+(so its CPU and memory are its own, read from /proc), and an MQTT subscriber in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+
+from gateway.encode import decode
+from simulators.config import PlantConfig
+from simulators.local_broker import LocalBroker
+from simulators.modbus_sim import ModbusSimulator
+from simulators.plant import Plant
+
+NS = "bench"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def plant(n_float32: int, n_int16: int = 0) -> Plant:
+    """A PLC with ``n_float32`` float32 points (hr 0..) and ``n_int16`` int16 points after them, plus ``probe``."""
+    points = [{"name": f"f{i}", "address": f"hr:{2 * i}", "type": "float32", "signal": f"s{i % 4}"}
+              for i in range(n_float32)]
+    base = 2 * n_float32
+    points += [{"name": f"i{i}", "address": f"hr:{base + i}", "type": "int16", "signal": f"w{i % 8}", "scale": 0.1}
+               for i in range(n_int16)]
+    points.append({"name": "probe", "address": f"hr:{base + n_int16}", "type": "uint16", "value": 0})
+    signals = {f"s{k}": {"kind": "sine", "min": 0, "max": 100, "period": f"{7 + k}s"} for k in range(4)}
+    signals |= {f"w{k}": {"kind": "random_walk", "start": 50, "step": 0.5, "min": 0, "max": 100} for k in range(8)}
+    cfg = PlantConfig.model_validate({"seed": 1, "update_interval": "100ms", "signals": signals,
+                                      "modbus": {"points": points}})
+    return Plant(cfg)
+
+
+class Subscriber:
+    """Counts samples and records arrival times of data messages (paho's network thread)."""
+
+    def __init__(self, port: int) -> None:
+        self.samples = 0
+        self.messages = 0
+        self.bytes = 0
+        self.probe: list[tuple[float, Any, int]] = []  # (arrival, value, sample ts ms)
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(f"{NS}/+/data/#", qos=0)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        now = time.time()
+        body = decode(msg.payload, msg.topic)
+        n = 0
+        for name, entry in body["tags"].items():
+            n += len(entry["raw"]["v"]) if "raw" in entry else 1
+            if name == "probe":
+                with self.lock:
+                    self.probe.append((now, entry["v"], entry["ts"]))
+        with self.lock:
+            self.samples += n
+            self.messages += 1
+            self.bytes += len(msg.payload)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def gateway_config(mqtt_port: int, modbus_port: int, assets: list[dict[str, Any]], publish: float,
+                   compression: str = "none") -> str:
+    cfg = {"gateway": {"id": "bench-gw", "namespace": NS, "log_level": "warning"},
+           "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "publish_interval": publish, "qos": 0,
+                    "compression": compression, "max_queued": 100000},
+           "api": {"enabled": False}, "buffer": {"seconds": 30}, "assets": assets}
+    for a in assets:
+        a["source"] |= {"driver": "modbus_tcp", "host": "127.0.0.1", "port": modbus_port, "unit": 1}
+    return json.dumps(cfg)  # JSON is YAML
+
+
+class GatewayProcess:
+    """``iiot-gateway run`` in a child process; CPU seconds and peak RSS from /proc."""
+
+    def __init__(self, config_text: str) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="iiot-bench-")
+        path = Path(self._dir.name) / "gateway.yaml"
+        cfg = json.loads(config_text)
+        cfg["gateway"]["state_dir"] = str(Path(self._dir.name) / "state")  # its own spool, never the user's
+        path.write_text(json.dumps(cfg))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p])
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", str(path), "--log-level", "warning"],
+                                     env=env, stdin=subprocess.DEVNULL)
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._dir.cleanup()
+
+
+async def _wait(pred, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            raise RuntimeError("the gateway sent no data in time (see its log above)")
+        await asyncio.sleep(0.05)
+
+
+async def run_live(quick: bool) -> dict[str, Any]:
+    broker = LocalBroker(port=free_port())
+    await broker.start()
+    try:
+        return {
+            "end_to_end": await _end_to_end(broker.port, quick),
+            "latency": await _latency(broker.port, quick),
+            "scale": await _scale(broker.port, quick),
+        }
+    finally:
+        await broker.stop()
+
+
+async def _end_to_end(mqtt_port: int, quick: bool) -> dict[str, Any]:
+    n_tags, seconds = 200, (5.0 if quick else 20.0)
+    registers = 2 * n_tags
+    sim = ModbusSimulator(plant(n_tags), port=free_port())
+    await sim.start()
+    try:
+        tags = [{"name": f"f{i}", "address": f"hr:{2 * i}", "type": "float32", "mode": "raw"} for i in range(n_tags)]
+        cfg = gateway_config(mqtt_port, sim.port, [{"id": "fast", "source": {"poll": 0.001}, "tags": tags}], 0.5)
+        gw = GatewayProcess(cfg)
+        sub = Subscriber(mqtt_port)
+        try:
+            await _wait(lambda: sub.samples > 0, 20)
+            await asyncio.sleep(1.0)
+            s0, c0, t0 = sub.samples, gw.cpu_s(), time.monotonic()
+            await asyncio.sleep(seconds)
+            s1, c1, t1 = sub.samples, gw.cpu_s(), time.monotonic()
+        finally:
+            sub.close()
+            gw.stop()
+        bare = await _bare_loop(sim.port, registers, seconds)
+    finally:
+        await sim.stop()
+    gw_rate = (s1 - s0) / (t1 - t0)
+    gw_cpu_per_m = (c1 - c0) / max(s1 - s0, 1) * 1e6
+    bare_samples = bare["reads"] * n_tags
+    bare_rate = bare_samples / bare["wall_s"]
+    bare_cpu_per_m = bare["cpu_s"] / max(bare_samples, 1) * 1e6
+    return {
+        "workload": f"{n_tags} float32 tags ({registers} registers, {-(-registers // 125)} requests per poll), "
+                    "poll as fast as the simulator answers, mode raw (every sample delivered)",
+        "gateway_tags_per_s": round(gw_rate),
+        "bare_pymodbus_tags_per_s": round(bare_rate),
+        "throughput_ratio": round(gw_rate / bare_rate, 3),
+        "gateway_cpu_s_per_million": round(gw_cpu_per_m, 2),
+        "bare_cpu_s_per_million": round(bare_cpu_per_m, 2),
+        "cpu_ratio": round(gw_cpu_per_m / bare_cpu_per_m, 3),
+    }
+
+
+async def _bare_loop(port: int, registers: int, seconds: float) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.bench.bare_loop", "127.0.0.1", str(port), str(registers), str(seconds),
+        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+    out, _ = await proc.communicate()
+    return json.loads(out)
+
+
+async def _latency(mqtt_port: int, quick: bool) -> dict[str, Any]:
+    poll = 0.1
+    changes = 15 if quick else 100
+    sim = ModbusSimulator(plant(4), port=free_port())
+    await sim.start()
+    try:
+        tags = [{"name": "probe", "address": "hr:8", "type": "uint16"}]
+        cfg = gateway_config(mqtt_port, sim.port, [{"id": "lat", "source": {"poll": poll}, "tags": tags}], poll)
+        gw = GatewayProcess(cfg)
+        sub = Subscriber(mqtt_port)
+        e2e, internal = [], []
+        rng = np.random.default_rng(3)
+        try:
+            await _wait(lambda: bool(sub.probe), 20)
+            for k in range(1, changes + 1):
+                await asyncio.sleep(float(rng.uniform(0.05, 0.2)))
+                t_set = time.time()
+                sim.set("probe", k)
+                await _wait(lambda: any(v == k for _, v, _ in sub.probe[-3:]), 5)
+                arrival, _, ts_ms = next(p for p in reversed(sub.probe) if p[1] == k)
+                e2e.append(arrival - t_set)
+                internal.append(arrival - ts_ms / 1000)
+        finally:
+            sub.close()
+            gw.stop()
+    finally:
+        await sim.stop()
+    ms = lambda xs, q: round(float(np.percentile(xs, q)) * 1000, 1)  # noqa: E731
+    return {
+        "poll_mode": {"poll_s": poll, "publish_interval_s": poll, "changes": changes,
+                      "e2e_p50_ms": ms(e2e, 50), "e2e_p99_ms": ms(e2e, 99),
+                      "read_to_subscriber_p50_ms": ms(internal, 50), "read_to_subscriber_p99_ms": ms(internal, 99)},
+        "opcua_subscribe_mode": "not measured (bench does not drive the OPC UA subscription path yet)",
+    }
+
+
+async def _scale(mqtt_port: int, quick: bool) -> dict[str, Any]:
+    devices, per = 50, 200
+    seconds = 10.0 if quick else 60.0
+    sim = ModbusSimulator(plant(0, per), port=free_port())
+    await sim.start()
+    try:
+        tags = [{"name": f"i{i}", "address": f"hr:{i}", "type": "int16", "scale": 0.1} for i in range(per)]
+        assets = [{"id": f"dev{d}", "source": {"poll": 1.0, "timeout": 5}, "tags": tags} for d in range(devices)]
+        gw = GatewayProcess(gateway_config(mqtt_port, sim.port, assets, 1.0))
+        sub = Subscriber(mqtt_port)
+        try:
+            await _wait(lambda: sub.messages >= devices, 30)
+            await asyncio.sleep(2.0)
+            c0, t0 = gw.cpu_s(), time.monotonic()
+            await asyncio.sleep(seconds)
+            c1, t1 = gw.cpu_s(), time.monotonic()
+            rss = gw.peak_rss_mb()
+        finally:
+            sub.close()
+            gw.stop()
+    finally:
+        await sim.stop()
+    return {"devices": devices, "tags": devices * per, "poll_s": 1.0, "seconds": seconds,
+            "cpu_share_of_one_core": round((c1 - c0) / (t1 - t0), 4), "peak_rss_mb": round(rss, 1)}
