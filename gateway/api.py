@@ -122,7 +122,10 @@ def _tag_values(a: "AssetRuntime") -> list[TagStatus]:
                                  description=tag.description))
             continue
         s = a.ring.last_string[i]
-        value: float | str | None = s if s is not None else json_value(float(v[i]), bool(a.reducer.float32[i]))
+        if q[i] == 2:  # bad: no value, strings included
+            value: float | str | None = None
+        else:
+            value = s if s is not None else json_value(float(v[i]), bool(a.reducer.float32[i]))
         err = int(a.ring.last_error[i])
         out.append(
             TagStatus(

@@ -200,9 +200,9 @@ class Reducer:
         rl = rows.tolist()
         out = {names[i]: {"ts": t, "v": x, "q": qq} for i, t, x, qq in zip(rl, ts_ms, vals, qn)}
         if ring.is_string[rows].any():
-            for i in rl:
+            for i, qq in zip(rl, qn):
                 s = ring.last_string[i]
-                if s is not None:
+                if s is not None and qq != "bad":  # a bad string tag has no value, like a bad number
                     out[names[i]]["v"] = s
         bad = np.flatnonzero((qr == Quality.BAD) & (ring.last_error[rows] != 0))
         for j in bad.tolist():
@@ -228,7 +228,7 @@ class Reducer:
                 "max": np.where(good, w, -np.inf).max(axis=1, initial=-np.inf),
                 "mean": np.where(good, w, 0.0).sum(axis=1) / n,
             }
-        cols = {k: _nan_to_none(np.where(ok, json_numbers(x), np.nan).tolist()) for k, x in stats.items()}
+        cols = {k: _nan_to_none(np.where(ok, self._published(agg, x), np.nan).tolist()) for k, x in stats.items()}
         names = self.names
         n_list = n.tolist()
         for key, col in cols.items():
