@@ -69,6 +69,9 @@ class AssetDetail(AssetSummary):
     overruns: int
     last_error: str | None
     last_error_at: float | None
+    driver_counters: dict[str, int] | None = Field(
+        None, description="The driver's own counters, e.g. discarded serial lines or RTU CRC errors"
+    )
     tag_values: list[TagStatus]
 
 
@@ -142,6 +145,12 @@ def _tag_values(a: "AssetRuntime") -> list[TagStatus]:
     return out
 
 
+def _driver_counters(a: "AssetRuntime") -> dict[str, int] | None:
+    counters = getattr(a.driver, "counters", None)
+    as_dict = getattr(counters, "as_dict", None)
+    return as_dict() if callable(as_dict) else None
+
+
 def create_app(gw: "Gateway") -> FastAPI:
     app = FastAPI(
         title="iiot-gateway status API",
@@ -197,6 +206,7 @@ def create_app(gw: "Gateway") -> FastAPI:
             "overruns": s.overruns,
             "last_error": s.last_error,
             "last_error_at": s.last_error_at,
+            "driver_counters": _driver_counters(a),
             "tag_values": _tag_values(a),
         }
 

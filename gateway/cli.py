@@ -20,8 +20,11 @@ def setup_logging(level: str) -> None:
         stream=sys.stderr,
     )
     # third-party libraries are chatty at INFO; their failures reach us as exceptions
-    for noisy in ("asyncua", "pymodbus", "uvicorn.error"):
+    for noisy in ("asyncua", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(logging.WARNING if level != "debug" else logging.INFO)
+    # pymodbus logs every failed connect and timeout at WARNING/ERROR with frame dumps; the engine already
+    # logs each failure once and its recovery once from the exceptions it raises
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL if level != "debug" else logging.DEBUG)
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:
@@ -43,16 +46,33 @@ async def run_gateway(cfg, stop: asyncio.Event | None = None) -> int:
     """Run the daemon on a loaded config until ``stop`` is set (or a signal arrives)."""
     from gateway.engine import Gateway
 
+    from gateway.spool import SpoolError
+    from gateway.uplink.tls import UplinkConfigError, build_ssl_context
+
+    log = logging.getLogger("gateway")
+    if cfg.mqtt.tls is not None:  # unreadable certificate files are a config error: say so before starting
+        try:
+            await asyncio.to_thread(build_ssl_context, cfg.mqtt.tls)
+        except UplinkConfigError as exc:
+            log.error("%s", exc)
+            return EXIT_CONFIG
     gw = Gateway(cfg)
     try:
         sock = gw.bind_api()
     except OSError as exc:
-        logging.getLogger("gateway").error("cannot serve the status API on %s: %s", cfg.api.listen, exc.strerror)
+        log.error("cannot serve the status API on %s: %s", cfg.api.listen, exc.strerror)
         return 1
     if stop is None:
         stop = asyncio.Event()
         install_stop_signals(stop)
-    await gw.run(stop, sock)
+    try:
+        await gw.run(stop, sock)
+    except SpoolError as exc:
+        log.error("%s", exc)
+        return 1
+    except Exception as exc:  # already logged where it happened; the daemon is down in order
+        log.error("gateway stopped after a fatal error: %s", exc)
+        return 1
     return 0
 
 
@@ -165,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--modbus-port", type=int, default=None, help="override the Modbus simulator port")
     d.add_argument("--opcua-port", type=int, default=None, help="override the OPC UA simulator port")
     d.add_argument("--api-port", type=int, default=None, help="override the status API port")
+    d.add_argument("--state-dir", default=None, help="override gateway.state_dir (spool, certificates)")
     d.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     d.set_defaults(func=cmd_demo)
 

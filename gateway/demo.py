@@ -23,6 +23,8 @@ def _apply_overrides(cfg, args: argparse.Namespace) -> tuple[int, int]:
     """Point the config at the ports given on the command line; returns (modbus_port, opcua_port)."""
     if args.mqtt_port:
         cfg.mqtt.port = args.mqtt_port
+    if getattr(args, "state_dir", None):
+        cfg.gateway.state_dir = args.state_dir
     if args.api_port:
         host = cfg.api.host
         cfg.api.listen = f"{host}:{args.api_port}"

@@ -8,13 +8,22 @@ then calls, always from the one asyncio task that owns the source (never concurr
 - ``await read() -> Batch`` — one poll of every tag in the plan. Raise :class:`DeviceUnavailable` when
   the connection is lost (the engine closes, marks the asset disconnected and reconnects); mark single
   tags bad in the batch when only they failed (e.g. a Modbus exception on one read request).
-- ``await write(tag, value)`` — reserved for write-back (issue 3); may raise ``NotImplementedError``.
+- ``await write(tag, value) -> Any`` — write one tag (only tags with ``writable: true`` reach it), read it
+  back and return the value read back. Raise ``ValueError``/``TypeError`` for a value the tag cannot hold,
+  :class:`gateway.writes.TagNotWritable` for a tag the protocol cannot write, :class:`WriteError` when the
+  device refuses or reads back something else, :class:`DeviceUnavailable` when the link is gone. The engine
+  calls it between polls, from the same task, so it never overlaps a read.
 - ``await close()`` — release the connection; must not raise.
 - optional ``subscribe()`` — an async iterator of Batches, used instead of ``read()`` when the driver
   instance has ``streaming = True`` (e.g. OPC UA ``mode: subscribe``, a serial instrument that streams).
   After each (re)connect it should first yield one full read, so nothing is missed silently; it raises
   :class:`DeviceUnavailable` when the link is lost. Batches may hold a subset of tags (``Batch.index``),
   each tag at most once per batch (split a burst of changes of one tag into several batches).
+
+Optional attributes the engine reads or sets: ``streaming`` (see ``subscribe``), ``float32_tags`` (a bool
+array: publish those tags at float32 precision), ``counters`` (an object with ``as_dict()``, shown on the
+status API), and ``state_dir`` — when the driver has this attribute, the engine sets it to
+``gateway.state_dir`` (a ``Path``) after construction, for files the driver keeps (certificates).
 
 Timeouts wrap every call from outside (``source.timeout``); drivers do not sleep, retry or log and swallow
 errors on their own.
@@ -62,7 +71,7 @@ class Driver(Protocol):
 
     async def read(self) -> Batch: ...
 
-    async def write(self, tag: str, value: Any) -> None: ...
+    async def write(self, tag: str, value: Any) -> Any: ...
 
     async def close(self) -> None: ...
 

@@ -36,7 +36,6 @@ PRESS = """\
     - {{name: u16_centi, address: "40103", type: uint16, scale: 0.01, writable: true}}
     - {{name: coil, address: "00102", type: bool, writable: true}}
     - {{name: bit7, address: "40221.7", type: bit, writable: true}}
-    - {{name: ir, address: "30101", type: int16, writable: true}}
 """
 
 OVEN = """\
@@ -167,7 +166,6 @@ async def test_api_refusals_say_why(tmp_path, monkeypatch, mqtt_broker, modbus_s
                   says="wrong bearer token")
         await put("press/tags/f32_cdab", 1.0, {"Authorization": f"Basic {TOKEN}"}, status=401, says="missing bearer")
         await put("press/tags/pressure", 1.0, status=403, says="not writable (set writable: true")
-        await put("press/tags/ir", 1, status=403, says="input register, which is read-only")
         await put("press/tags/scaled", 100.1, status=422, says="above the maximum 100")
         await put("press/tags/f32_cdab", "12.5", status=422, says="float32: write a number")
         await put("press/tags/i16", 1.5, status=422, says="int16: 1.5 is not a whole number")

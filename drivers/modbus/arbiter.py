@@ -100,6 +100,21 @@ class BusStats:
         unit_stats[what] = unit_stats.get(what, 0) + 1
 
 
+@dataclass(slots=True)
+class UnitCounters:
+    """One slave's view of its bus counters, as the status API shows them (``driver_counters``)."""
+
+    stats: BusStats
+    unit: int
+
+    def as_dict(self) -> dict[str, int]:
+        mine = self.stats.per_unit.get(self.unit, {})
+        fields = ("transactions", "answers", "timeouts", "crc_errors", "truncated", "malformed", "demoted_skips")
+        out = {k: mine.get(k, 0) for k in fields}
+        out["bus_stray_bytes"] = self.stats.stray_bytes
+        return out
+
+
 class BusLoad:
     """Seconds of wire time per second that the registered slaves' polling needs, with the arithmetic.
 

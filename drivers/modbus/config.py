@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, PrivateAttr, WithJsonSchema, model_validator
 
-from drivers.modbus.address import MAX_OFFSET, ModbusAddress, address_text, parse_address
+from drivers.modbus.address import MAX_OFFSET, ModbusAddress, Table, address_text, parse_address
 from gateway.config.common import SourceBase, TagBase
 
 DataType = Literal["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bool", "bit", "string"]
@@ -145,6 +145,9 @@ class ModbusTag(TagBase):
             raise ValueError(
                 f"byte_order {self.byte_order} does not apply to type {self.type}{why}; use {' or '.join(allowed)}"
             )
+
+        if self.writable and ref.table in (Table.INPUT_REGISTER, Table.DISCRETE_INPUT):
+            raise ValueError(f"{where} is read-only in Modbus: writable: true needs a holding register or a coil")
 
         last = ref.offset + self.registers - 1
         if last > MAX_OFFSET:

@@ -20,7 +20,7 @@ from pymodbus.client.mixin import ModbusClientMixin
 from pymodbus.pdu import ModbusPDU
 from pymodbus.pdu.decoders import DecodePDU
 
-from drivers.modbus.arbiter import BusArbiter, SlaveLoad, SlavePolicy, arbiter_for
+from drivers.modbus.arbiter import BusArbiter, SlaveLoad, SlavePolicy, UnitCounters, arbiter_for
 from drivers.modbus.base import BadResponse, ModbusDriverBase
 from drivers.modbus.config import ModbusTag
 from drivers.modbus.rtu_config import ModbusRtuSource, ModbusRtuTcpSource
@@ -81,6 +81,8 @@ class _RtuDriverBase(ModbusDriverBase):
         self.policy = SlavePolicy(source.response_timeout, source.demote_after, source.slow_retry)
         self.arbiter = self._arbiter()
         self.arbiter.register(self, SlaveLoad(source.unit, source.poll, self._frames()))
+        #: this slave's bus counters (CRC errors, timeouts, stray bytes ...) for the status API
+        self.counters = UnitCounters(self.arbiter.stats, source.unit)
 
     def _arbiter(self) -> BusArbiter:
         raise NotImplementedError

@@ -148,3 +148,13 @@ def test_source_defaults_and_limits() -> None:
             ModbusTcpSource(driver="modbus_tcp", host="10.0.0.5", **bad)
     with pytest.raises(ValidationError, match="Extra inputs"):
         ModbusTcpSource(driver="modbus_tcp", host="10.0.0.5", slave=1)
+
+
+@pytest.mark.parametrize("address", ["30001", "10001"])
+def test_writable_input_registers_and_discrete_inputs_are_config_errors(address):
+    from pydantic import ValidationError
+
+    from drivers.modbus.config import ModbusTag
+
+    with pytest.raises(ValidationError, match="read-only in Modbus"):
+        ModbusTag(name="x", address=address, type="bool" if address.startswith("1") else "int16", writable=True)

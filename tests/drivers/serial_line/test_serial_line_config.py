@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import SCALE_PATTERN, scale_asset, write_gateway_yaml
+from serial_helpers import SCALE_PATTERN, scale_asset, write_gateway_yaml
 
 import drivers.serial_line
 from drivers.serial_line.driver import SerialLineDriver

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import scale_asset, thermo_asset, write_gateway_yaml
+from serial_helpers import scale_asset, thermo_asset, write_gateway_yaml
 from e2e.harness import NAMESPACE, data_of, running_gateway
 from helpers import free_port
 
@@ -46,3 +46,4 @@ async def test_polled_scale_and_streaming_transmitter_arrive_on_mqtt(tmp_path, m
             assert (await merged(sub, "oven-probe", {"zone1": 181.5}))["zone1"] == 181.5
             detail = (await gw.api.get("/api/v1/assets/oven-probe")).json()
             assert detail["state"] == "connected" and detail["driver"] == "serial_line"
+            assert detail["driver_counters"]["accepted"] > 0  # the driver's line counters on the status API

@@ -7,7 +7,7 @@ import contextlib
 
 import numpy as np
 import pytest
-from conftest import scale_asset, thermo_asset
+from serial_helpers import scale_asset, thermo_asset
 from helpers import wait_until
 
 from drivers.serial_line.driver import SerialLineDriver
