@@ -26,6 +26,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
+from simulators.modbus_rtu_sim import crc16
 from simulators.pty_pair import PtyPair
 
 Kind = Literal["scale", "thermo"]
@@ -43,15 +44,6 @@ def _lrc(data: bytes) -> int:
     return (256 - sum(data) % 256) % 256
 
 
-def _crc16_modbus(data: bytes) -> int:
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc
-
-
 def _crc16_ccitt(data: bytes) -> int:
     crc = 0xFFFF
     for byte in data:
@@ -62,7 +54,7 @@ def _crc16_ccitt(data: bytes) -> int:
 
 
 CHECKSUMS = {"xor8": (_xor8, 2), "sum8": (_sum8, 2), "lrc": (_lrc, 2),
-             "crc16_modbus": (_crc16_modbus, 4), "crc16_ccitt": (_crc16_ccitt, 4)}  # fmt: skip
+             "crc16_modbus": (crc16, 4), "crc16_ccitt": (_crc16_ccitt, 4)}  # fmt: skip
 
 
 @dataclass

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from drivers.modbus.rtu_frame import crc16
 from drivers.serial_line.config import ChecksumConfig
 
 
@@ -32,26 +33,8 @@ def lrc(data: bytes) -> int:
     return -sum(data) & 0xFF
 
 
-def _modbus_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_MODBUS_TABLE = _modbus_table()
-
-
-def crc16_modbus(data: bytes) -> int:
-    """CRC-16/MODBUS: reflected poly 0xA001, init 0xFFFF (the value; RTU frames send its low byte first)."""
-    crc = 0xFFFF
-    table = _MODBUS_TABLE
-    for b in data:
-        crc = (crc >> 8) ^ table[(crc ^ b) & 0xFF]
-    return crc
+#: CRC-16/MODBUS (reflected poly 0xA001, init 0xFFFF): the same CRC the Modbus RTU framing uses
+crc16_modbus = crc16
 
 
 def crc16_ccitt(data: bytes) -> int:

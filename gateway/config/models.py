@@ -69,7 +69,7 @@ class MqttSection(StrictModel):
     heartbeat: Duration = Field(60.0, gt=0, description="Every tag is sent at least this often, changed or not")
     qos: Literal[0, 1] = 1
     reconnect_max: Duration = Field(30.0, gt=0, description="Cap of the reconnect backoff")
-    max_queued: int = Field(10000, ge=1, description="Messages held in memory while the broker is unreachable")
+    max_queued: int = Field(10000, ge=1, description="Data messages waiting in RAM for the link; beyond this they go to the disk spool")
     compression: Literal["none", "zlib", "zstd"] = Field(
         "none", description="Compress data payloads; the topic then ends in /zlib or /zstd (docs/reduction.md)"
     )
