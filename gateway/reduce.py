@@ -69,6 +69,44 @@ def json_numbers(x: np.ndarray) -> np.ndarray:
         return np.where(ok, np.round(x * p) / p, x)
 
 
+def float32_numbers(x: np.ndarray) -> np.ndarray:
+    """float64 values of float32 tags as published: the shortest decimal that reads back as the same float32
+    (``123.4``, not ``123.40000152587891``), vectorised; the same as ``float(str(np.float32(v)))``.
+
+    For 6..9 significant digits (a float32 never needs more; and at most one decimal of 7 or fewer digits
+    lies within a float32's rounding interval, so a shorter one is found at 6 digits with trailing zeros),
+    the nearest decimal with that many digits is computed with an exact power of ten (exact in float64 up to
+    1e22, which covers magnitudes 1e-14 .. 1e22; the rare others go through ``str``) and kept where it
+    converts back to the same float32. Any shape; NaN and infinities stay as they are.
+    """
+    shape = np.shape(x)
+    f = np.ravel(x).astype(np.float32)
+    out = f.astype(np.float64)
+    a = np.abs(out)
+    finite = np.isfinite(out) & (a > 0)
+    in_range = (a >= 1e-14) & (a < 1e22)
+    odd = np.flatnonzero(finite & ~in_range)
+    if len(odd):
+        out[odd] = f[odd].astype(str).astype(np.float64)
+    todo = np.flatnonzero(finite & in_range)
+    if not len(todo):
+        return out.reshape(shape)
+    e = np.floor(np.log10(a[todo]))
+    v, want = out[todo], f[todo]
+    for digits in range(6, 10):
+        k = digits - 1 - e
+        p = 10.0 ** np.abs(k)
+        with np.errstate(over="ignore", invalid="ignore"):
+            r = np.where(k >= 0, np.round(v * p) / p, np.round(v / p) * p)
+        ok = r.astype(np.float32) == want
+        out[todo[ok]] = r[ok]
+        keep = ~ok
+        if not keep.any():
+            break
+        todo, e, v, want = todo[keep], e[keep], v[keep], want[keep]
+    return out.reshape(shape)
+
+
 def json_value(x: float, float32: bool) -> float | None:
     """One value as published: float32 tags at float32 precision, others via :func:`json_number`."""
     if float32 and x == x:
@@ -78,6 +116,12 @@ def json_value(x: float, float32: bool) -> float | None:
 
 def _nan_to_none(values: list[float]) -> list[float | None]:
     return [None if x != x else x for x in values]
+
+
+def _as_json_list(values: np.ndarray) -> list[float | None]:
+    """``values.tolist()`` with NaN as None (the per-element pass only when there is a NaN)."""
+    out = values.tolist()
+    return _nan_to_none(out) if np.isnan(values).any() else out
 
 
 def effective_settings(tag: TagBase, profile: ReduceProfile | None) -> dict[str, Any]:
@@ -127,9 +171,15 @@ class Reducer:
         self.heartbeat = np.array([t.heartbeat if t.heartbeat is not None else hb for t in self.tags], dtype=float)
         aggs = [set(x["aggregate"]) for x in s]
         self.agg_rows = np.flatnonzero([bool(a) for a in aggs])
+        self.has_agg = np.array([bool(a) for a in aggs], dtype=bool)
         self.want = {k: np.array([k in a for a in aggs], dtype=bool) for k in ("min", "max", "mean", "count")}
+        #: per tag, an index into ``agg_combos``: the keys its aggregate entry carries ("n" always)
+        combos = [tuple(k for k in ("min", "max", "mean") if k in a) + ("n",) for a in aggs]
+        self.agg_combos = sorted(set(combos))
+        self.want_keys = np.array([self.agg_combos.index(c) for c in combos], dtype=np.int64)
         modes = np.array([x["mode"] for x in s], dtype=object)
         self.mode_rows = {m: np.flatnonzero(modes == m) for m in ("raw", "lttb", "swinging_door")}
+        self.mode_mask = {m: modes == m for m in ("raw", "lttb", "swinging_door")}
         self.points = np.array([x["points"] for x in s], dtype=np.int64)
         self.always_on_new = (modes == "raw") | (modes == "lttb") | np.array([bool(a) for a in aggs], dtype=bool)
         sd = self.mode_rows["swinging_door"]
@@ -181,18 +231,22 @@ class Reducer:
 
     def _published(self, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Values as published: float32 tags at float32 precision, the rest without float64 noise."""
-        out = json_numbers(values)
         f32 = self.float32[rows]
-        if f32.any():
-            if values.ndim == 2:
-                f32 = np.broadcast_to(f32[:, None], values.shape)
-            good = f32 & ~np.isnan(values)
-            out[good] = values[good].astype(np.float32).astype(str).astype(np.float64)
+        if not f32.any():
+            return json_numbers(values)
+        if f32.all():
+            return float32_numbers(values)
+        if values.ndim == 2:
+            f32 = np.broadcast_to(f32[:, None], values.shape)
+        out = np.empty_like(values)
+        out[f32] = float32_numbers(values[f32])
+        other = ~f32
+        out[other] = json_numbers(values[other])
         return out
 
     def _entries(self, rows: np.ndarray, ts: np.ndarray, v: np.ndarray, q: np.ndarray, new: np.ndarray):
         ring = self.ring
-        vals = _nan_to_none(self._published(rows, v[rows]).tolist())
+        vals = _as_json_list(self._published(rows, v[rows]))
         ts_ms = (ts[rows] // _NS_PER_MS).tolist()
         qr = q[rows]
         qn = QUALITY_NAMES[qr].tolist()
@@ -215,32 +269,51 @@ class Reducer:
         return out
 
     def _add_aggregates(self, with_new: np.ndarray, out: dict[str, dict[str, Any]]) -> None:
-        agg = np.intersect1d(self.agg_rows, with_new)
+        agg = with_new[self.has_agg[with_new]]
         if not len(agg):
             return
         _, w, wq, count = self.ring.pending(agg, self.cursor)
         good = wq == Quality.GOOD
         n = good.sum(axis=1)
         ok = n > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            stats = {
-                "min": np.where(good, w, np.inf).min(axis=1, initial=np.inf),
-                "max": np.where(good, w, -np.inf).max(axis=1, initial=-np.inf),
-                "mean": np.where(good, w, 0.0).sum(axis=1) / n,
-            }
-        cols = {k: _nan_to_none(np.where(ok, self._published(agg, x), np.nan).tolist()) for k, x in stats.items()}
+        if good.all():  # no bad or padded sample: plain reductions
+            stats = {"min": w.min(axis=1), "max": w.max(axis=1), "mean": w.mean(axis=1)}
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                stats = {
+                    "min": np.where(good, w, np.inf).min(axis=1, initial=np.inf),
+                    "max": np.where(good, w, -np.inf).max(axis=1, initial=-np.inf),
+                    "mean": np.where(good, w, 0.0).sum(axis=1) / n,
+                }
+        # one publishing pass over the three columns together
+        published = self._published(np.concatenate([agg, agg, agg]), np.concatenate(list(stats.values())))
+        published[~np.concatenate([ok, ok, ok])] = np.nan
+        k = len(agg)
+        cols = {key: _as_json_list(published[j * k:(j + 1) * k]) for j, key in enumerate(stats)}
+        cols["n"] = n.tolist()
         names = self.names
-        n_list = n.tolist()
-        for key, col in cols.items():
-            want = self.want[key][agg]
-            for j, i in enumerate(agg.tolist()):
-                if want[j]:
-                    out[names[i]][key] = col[j]
-        for j, i in enumerate(agg.tolist()):
-            out[names[i]]["n"] = n_list[j]
+        entries = [out[names[i]] for i in agg.tolist()]
+        want = self.want_keys[agg]
+        for combo in np.unique(want).tolist():  # tags with the same aggregate list: usually one group
+            keys = self.agg_combos[combo]
+            same = want == combo
+            if same.all():
+                group, columns = entries, [cols[key] for key in keys]
+            else:
+                sel = np.flatnonzero(same).tolist()
+                group, columns = [entries[j] for j in sel], [[cols[key][j] for j in sel] for key in keys]
+            if keys == ("min", "max", "mean", "n"):  # the usual list, without a zip per tag
+                for e, a, b, c, d in zip(group, *columns):
+                    e["min"] = a
+                    e["max"] = b
+                    e["mean"] = c
+                    e["n"] = d
+            else:
+                for e, *vals in zip(group, *columns):
+                    e.update(zip(keys, vals))
 
     def _add_series(self, mode: str, with_new: np.ndarray, out: dict[str, dict[str, Any]]) -> None:
-        rows = np.intersect1d(self.mode_rows[mode], with_new)
+        rows = with_new[self.mode_mask[mode][with_new]]
         if not len(rows):
             return
         ts, w, wq, count = self.ring.pending(rows, self.cursor)
@@ -272,7 +345,7 @@ class Reducer:
 
     def _swinging_door(self, new: np.ndarray) -> dict[int, dict[str, list]]:
         """Feed the new samples of swinging-door tags; tag -> archived points (only tags with some)."""
-        rows = np.intersect1d(self.mode_rows["swinging_door"], np.flatnonzero(new))
+        rows = np.flatnonzero(self.mode_mask["swinging_door"] & new)
         if not len(rows):
             return {}
         ts, w, wq, count = self.ring.pending(rows, self.cursor)

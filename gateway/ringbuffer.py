@@ -1,7 +1,11 @@
 """Per-source sample history: preallocated NumPy columns, one ring per tag, single writer.
 
-Layout: three 2-D arrays of shape ``(n_tags, capacity)`` — ``ts`` int64 (epoch ns), ``values`` float64,
-``quality`` uint8 — so a sample costs 17 bytes and no Python object. ``head[i]`` counts every sample ever
+Layout: three 2-D arrays indexed ``[tag, slot]`` — ``ts`` int64 (epoch ns), ``values`` float64, ``quality``
+uint8 — so a sample costs 17 bytes and no Python object. They are transposed views of slot-major storage
+(one contiguous row of all tags per slot): a poll writes one contiguous row, the newest ``k`` slots of all
+tags are one contiguous block, and the memory is zero-filled on demand by the OS, so it becomes resident
+as slots are first written (a 600 s ring is fully resident after 600 s). Slots never written hold zeros:
+readers go by ``head`` (``has_sample``, ``count``), never by the content of unwritten slots. ``head[i]`` counts every sample ever
 written to tag ``i``; its newest sample sits at ``(head[i] - 1) % capacity``. A batch (all tags of a poll
 or any subset from a subscription) is written with one fancy-indexed assignment per column.
 
@@ -37,15 +41,17 @@ class RingBuffer:
             raise ValueError("a ring buffer needs at least one tag and two slots")
         self.n_tags = n_tags
         self.capacity = capacity
-        self.ts = np.zeros((n_tags, capacity), dtype=np.int64)
-        self.values = np.full((n_tags, capacity), np.nan, dtype=np.float64)
-        self.quality = np.full((n_tags, capacity), Quality.BAD, dtype=np.uint8)
+        self.ts = np.zeros((capacity, n_tags), dtype=np.int64).T
+        self.values = np.zeros((capacity, n_tags), dtype=np.float64).T
+        self.quality = np.zeros((capacity, n_tags), dtype=np.uint8).T
         self.head = np.zeros(n_tags, dtype=np.int64)
         self.last_error = np.zeros(n_tags, dtype=np.int32)
         self.error_text: dict[int, str] = {}
         self.last_string: list[str | None] = [None] * n_tags
         self.is_string = np.zeros(n_tags, dtype=bool)
         self._rows = np.arange(n_tags)
+        #: every tag has the same ``head`` (true for polled sources): a full batch is one column write
+        self._uniform = True
 
     @classmethod
     def for_rate(cls, n_tags: int, seconds: float, interval: float, *, minimum: int = 16) -> "RingBuffer":
@@ -58,6 +64,23 @@ class RingBuffer:
 
     def write(self, batch: Batch) -> None:
         """Append one batch. ``batch.index`` must not name a tag twice (split such batches first)."""
+        if batch.index is None and self._uniform:  # a full poll and every tag at the same count: one column
+            slot = int(self.head[0]) % self.capacity
+            self.ts[:, slot] = batch.ts
+            self.values[:, slot] = batch.values
+            self.quality[:, slot] = batch.quality
+            self.last_error[:] = batch.errors
+            self.head += 1
+        else:
+            self._write_rows(batch)
+        if batch.error_text:
+            self.error_text.update(batch.error_text)
+        for pos, text in batch.strings.items():
+            tag = pos if batch.index is None else int(batch.index[pos])
+            self.last_string[tag] = text
+            self.is_string[tag] = True
+
+    def _write_rows(self, batch: Batch) -> None:
         rows = self._rows if batch.index is None else batch.index
         head = self.head[rows]
         slot = head % self.capacity
@@ -66,17 +89,15 @@ class RingBuffer:
         self.quality[rows, slot] = batch.quality
         self.last_error[rows] = batch.errors
         self.head[rows] = head + 1
-        if batch.error_text:
-            self.error_text.update(batch.error_text)
-        for pos, text in batch.strings.items():
-            tag = pos if batch.index is None else int(batch.index[pos])
-            self.last_string[tag] = text
-            self.is_string[tag] = True
+        self._uniform = bool((self.head == self.head[0]).all())
 
     def last(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Newest ``(ts, values, quality, has_sample)`` of every tag, O(n_tags)."""
-        slot = (self.head - 1) % self.capacity
         has = self.head > 0
+        if self._uniform:
+            col = int(self.head[0] - 1) % self.capacity
+            return self.ts[:, col].copy(), self.values[:, col].copy(), self.quality[:, col].copy(), has
+        slot = (self.head - 1) % self.capacity
         return self.ts[self._rows, slot], self.values[self._rows, slot], self.quality[self._rows, slot], has
 
     def pending(self, rows: np.ndarray, cursor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -92,6 +113,11 @@ class RingBuffer:
         if k == 0:
             empty = np.empty((len(rows), 0))
             return empty.astype(np.int64), empty, empty.astype(np.uint8), count
+        if self._uniform and (count == k).all():  # the usual case: the same columns for every row
+            cols = (int(head[0]) - k + np.arange(k)) % self.capacity
+            full = len(rows) == self.n_tags
+            pick = (lambda a: a[:, cols]) if full else (lambda a: a[rows[:, None], cols[None, :]])
+            return pick(self.ts), pick(self.values), pick(self.quality), count
         cols = np.arange(k)
         start = head - count
         slot = (start[:, None] + cols[None, :]) % self.capacity

@@ -15,12 +15,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 from pymodbus.client.base import ModbusBaseClient
-from pymodbus.exceptions import ModbusException
+from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.pdu import ModbusPDU
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersResponse,
+    ReadInputRegistersResponse,
+)
 
 from drivers.modbus.address import Table
 from drivers.modbus.config import ModbusTag
-from drivers.modbus.decode import apply_scaling, decode_bits, decode_registers
+from drivers.modbus.decode import apply_scaling, decode_bits, decode_poll
 from drivers.modbus.plan import ReadPlan, ReadRequest, compile_plan
 from gateway.batch import Batch
 from gateway.driver import DeviceUnavailable
@@ -56,6 +60,35 @@ class BadResponse(ModbusException):
         self.text = text
 
 
+class _RegistersAsArray:
+    """Decode a register response into a NumPy view of its bytes instead of a list of Python ints.
+
+    pymodbus unpacks every register with ``struct`` into a list; the driver only copies the words into its
+    poll buffer, so a big-endian ``uint16`` view of the frame does the same with no per-register Python work.
+    ``registers`` supports what callers use: ``len``, slicing, iteration, ``int()`` of an element.
+    ``str()`` names the response without its registers: pymodbus 3.16 formats every decoded response for a
+    debug log line even when debug logging is off, and printing the registers is the costly part.
+    """
+
+    def decode(self, data: bytes) -> None:
+        n = int(data[0])
+        if n >= len(data):
+            raise ModbusException(f"byte_count {n} > length of packet {len(data)}")
+        self.registers = np.frombuffer(data, dtype=">u2", count=n // 2, offset=1)
+
+    def __str__(self) -> str:
+        return (f"{type(self).__name__}(dev_id={self.dev_id}, transaction_id={self.transaction_id}, "
+                f"{len(self.registers)} registers)")
+
+
+class _HoldingRegisters(_RegistersAsArray, ReadHoldingRegistersResponse):
+    pass
+
+
+class _InputRegisters(_RegistersAsArray, ReadInputRegistersResponse):
+    pass
+
+
 def exception_text(code: int) -> str:
     """``"Modbus exception 2 (illegal data address)"`` for a Modbus exception code."""
     return f"Modbus exception {code} ({EXCEPTION_NAMES.get(code, 'unknown exception code')})"
@@ -83,6 +116,8 @@ class ModbusDriverBase(ABC):
         self.float32_tags = np.array([t.type == "float32" for t in self.tags], dtype=bool)
         self._client: ModbusBaseClient | None = None
         self._lost: asyncio.Future[None] | None = None
+        #: the poll buffer: every register response of a poll, at ``plan.word_offset`` (reused every poll)
+        self._words = np.zeros(self.plan.register_words, dtype=np.uint16)
 
     @classmethod
     def check_config(cls, source: Any, tags: list[ModbusTag]) -> None:
@@ -108,8 +143,19 @@ class ModbusDriverBase(ABC):
         """
 
     def _on_connection_change(self, connected: bool) -> None:
-        if not connected and self._lost is not None and not self._lost.done():
+        """pymodbus's ``trace_connect``: a closed connection fails the request in flight at once.
+
+        pymodbus 3.16 only notices a lost connection at the request's timeout; its in-flight request is
+        the transaction manager's ``response_future``, which is failed here (no per-request task needed).
+        """
+        if connected:
+            return
+        if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
+        pending = getattr(getattr(self._client, "ctx", None), "response_future", None)
+        if isinstance(pending, asyncio.Future) and not pending.done():
+            pending.set_exception(ConnectionException(f"connection to {self.endpoint} was closed"))
+            pending.exception()  # no "never retrieved" warning when no request was waiting on it
 
     def describe(self) -> str:
         """One line for logs, e.g. ``6 tags in 3 read requests: hr:0+20 (registers, 4 tags), ...``."""
@@ -125,6 +171,9 @@ class ModbusDriverBase(ABC):
         await self.close()
         self._lost = asyncio.get_running_loop().create_future()
         self._client = client = self._make_client()  # held before awaiting, so close() frees it on cancel
+        if isinstance(client, ModbusBaseClient):  # pymodbus's own clients (not the RTU bus client)
+            client.register(_HoldingRegisters)
+            client.register(_InputRegisters)
         if not await client.connect():
             await self.close()
             raise DeviceUnavailable(f"cannot connect to Modbus device at {self.endpoint} (refused, unreachable or timed out)")
@@ -215,27 +264,67 @@ class ModbusDriverBase(ABC):
 
         Each tag's ``ts`` is when the response of its request arrived. A Modbus exception answer marks
         only that request's tags bad (error code = the exception code). No answer, or a lost
-        connection, raises :class:`DeviceUnavailable`.
+        connection, raises :class:`DeviceUnavailable`. The register responses are collected into one
+        buffer and decoded together after the last one (:func:`~drivers.modbus.decode.decode_poll`).
         """
         client = self._client
         if client is None:
             raise DeviceUnavailable(f"not connected to {self.endpoint}")
-        batch = Batch.empty(len(self.plan), 0)
-        for request in self.plan.requests:
+        plan = self.plan
+        batch = Batch.empty(len(plan), 0)
+        answers: list[ModbusPDU | BadResponse] = []
+        for request in plan.requests:
             if not client.connected:
                 raise DeviceUnavailable(f"connection to {self.endpoint} was closed")
             try:
-                response = await self._exchange(client, request)
+                answers.append(await self._send(client, request))
             except BadResponse as exc:
-                batch.ts[request.positions] = time.time_ns()
-                batch.mark_bad(request.positions, exc.code, exc.text)
-                continue
+                answers.append(exc)
             except ModbusException as exc:
                 raise DeviceUnavailable(self._failure_text(client, request, exc)) from exc
             batch.ts[request.positions] = time.time_ns()
-            self._decode(request, response, batch)
-        apply_scaling(self.plan, batch)
+        self.decode_answers(plan, answers, batch, self._words)
         return batch
+
+    @staticmethod
+    def decode_answers(plan: ReadPlan, answers: list[Any], batch: Batch, words: np.ndarray | None = None) -> None:
+        """Decode one poll's answers (a response PDU or a :class:`BadResponse` per request, in plan order).
+
+        Register words are copied into one poll buffer (``words``, reused when given) and decoded together;
+        an exception answer, a short answer or a BadResponse marks only that request's tags bad.
+        Scaling is applied last.
+        """
+        if words is None:
+            words = np.zeros(plan.register_words, dtype=np.uint16)
+        failed: list[tuple[ReadRequest, int, str]] = []
+        for request, offset, answer in zip(plan.requests, plan.word_offset, answers):
+            if isinstance(answer, BadResponse):
+                failed.append((request, answer.code, answer.text))
+            elif answer.isError():
+                code = int(getattr(answer, "exception_code", 0))
+                failed.append((request, code, exception_text(code)))
+            elif offset < 0:
+                bits = np.asarray(answer.bits, dtype=bool)
+                if len(bits) < request.count:
+                    failed.append((request, SHORT_RESPONSE, f"short response: {len(bits)} of {request.count} bits"))
+                else:
+                    decode_bits(request, bits, batch)
+            else:
+                registers = answer.registers
+                if len(registers) < request.count:
+                    text = f"short response: {len(registers)} of {request.count} registers"
+                    failed.append((request, SHORT_RESPONSE, text))
+                    words[offset : offset + request.count] = 0
+                else:
+                    words[offset : offset + request.count] = registers[: request.count]
+        if plan.register_words:
+            decode_poll(plan, words, batch)
+        for request, code, text in failed:
+            batch.mark_bad(request.positions, code, text)
+            if batch.strings:  # a failed request's string tags keep no text
+                for pos in request.positions.tolist():
+                    batch.strings.pop(pos, None)
+        apply_scaling(plan, batch)
 
     def _failure_text(self, client: ModbusBaseClient, request: ReadRequest, exc: ModbusException) -> str:
         if not client.connected:
@@ -243,20 +332,6 @@ class ModbusDriverBase(ABC):
         if "No response" in str(exc):  # pymodbus's wording for a request that timed out
             return f"no response from {self.endpoint} within {self.source.timeout:g}s to a read of {request}"
         return f"invalid response from {self.endpoint} to a read of {request}: {exc}"
-
-    async def _exchange(self, client: ModbusBaseClient, request: ReadRequest) -> ModbusPDU:
-        """One request/response, abandoned as soon as the device closes the connection."""
-        lost = self._lost
-        assert lost is not None
-        task = asyncio.ensure_future(self._send(client, request))
-        try:
-            await asyncio.wait((task, lost), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not task.done():
-                task.cancel()
-        if not task.done() or task.cancelled():
-            raise DeviceUnavailable(f"connection to {self.endpoint} was closed while reading {request}")
-        return task.result()
 
     async def _send(self, client: ModbusBaseClient, request: ReadRequest) -> ModbusPDU:
         unit = self.source.unit
@@ -267,23 +342,3 @@ class ModbusDriverBase(ABC):
         if request.table is Table.COIL:
             return await client.read_coils(request.start, count=request.count, device_id=unit)
         return await client.read_discrete_inputs(request.start, count=request.count, device_id=unit)
-
-    @staticmethod
-    def _decode(request: ReadRequest, response: ModbusPDU, batch: Batch) -> None:
-        if response.isError():
-            code = int(getattr(response, "exception_code", 0))
-            batch.mark_bad(request.positions, code, exception_text(code))
-            return
-        if request.table.is_bits:
-            bits = np.asarray(response.bits, dtype=bool)
-            if len(bits) < request.count:
-                batch.mark_bad(request.positions, SHORT_RESPONSE, f"short response: {len(bits)} of {request.count} bits")
-                return
-            decode_bits(request, bits, batch)
-        else:
-            registers = np.asarray(response.registers, dtype=np.uint16)
-            if len(registers) < request.count:
-                text = f"short response: {len(registers)} of {request.count} registers"
-                batch.mark_bad(request.positions, SHORT_RESPONSE, text)
-                return
-            decode_registers(request, registers, batch)

@@ -1,7 +1,9 @@
 """Vectorised decoding of Modbus responses into a :class:`gateway.batch.Batch`, driven by a compiled plan.
 
-Per response there is one NumPy gather per (type, byte order) group — never a Python loop per register
-or per numeric tag. Strings are the exception (one Python ``str`` per string tag is unavoidable).
+A poll's register responses are copied into one buffer and decoded together by :func:`decode_poll`: one
+NumPy gather per (type, byte order) group per poll, whatever the number of requests — never a Python
+loop per register or per numeric tag. Strings are the exception (one Python ``str`` per string tag is
+unavoidable). :func:`decode_registers` decodes a single response with the same rules.
 
 Conventions a user relies on:
 
@@ -38,20 +40,34 @@ def _layout(swap_bytes: bool) -> str:
 
 def decode_registers(request: ReadRequest, registers: np.ndarray, batch: Batch) -> None:
     """Decode one register response (uint16 array of ``request.count`` words) into ``batch``."""
-    for g in request.numeric:
+    _decode_groups(request, registers, batch)
+
+
+def decode_poll(plan: ReadPlan, registers: np.ndarray, batch: Batch) -> None:
+    """Decode every register response of a poll at once into ``batch``.
+
+    ``registers`` is the poll buffer: uint16, ``plan.register_words`` long, request ``i``'s words at
+    ``plan.word_offset[i]``. Tags of requests that failed are decoded from whatever their words hold;
+    the caller marks them bad afterwards.
+    """
+    _decode_groups(plan, registers, batch)
+
+
+def _decode_groups(where: ReadRequest | ReadPlan, registers: np.ndarray, batch: Batch) -> None:
+    for g in where.numeric:
         raw = registers[g.words].astype(_layout(g.swap_bytes))
         values = raw.view(g.dtype)[:, 0]
         batch.values[g.positions] = values
         if g.is_float:
             nan = np.isnan(values)
             if nan.any():
-                where = g.positions[nan]
-                batch.quality[where] = Quality.UNCERTAIN
-                batch.errors[where] = NAN_VALUE
+                odd = g.positions[nan]
+                batch.quality[odd] = Quality.UNCERTAIN
+                batch.errors[odd] = NAN_VALUE
                 batch.error_text[NAN_VALUE] = NAN_TEXT
-    for b in request.bits:
+    for b in where.bits:
         batch.values[b.positions] = (registers[b.words] >> b.shifts) & 1
-    for s in request.strings:
+    for s in where.strings:
         raw = registers[s.words].astype(_layout(s.swap_bytes)).tobytes()
         width = s.words.shape[1] * 2
         for i, pos in enumerate(s.positions.tolist()):

@@ -1,8 +1,10 @@
 """Compile a source's tags, once, into the fewest Modbus read requests and their decoding tables.
 
-The result, a :class:`ReadPlan`, is pure data: the driver issues ``plan.requests`` in order and hands
-each response to :mod:`drivers.modbus.decode`, which only does NumPy fancy indexing with the arrays
-prepared here. Nothing in this module runs per poll.
+The result, a :class:`ReadPlan`, is pure data: the driver issues ``plan.requests`` in order, copies the
+words of every register response into one poll buffer (``plan.word_offset`` says where each request's
+words go) and hands the whole buffer to :mod:`drivers.modbus.decode`, which does one NumPy gather per
+(type, byte order) group per poll with the arrays prepared here (``plan.numeric``: groups merged across
+requests, indices global to the poll buffer). Nothing in this module runs per poll.
 
 Coalescing, per table (coils, discrete inputs, input registers, holding registers): tags are sorted by
 start address and merged greedily while the request stays within ``max_registers_per_read`` (or
@@ -105,6 +107,15 @@ class ReadPlan:
     offset: np.ndarray  # float64 per plan position
     needs_scaling: bool
     string_positions: frozenset[int] = field(default_factory=frozenset)
+    #: per request: where its words start in the poll buffer of all register responses (-1 for bit tables)
+    word_offset: tuple[int, ...] = ()
+    #: length of that poll buffer (sum of the register requests' counts)
+    register_words: int = 0
+    #: the requests' numeric / bit / string groups merged per kind across requests, ``words`` indexing the
+    #: poll buffer: what :func:`drivers.modbus.decode.decode_poll` gathers, once per group per poll
+    numeric: tuple[NumericGroup, ...] = ()
+    bits: tuple[BitGroup, ...] = ()
+    strings: tuple[StringGroup, ...] = ()
 
     def __len__(self) -> int:
         return len(self.names)
@@ -189,6 +200,34 @@ def _bit_request(table: Table, members: list[tuple[int, int, int]]) -> ReadReque
     )
 
 
+def _merge_groups(requests: Sequence[ReadRequest], offsets: Sequence[int]):
+    """Every request's groups, merged per kind, with ``words`` shifted to the poll buffer."""
+    numeric: dict[tuple[str, str], list[NumericGroup]] = {}
+    strings: dict[tuple[int, bool], list[StringGroup]] = {}
+    bits: list[BitGroup] = []
+    for req, off in zip(requests, offsets):
+        if off < 0:
+            continue
+        for g in req.numeric:
+            numeric.setdefault((g.type, g.byte_order), []).append(
+                NumericGroup(g.type, g.byte_order, g.positions, g.words + off, g.swap_bytes, g.dtype, g.is_float))
+        for b in req.bits:
+            bits.append(BitGroup(b.positions, b.words + off, b.shifts))
+        for sg in req.strings:
+            strings.setdefault((sg.words.shape[1], sg.swap_bytes), []).append(
+                StringGroup(sg.positions, sg.words + off, sg.swap_bytes))
+    merged_numeric = tuple(
+        NumericGroup(gs[0].type, gs[0].byte_order, np.concatenate([g.positions for g in gs]),
+                     np.concatenate([g.words for g in gs]), gs[0].swap_bytes, gs[0].dtype, gs[0].is_float)
+        for gs in numeric.values())
+    merged_bits = (BitGroup(np.concatenate([b.positions for b in bits]), np.concatenate([b.words for b in bits]),
+                            np.concatenate([b.shifts for b in bits])),) if bits else ()
+    merged_strings = tuple(
+        StringGroup(np.concatenate([g.positions for g in gs]), np.concatenate([g.words for g in gs]), gs[0].swap_bytes)
+        for gs in strings.values())
+    return merged_numeric, merged_bits, merged_strings
+
+
 def compile_plan(
     tags: Sequence[ModbusTag],
     *,
@@ -223,6 +262,11 @@ def compile_plan(
 
     scale = np.array([t.scale for t in tags], dtype=np.float64)
     offset = np.array([t.offset for t in tags], dtype=np.float64)
+    offsets, words = [], 0
+    for r in requests:
+        offsets.append(-1 if r.table.is_bits else words)
+        words += 0 if r.table.is_bits else r.count
+    numeric, bits, strings = _merge_groups(requests, offsets)
     return ReadPlan(
         names=tuple(t.name for t in tags),
         requests=tuple(requests),
@@ -230,4 +274,9 @@ def compile_plan(
         offset=offset,
         needs_scaling=bool(np.any(scale != 1.0) or np.any(offset != 0.0)),
         string_positions=frozenset(i for i, t in enumerate(tags) if t.type == "string"),
+        word_offset=tuple(offsets),
+        register_words=words,
+        numeric=numeric,
+        bits=bits,
+        strings=strings,
     )

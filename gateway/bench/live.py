@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -84,15 +85,18 @@ class Subscriber:
         self.client.disconnect()
 
 
-def gateway_config(mqtt_port: int, modbus_port: int, assets: list[dict[str, Any]], publish: float,
-                   compression: str = "none") -> str:
+def gateway_config(mqtt_port: int, modbus_port: int | None, assets: list[dict[str, Any]], publish: float,
+                   compression: str = "none", *, buffer_seconds: float = 30, api_port: int | None = None) -> str:
+    """A gateway config (JSON is YAML); sources without a ``driver`` are Modbus TCP on ``modbus_port``."""
     cfg = {"gateway": {"id": "bench-gw", "namespace": NS, "log_level": "warning"},
            "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "publish_interval": publish, "qos": 0,
                     "compression": compression, "max_queued": 100000},
-           "api": {"enabled": False}, "buffer": {"seconds": 30}, "assets": assets}
+           "api": {"enabled": False} if api_port is None else {"listen": f"127.0.0.1:{api_port}"},
+           "buffer": {"seconds": buffer_seconds}, "assets": assets}
     for a in assets:
-        a["source"] |= {"driver": "modbus_tcp", "host": "127.0.0.1", "port": modbus_port, "unit": 1}
-    return json.dumps(cfg)  # JSON is YAML
+        if "driver" not in a["source"]:
+            a["source"] |= {"driver": "modbus_tcp", "host": "127.0.0.1", "port": modbus_port, "unit": 1}
+    return json.dumps(cfg)
 
 
 class GatewayProcess:
@@ -198,52 +202,96 @@ async def _bare_loop(port: int, registers: int, seconds: float) -> dict[str, Any
     return json.loads(out)
 
 
+def _gateway_status(api_port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/api/v1/gateway", timeout=5) as r:
+        return json.loads(r.read())
+
+
+async def _probe_changes(mqtt_port: int, cfg: str, set_probe, changes: int, api_port: int) -> dict[str, Any]:
+    """Change ``probe`` ``changes`` times at random moments; time each change to its arrival at the subscriber."""
+    gw = GatewayProcess(cfg)
+    sub = Subscriber(mqtt_port)
+    e2e, internal = [], []
+    rng = np.random.default_rng(3)
+    try:
+        await _wait(lambda: bool(sub.probe), 30)
+        for k in range(1, changes + 1):
+            await asyncio.sleep(float(rng.uniform(0.05, 0.2)))
+            t_set = time.time()
+            set_probe(k)
+            await _wait(lambda k=k: any(v == k for _, v, _ in sub.probe[-3:]), 5)
+            arrival, _, ts_ms = next(p for p in reversed(sub.probe) if p[1] == k)
+            e2e.append(arrival - t_set)
+            internal.append(arrival - ts_ms / 1000)
+        status = await asyncio.to_thread(_gateway_status, api_port)
+    finally:
+        sub.close()
+        gw.stop()
+    ms = lambda xs, q: round(float(np.percentile(xs, q)) * 1000, 1)  # noqa: E731
+    return {"changes": changes, "e2e_p50_ms": ms(e2e, 50), "e2e_p99_ms": ms(e2e, 99),
+            "read_to_subscriber_p50_ms": ms(internal, 50), "read_to_subscriber_p99_ms": ms(internal, 99),
+            "read_to_uplink_p50_ms": status["publish_latency_ms"].get("p50"),
+            "read_to_uplink_p99_ms": status["publish_latency_ms"].get("p99")}
+
+
 async def _latency(mqtt_port: int, quick: bool) -> dict[str, Any]:
+    """Poll mode (Modbus TCP, poll 100 ms) and OPC UA subscription mode; ``publish_interval`` 100 ms, so
+    each asset is published right after each poll / notification (see gateway.engine)."""
     poll = 0.1
     changes = 15 if quick else 100
     sim = ModbusSimulator(plant(4), port=free_port())
     await sim.start()
     try:
         tags = [{"name": "probe", "address": "hr:8", "type": "uint16"}]
-        cfg = gateway_config(mqtt_port, sim.port, [{"id": "lat", "source": {"poll": poll}, "tags": tags}], poll)
-        gw = GatewayProcess(cfg)
-        sub = Subscriber(mqtt_port)
-        e2e, internal = [], []
-        rng = np.random.default_rng(3)
-        try:
-            await _wait(lambda: bool(sub.probe), 20)
-            for k in range(1, changes + 1):
-                await asyncio.sleep(float(rng.uniform(0.05, 0.2)))
-                t_set = time.time()
-                sim.set("probe", k)
-                await _wait(lambda: any(v == k for _, v, _ in sub.probe[-3:]), 5)
-                arrival, _, ts_ms = next(p for p in reversed(sub.probe) if p[1] == k)
-                e2e.append(arrival - t_set)
-                internal.append(arrival - ts_ms / 1000)
-        finally:
-            sub.close()
-            gw.stop()
+        api = free_port()
+        cfg = gateway_config(mqtt_port, sim.port, [{"id": "lat", "source": {"poll": poll}, "tags": tags}], poll,
+                             api_port=api)
+        poll_mode = await _probe_changes(mqtt_port, cfg, lambda k: sim.set("probe", k), changes, api)
     finally:
         await sim.stop()
-    ms = lambda xs, q: round(float(np.percentile(xs, q)) * 1000, 1)  # noqa: E731
+    opc = await _opcua_latency(mqtt_port, poll, 10 if quick else changes)
     return {
-        "poll_mode": {"poll_s": poll, "publish_interval_s": poll, "changes": changes,
-                      "e2e_p50_ms": ms(e2e, 50), "e2e_p99_ms": ms(e2e, 99),
-                      "read_to_subscriber_p50_ms": ms(internal, 50), "read_to_subscriber_p99_ms": ms(internal, 99)},
-        "opcua_subscribe_mode": "not measured (bench does not drive the OPC UA subscription path yet)",
+        "poll_mode": {"poll_s": poll, "publish_interval_s": poll, **poll_mode},
+        "opcua_subscribe_mode": opc,
     }
 
 
+async def _opcua_latency(mqtt_port: int, publishing: float, changes: int) -> dict[str, Any]:
+    # asyncua is heavy: only this figure needs it
+    from simulators.opcua_sim import OpcUaSimulator
+
+    cfg = PlantConfig.model_validate({"seed": 1, "signals": {}, "opcua": {
+        "nodes": [{"name": "probe", "id": "Bench.Probe", "type": "Int32", "value": 0}]}})
+    sim = OpcUaSimulator(Plant(cfg), port=free_port(), clock=False)
+    await sim.start()
+    try:
+        source = {"driver": "opcua", "endpoint": sim.endpoint, "mode": "subscribe", "poll": publishing,
+                  "sampling_interval": 0, "timeout": 5}
+        tags = [{"name": "probe", "node": sim.node_id("probe")}]
+        api = free_port()
+        gcfg = gateway_config(mqtt_port, None, [{"id": "opc", "source": source, "tags": tags}], publishing,
+                              api_port=api)
+        result = await _probe_changes(mqtt_port, gcfg, lambda k: sim.set("probe", k), changes, api)
+    finally:
+        await sim.stop()
+    return {"publishing_interval_s": publishing, "sampling_interval_s": 0, "publish_interval_s": publishing,
+            **result}
+
+
 async def _scale(mqtt_port: int, quick: bool) -> dict[str, Any]:
-    devices, per = 50, 200
-    seconds = 10.0 if quick else 60.0
+    """50 devices x 200 tags at 1 s with the default ``buffer.seconds`` (600): CPU share and peak RSS, and
+    the peak projected for full rings (ring memory becomes resident as slots are first written, and the run
+    is shorter than 600 s)."""
+    devices, per, buffer_s = 50, 200, 600.0
+    seconds = 6.0 if quick else 60.0
     sim = ModbusSimulator(plant(0, per), port=free_port())
     await sim.start()
     try:
         tags = [{"name": f"i{i}", "address": f"hr:{i}", "type": "int16", "scale": 0.1} for i in range(per)]
         assets = [{"id": f"dev{d}", "source": {"poll": 1.0, "timeout": 5}, "tags": tags} for d in range(devices)]
-        gw = GatewayProcess(gateway_config(mqtt_port, sim.port, assets, 1.0))
+        gw = GatewayProcess(gateway_config(mqtt_port, sim.port, assets, 1.0, buffer_seconds=buffer_s))
         sub = Subscriber(mqtt_port)
+        started = time.monotonic()
         try:
             await _wait(lambda: sub.messages >= devices, 30)
             await asyncio.sleep(2.0)
@@ -251,10 +299,15 @@ async def _scale(mqtt_port: int, quick: bool) -> dict[str, Any]:
             await asyncio.sleep(seconds)
             c1, t1 = gw.cpu_s(), time.monotonic()
             rss = gw.peak_rss_mb()
+            written = min(1.0, (time.monotonic() - started) / buffer_s)  # share of the ring slots written
         finally:
             sub.close()
             gw.stop()
     finally:
         await sim.stop()
-    return {"devices": devices, "tags": devices * per, "poll_s": 1.0, "seconds": seconds,
-            "cpu_share_of_one_core": round((c1 - c0) / (t1 - t0), 4), "peak_rss_mb": round(rss, 1)}
+    slots = int(np.ceil(buffer_s / 1.0)) + 1
+    return {"devices": devices, "tags": devices * per, "poll_s": 1.0, "buffer_seconds": buffer_s,
+            "seconds": seconds, "cpu_share_of_one_core": round((c1 - c0) / (t1 - t0), 4),
+            "peak_rss_mb": round(rss, 1), "ring_mb": round(devices * per * slots * 17 / 2**20, 1),
+            "peak_rss_mb_rings_full": round(rss + devices * per * slots * 17 / 2**20 * (1 - written), 1),
+            "rss_units": "MiB (VmHWM / 1024)"}

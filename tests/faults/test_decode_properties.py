@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from drivers.modbus.base import ModbusDriverBase
 from drivers.modbus.config import ModbusTag
-from drivers.modbus.decode import apply_scaling
 from drivers.modbus.plan import compile_plan
 from gateway.batch import Batch, Quality
 
@@ -56,10 +55,11 @@ def test_random_registers_decode_to_the_reference_or_are_not_good(specs, data):
     plan = compile_plan(tags)  # positions are the tags' config order
     memory = data.draw(st.lists(st.integers(0, 65535), min_size=address, max_size=address))
     batch = Batch.empty(len(plan), 0)
+    answers = []
     for req in plan.requests:
         short = data.draw(st.integers(0, 9)) == 0
-        ModbusDriverBase._decode(req, respond(memory[req.start : req.start + req.count - int(short)]), batch)
-    apply_scaling(plan, batch)
+        answers.append(respond(memory[req.start : req.start + req.count - int(short)]))
+    ModbusDriverBase.decode_answers(plan, answers, batch)  # the whole poll at once, scaling included
     for i, (t, order) in enumerate(specs):
         n = struct.calcsize(FORMATS[t]) // 2
         want = reference(memory[addresses[i] : addresses[i] + n], t, order)
@@ -76,9 +76,8 @@ def test_malformed_responses_never_raise(values, bits):
                                                                            length=4)]
     plan = compile_plan(tags)
     batch = Batch.empty(len(plan), 0)
-    for req in plan.requests:
-        regs = np.asarray(values, dtype=np.int64).astype(np.uint16).tolist()
-        ModbusDriverBase._decode(req, respond(regs), batch)
+    regs = np.asarray(values, dtype=np.int64).astype(np.uint16).tolist()
+    ModbusDriverBase.decode_answers(plan, [respond(regs) for _ in plan.requests], batch)
     needed = max(r.start + r.count for r in plan.requests)
     assert len(plan.requests) == 1  # both tags in one read of 14 registers
     if len(values) < needed:
