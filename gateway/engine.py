@@ -3,6 +3,12 @@
 Start sinks before sources, stop sources before sinks: on stop, the source tasks are cancelled first
 (drivers closed), then one final publish drains what they produced, then the uplink flushes and says
 ``offline``, then the API stops.
+
+When an asset's message is sent (docs/performance.md, "Latency"): an asset whose source delivers data no
+more often than ``mqtt.publish_interval`` (``poll``, or a subscription's ``publishing_interval``, at least
+``publish_interval``) is published right after each poll or notification, so its samples wait for nothing;
+an asset polled faster has the samples of several polls batched into one message per ``publish_interval``
+(the publisher's timer), which keeps metered links cheap. The timer also sends heartbeats of every asset.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import json
 import logging
 import socket
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +31,11 @@ from gateway.uplink.mqtt import MqttUplink
 from gateway.writes import MqttCommands
 
 log = logging.getLogger("gateway")
+
+
+def source_interval(asset: AssetRuntime) -> float:
+    """How often an asset's source delivers data: a subscription's publishing interval, else its poll."""
+    return float(getattr(asset.source, "publishing_interval", None) or asset.source.poll)
 
 
 class Gateway:
@@ -69,10 +81,20 @@ class Gateway:
         if any(getattr(t, "writable", False) for a in self.assets.values() for t in a.tags):
             for asset_id in self.assets:
                 self.uplink.subscribe(self.commands.topic(asset_id), self.commands.on_message)
+        #: assets published right after each batch (see the module docstring); the others on the timer
+        interval = cfg.mqtt.publish_interval
+        for asset in self.assets.values():
+            if source_interval(asset) >= interval:
+                asset.on_batch = self._publish_after_batch
+        #: seconds from a batch's read done to its message handed to the uplink, for assets published after
+        #: their batches (the newest 4096; p50/p99 in gateway_status)
+        self.publish_latency: deque[float] = deque(maxlen=4096)
         self.seq = 0
         self.messages_published = 0
         self.config_loaded = True
         self._api_server: Any = None
+        #: what made the daemon stop by itself (a failed uplink, API, ...); raised by run() after shutdown
+        self.fatal: Exception | None = None
 
     # -- topics and messages --------------------------------------------------------------------------
     def data_topic(self, asset_id: str) -> str:
@@ -113,20 +135,31 @@ class Gateway:
     def publish_once(self) -> int:
         """Reduce every asset's new samples into one message each and hand them to the uplink."""
         now_mono = time.monotonic()
-        now_ms = time.time_ns() // 1_000_000
-        sent = 0
-        for asset in self.assets.values():
-            tags = asset.reducer.reduce(now_mono)
-            if not tags:
-                continue
-            self.seq = self.delivery.next_seq()  # numbered before anything can lose it
-            msg = {"seq": self.seq, "ts": now_ms, "asset": asset.id, "tags": tags}
-            body = encode(msg, "none").payload  # compression is applied at send time (_wire)
-            self.delivery.submit(self.seq, self.data_topic(asset.id), body, samples=count_samples(tags),
-                                 qos=self.cfg.mqtt.qos)
-            sent += 1
-        self.messages_published += sent
+        sent = sum(self._publish_asset(asset, now_mono) for asset in self.assets.values())
         return sent
+
+    def _publish_asset(self, asset: AssetRuntime, now_mono: float) -> int:
+        """One asset's message, if anything is due: 1 when one was handed to the delivery, else 0."""
+        tags = asset.reducer.reduce(now_mono)
+        if not tags:
+            return 0
+        self.seq = self.delivery.next_seq()  # numbered before anything can lose it
+        msg = {"seq": self.seq, "ts": time.time_ns() // 1_000_000, "asset": asset.id, "tags": tags}
+        body = encode(msg, "none").payload  # compression is applied at send time (_wire)
+        self.delivery.submit(self.seq, self.data_topic(asset.id), body, samples=count_samples(tags),
+                             qos=self.cfg.mqtt.qos)
+        self.messages_published += 1
+        return 1
+
+    def _publish_after_batch(self, asset: AssetRuntime) -> None:
+        """A source wrote a batch: publish its asset now, unless it published less than half an interval
+        ago (a device that suddenly streams faster than it was configured to falls back to the timer)."""
+        now = time.monotonic()
+        if now - asset.last_publish >= 0.5 * self.cfg.mqtt.publish_interval:
+            first = asset.last_publish == float("-inf")
+            asset.last_publish = now
+            if self._publish_asset(asset, now) and not first:  # the first message (all tags, cold) is not typical
+                self.publish_latency.append(time.monotonic() - asset.read_done)
 
     async def _publish_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -137,7 +170,12 @@ class Gateway:
             next_at += interval
             if next_at < loop.time():
                 next_at = loop.time() + interval
-            self.publish_once()
+            now = time.monotonic()
+            for asset in self.assets.values():
+                # assets published after their batches need the timer only when no batch came for an
+                # interval (heartbeats, a device gone) or a batch came too soon after the previous one
+                if asset.on_batch is None or now - asset.last_publish >= interval:
+                    self._publish_asset(asset, now)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def bind_api(self) -> socket.socket | None:
@@ -172,25 +210,52 @@ class Gateway:
         finally:  # whatever ended the run, unacknowledged messages go to the spool and its lock is released
             await self.delivery.close()
         log.info("stopped")
+        if self.fatal is not None:
+            raise self.fatal
+
+    async def _stop_sources(self, sources: list[asyncio.Task]) -> None:
+        """Cancel the source tasks, again if a driver library swallowed the first cancellation."""
+        for asset in self.assets.values():
+            asset.stopping = True
+        pending = set(sources)
+        for _ in range(8):
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+            if not pending:
+                return
+        log.warning("source task(s) %s did not stop in 4 s", ", ".join(t.get_name() for t in pending))
+
+    async def _guarded(self, coro: Any, what: str, stop: asyncio.Event) -> None:
+        """Run a part the daemon cannot live without; if it fails, stop the whole daemon in order.
+
+        A failure inside a TaskGroup child would cancel the group at once, skipping the orderly shutdown
+        (final publish, spool flush, offline status); instead it is recorded in ``self.fatal`` and ``stop``
+        is set, and :meth:`run` raises it once everything is down.
+        """
+        try:
+            await coro
+        except Exception as exc:
+            log.error("%s failed: %s; stopping the gateway", what, exc, exc_info=not isinstance(exc, ValueError))
+            self.fatal = self.fatal or exc
+            stop.set()
 
     async def _run_tasks(self, stop: asyncio.Event, api_socket: socket.socket | None, serve_api: Any) -> None:
         async with asyncio.TaskGroup() as tg:
-            uplink_task = tg.create_task(self.uplink.run(), name="uplink")
-            delivery_task = tg.create_task(self.delivery.run(), name="delivery")
-            metrics_task = tg.create_task(self._metrics_forever(), name="metrics")
+            uplink_task = tg.create_task(self._guarded(self.uplink.run(), "MQTT uplink", stop), name="uplink")
+            delivery_task = tg.create_task(self._guarded(self.delivery.run(), "delivery", stop), name="delivery")
+            metrics_task = tg.create_task(self._guarded(self._metrics_forever(), "metrics", stop), name="metrics")
             api_task = None
             if api_socket is not None:
                 self._api_server, api_coro = serve_api(self, api_socket)
-                api_task = tg.create_task(api_coro, name="api")
-            publisher = tg.create_task(self._publish_forever(), name="publisher")
+                api_task = tg.create_task(self._guarded(api_coro, "status API", stop), name="api")
+            publisher = tg.create_task(self._guarded(self._publish_forever(), "publisher", stop), name="publisher")
             sources = [tg.create_task(a.run(), name=f"source:{a.id}") for a in self.assets.values()]
             await stop.wait()
 
             await self.commands.close()
             log.info("stopping: sources")
-            for t in sources:
-                t.cancel()
-            await asyncio.gather(*sources, return_exceptions=True)
+            await self._stop_sources(sources)
             publisher.cancel()
             await asyncio.gather(publisher, return_exceptions=True)
             self.publish_once()
@@ -226,4 +291,16 @@ class Gateway:
             "spool": self.delivery.stats(),
             "dropped_messages": self.delivery.backlog.dropped_messages,
             "dropped_samples": self.delivery.backlog.dropped_samples,
+            "publish_latency_ms": self._latency_summary(),
         }
+
+    def _latency_summary(self) -> dict[str, Any]:
+        """Read done -> message handed to the uplink, for assets published after each batch (ms)."""
+        xs = sorted(self.publish_latency)
+        if not xs:
+            return {"n": 0}
+
+        def pick(q: float) -> float:
+            return round(xs[min(len(xs) - 1, int(q * len(xs)))] * 1000, 3)
+
+        return {"n": len(xs), "p50": pick(0.5), "p99": pick(0.99), "max": round(xs[-1] * 1000, 3)}

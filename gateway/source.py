@@ -69,6 +69,17 @@ class AssetRuntime:
         self._session_good = False
         self._failure_logged = False
         self._down_since: float | None = None
+        #: called after every batch written to the ring (the gateway publishes the asset at once); None: the
+        #: asset is published on the publisher's timer only
+        self.on_batch: Callable[[AssetRuntime], None] | None = None
+        #: monotonic time of the asset's last publish after a batch (set by the gateway)
+        self.last_publish = float("-inf")
+        #: monotonic time the last batch was handed over by the driver (read done)
+        self.read_done = float("-inf")
+        #: set by the engine before it cancels the task: a library that swallows a cancellation (asyncua's
+        #: own wait_for can) must not keep the source running after shutdown began
+        self.stopping = False
+        self._publish_failed = False
         #: writes waiting for the source task: (tag, value, future of the read-back value)
         self._writes: asyncio.Queue[tuple[str, Any, asyncio.Future[Any]]] = asyncio.Queue(WRITE_QUEUE)
 
@@ -95,7 +106,7 @@ class AssetRuntime:
         backoff = Backoff(self.source.retry_max)
         down_since: float | None = None
         try:
-            while True:
+            while not self.stopping:
                 try:
                     async with asyncio.timeout(self.source.timeout):
                         await self.driver.connect()
@@ -170,7 +181,7 @@ class AssetRuntime:
         loop = asyncio.get_running_loop()
         interval = self.source.poll
         next_at = loop.time()
-        while True:
+        while not self.stopping:
             started = loop.time()
             async with asyncio.timeout(self.source.timeout):
                 batch = await self.driver.read()
@@ -246,6 +257,7 @@ class AssetRuntime:
                 future.set_exception(WriteFailed("unavailable", f"asset {self.id!r}: {text}; nothing was written"))
 
     def _accept(self, batch: Batch, latency: float) -> None:
+        self.read_done = time.monotonic()
         self.ring.write(batch)
         self._session_good = True
         if self._down_since is not None:
@@ -266,6 +278,15 @@ class AssetRuntime:
             else:
                 log.info("asset %s: all tags good again", self.id)
             self._bad_texts = texts
+        if self.on_batch is not None:
+            try:
+                self.on_batch(self)
+            except Exception:  # a publishing bug is not the device's fault: no reconnect, the timer retries
+                if not self._publish_failed:
+                    log.exception("asset %s: publishing after a poll failed", self.id)
+                self._publish_failed = True
+            else:
+                self._publish_failed = False
 
     async def _close(self) -> None:
         self._fail_writes("the connection was lost before the write's turn")

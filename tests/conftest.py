@@ -6,12 +6,19 @@
 from __future__ import annotations
 
 import os
-
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from helpers import (
+    EmbeddedBrokerHandle,
+    MosquittoBroker,
+    MqttSubscriber,
+    free_port,
+    mosquitto_binary,
+)
 
-from helpers import EmbeddedBrokerHandle, MosquittoBroker, MqttSubscriber, mosquitto_binary
+from simulators.modbus_sim import ModbusSimulator
+from simulators.opcua_sim import OpcUaSimulator
 
 
 async def _started(kind: str, tmp_path) -> MosquittoBroker | EmbeddedBrokerHandle:
@@ -61,3 +68,21 @@ async def mqtt_subscriber(mqtt_broker) -> AsyncIterator[Callable[..., Awaitable[
     yield make
     for sub in subscribers:
         sub.close()
+
+
+@pytest.fixture
+async def modbus_sim() -> AsyncIterator[ModbusSimulator]:
+    """The bundled Modbus TCP PLC (the default plant) on a free port."""
+    sim = ModbusSimulator(None, host="127.0.0.1", port=free_port())
+    await sim.start()
+    yield sim
+    await sim.stop()
+
+
+@pytest.fixture
+async def opcua_sim() -> AsyncIterator[OpcUaSimulator]:
+    """The bundled OPC UA PLC (the default plant) on a free port."""
+    sim = OpcUaSimulator(None, host="127.0.0.1", port=free_port(), clock=False)
+    await sim.start()
+    yield sim
+    await sim.stop()

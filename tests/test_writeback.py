@@ -10,16 +10,13 @@ import asyncio
 import json
 import logging
 import struct
-from collections.abc import AsyncIterator
 
 import paho.mqtt.publish as paho_publish
-import pytest
-from asyncua import Client, ua
-
+from asyncua import Client
 from e2e.harness import NAMESPACE, running_gateway, write_config
 from helpers import free_port, wait_until
+
 from simulators.modbus_sim import ModbusSimulator
-from simulators.opcua_sim import OpcUaSimulator
 
 TOKEN = "s3cret-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -46,22 +43,6 @@ OVEN = """\
     - {{name: zone1_temp, node: "ns=2;s=Oven1.Zone1.Temperature"}}
     - {{name: b_int16, node: "nsu=urn:acme:oven;s=Oven1.Bench.Int16", writable: true}}
 """
-
-
-@pytest.fixture
-async def modbus_sim() -> AsyncIterator[ModbusSimulator]:
-    sim = ModbusSimulator(None, host="127.0.0.1", port=free_port())
-    await sim.start()
-    yield sim
-    await sim.stop()
-
-
-@pytest.fixture
-async def opcua_sim() -> AsyncIterator[OpcUaSimulator]:
-    sim = OpcUaSimulator(None, host="127.0.0.1", port=free_port(), clock=False)
-    await sim.start()
-    yield sim
-    await sim.stop()
 
 
 def config(tmp_path, broker, assets: str, *, token: bool = True):

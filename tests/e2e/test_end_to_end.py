@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 
 from harness import NAMESPACE, data_of, running_gateway, write_config
 from helpers import free_port, wait_until
@@ -277,3 +278,23 @@ async def test_modbus_exception_marks_only_that_reads_tags_bad_and_is_logged_onc
             assert detail["tag_errors"] >= 20 and "illegal data address" in detail["last_error"]
     bad_logs = [r for r in caplog.records if "tag(s) bad" in r.getMessage()]
     assert len(bad_logs) == 1, [r.getMessage() for r in bad_logs]  # once per failure, not once per poll
+
+
+async def test_a_failing_uplink_stops_the_daemon_in_order_instead_of_hanging(tmp_path, mqtt_broker, modbus_sim):
+    from gateway.config import load_config
+    from gateway.engine import Gateway
+    from gateway.uplink.tls import UplinkConfigError
+
+    cfg_path = write_config(tmp_path, mqtt_broker, api_port=free_port(),
+                            assets_yaml=PRESS.format(port=modbus_sim.port),
+                            extra_mqtt=f"tls: {{ca_file: {tmp_path / 'missing-ca.pem'}}}\n")
+    gw = Gateway(load_config(cfg_path))
+    sock = gw.bind_api()
+    port = sock.getsockname()[1]
+    with pytest.raises(UplinkConfigError, match="cannot load CA bundle"):
+        async with asyncio.timeout(10):
+            await gw.run(asyncio.Event(), sock)
+    assert gw.assets["press-3"].status.state == "stopped"
+    from simulators.local_broker import port_open
+
+    assert not port_open("127.0.0.1", port)
