@@ -110,7 +110,7 @@ def test_driver_is_the_opcua_entry_point() -> None:
 
 
 def test_sample_config_loads() -> None:
-    sample = YAML(typ="safe").load(Path(drivers.opcua.__file__).with_name("sample.yaml"))
+    sample = YAML(typ="safe").load(Path(drivers.opcua.__file__).with_name("sample.yaml"))["assets"][0]
     source = OpcUaSource(**sample["source"])
     tags = [OpcUaTag(**t) for t in sample["tags"]]
     assert source.endpoint.startswith("opc.tcp://")
