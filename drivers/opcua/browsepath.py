@@ -14,7 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from asyncua import ua
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # asyncua is heavy; config validation must not need it
+    from asyncua import ua
 
 _UINT16_MAX = 0xFFFF
 EXAMPLE = "/Objects/2:Line1/2:Press3/2:Pressure"
@@ -29,6 +32,8 @@ class BrowsePath:
 
     def to_ua(self) -> ua.BrowsePath:
         """The path as a ``BrowsePath`` starting at the Root folder (i=84)."""
+        from asyncua import ua
+
         path = ua.BrowsePath()
         path.StartingNode = ua.NodeId(ua.ObjectIds.RootFolder, 0)
         for ns, name in self.elements:

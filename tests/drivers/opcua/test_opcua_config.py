@@ -102,11 +102,21 @@ def test_source_rejected(fields: dict, says: str) -> None:
         OpcUaSource(driver="opcua", **fields)
 
 
-def test_driver_is_the_opcua_entry_point() -> None:
+def test_the_opcua_entry_point_builds_the_driver_and_validates_without_asyncua() -> None:
+    import subprocess
+    import sys
+
     (ep,) = [ep for ep in entry_points(group="iiot_gateway.drivers") if ep.name == "opcua"]
-    assert ep.load() is OpcUaDriver
-    assert OpcUaDriver.name == "opcua"
-    assert OpcUaDriver.SourceConfig is OpcUaSource and OpcUaDriver.TagConfig is OpcUaTag
+    entry = ep.load()
+    assert entry.name == "opcua"
+    assert entry.SourceConfig is OpcUaSource and entry.TagConfig is OpcUaTag
+    driver = entry(OpcUaSource(driver="opcua", endpoint="opc.tcp://127.0.0.1:4840/"),
+                   [OpcUaTag(name="t", node="ns=2;s=X")])
+    assert isinstance(driver, OpcUaDriver)
+    # validating a config (all driver models) must not import asyncua: half a second on a PC, more on a Pi
+    code = "import sys; from gateway.config.models import config_model; config_model(); print('asyncua' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_sample_config_loads() -> None:
