@@ -106,28 +106,26 @@ class ModbusDriverBase(ABC):
     def __init__(self, source: Any, tags: list[ModbusTag]) -> None:
         self.source = source
         self.tags = list(tags)
-        self.plan: ReadPlan = compile_plan(
-            self.tags,
-            max_registers_per_read=source.max_registers_per_read,
-            max_bits_per_read=source.max_bits_per_read,
-            max_gap=source.max_gap,
-        )
+        self.plan: ReadPlan = self._compile(source, self.tags)
         #: float32 tags are published at float32 precision (123.4, not 123.40000152587891)
         self.float32_tags = np.array([t.type == "float32" for t in self.tags], dtype=bool)
         self._client: ModbusBaseClient | None = None
-        self._lost: asyncio.Future[None] | None = None
         #: the poll buffer: every register response of a poll, at ``plan.word_offset`` (reused every poll)
         self._words = np.zeros(self.plan.register_words, dtype=np.uint16)
 
-    @classmethod
-    def check_config(cls, source: Any, tags: list[ModbusTag]) -> None:
-        """Raise ``ValueError`` (PlanError) when the tags cannot be read within the source's limits."""
-        compile_plan(
+    @staticmethod
+    def _compile(source: Any, tags: list[ModbusTag]) -> ReadPlan:
+        return compile_plan(
             tags,
             max_registers_per_read=source.max_registers_per_read,
             max_bits_per_read=source.max_bits_per_read,
             max_gap=source.max_gap,
         )
+
+    @classmethod
+    def check_config(cls, source: Any, tags: list[ModbusTag]) -> None:
+        """Raise ``ValueError`` (PlanError) when the tags cannot be read within the source's limits."""
+        cls._compile(source, tags)
 
     @property
     @abstractmethod
@@ -150,16 +148,10 @@ class ModbusDriverBase(ABC):
         """
         if connected:
             return
-        if self._lost is not None and not self._lost.done():
-            self._lost.set_result(None)
         pending = getattr(getattr(self._client, "ctx", None), "response_future", None)
         if isinstance(pending, asyncio.Future) and not pending.done():
             pending.set_exception(ConnectionException(f"connection to {self.endpoint} was closed"))
             pending.exception()  # no "never retrieved" warning when no request was waiting on it
-
-    def describe(self) -> str:
-        """One line for logs, e.g. ``6 tags in 3 read requests: hr:0+20 (registers, 4 tags), ...``."""
-        return self.plan.describe()
 
     @property
     def request_count(self) -> int:
@@ -169,11 +161,9 @@ class ModbusDriverBase(ABC):
     async def connect(self) -> None:
         """Open the connection; :class:`DeviceUnavailable` when the device cannot be reached."""
         await self.close()
-        self._lost = asyncio.get_running_loop().create_future()
         self._client = client = self._make_client()  # held before awaiting, so close() frees it on cancel
-        if isinstance(client, ModbusBaseClient):  # pymodbus's own clients (not the RTU bus client)
-            client.register(_HoldingRegisters)
-            client.register(_InputRegisters)
+        client.register(_HoldingRegisters)  # registers as one NumPy view, on every transport
+        client.register(_InputRegisters)
         if not await client.connect():
             await self.close()
             raise DeviceUnavailable(f"cannot connect to Modbus device at {self.endpoint} (refused, unreachable or timed out)")

@@ -54,6 +54,10 @@ class RtuClient(ModbusClientMixin):  # type: ignore[type-arg]
         self._joined = True
         return True
 
+    def register(self, custom_response_class: type[ModbusPDU]) -> None:
+        """Decode responses of this function code with ``custom_response_class`` (as pymodbus's clients do)."""
+        self._decoder.register(custom_response_class)
+
     def close(self) -> None:
         if self._joined:
             self._joined = False

@@ -15,6 +15,8 @@ import os
 import time
 from abc import ABC, abstractmethod
 
+from drivers.serial_io import open_in_thread
+
 
 class Link(ABC):
     """A bidirectional byte stream to a bus; used by one arbiter, which serialises all access."""
@@ -89,7 +91,7 @@ class SerialLink(Link):
             )
 
         try:
-            self._serial = await asyncio.to_thread(_open)
+            self._serial = await open_in_thread(_open)
         except (serial.SerialException, ValueError, OSError) as exc:
             hint = ""
             if self.settings["parity"] != "N" and os.path.realpath(self.name).startswith("/dev/pts/"):

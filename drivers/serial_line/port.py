@@ -15,8 +15,10 @@ import collections
 import os
 import termios
 import time
+
 import serial
 
+from drivers.serial_io import open_in_thread
 from drivers.serial_line.config import SerialLineSource
 from drivers.serial_line.framing import LineCounters, LineFramer
 from drivers.serial_line.parse import ERR_OVERLONG, ERR_PARTIAL, LineRejected
@@ -73,12 +75,8 @@ class SerialPort:
     async def open(self) -> None:
         """Open and configure the port (in a worker thread), then watch it from the loop."""
         loop = asyncio.get_running_loop()
-        opening = loop.run_in_executor(None, self._open_blocking)
         try:
-            ser = await asyncio.shield(opening)
-        except asyncio.CancelledError:
-            opening.add_done_callback(lambda f: f.cancelled() or f.exception() or f.result().close())
-            raise
+            ser = await open_in_thread(self._open_blocking)
         except (serial.SerialException, OSError, ValueError, termios.error) as e:
             raise DeviceUnavailable(f"cannot open {self.source.port}: {_reason(e)}") from None
         self._serial, self._fd, self._loop = ser, ser.fileno(), loop
