@@ -77,23 +77,18 @@ class Driver(Protocol):
 
 
 @functools.cache
-def _load() -> tuple[dict[str, type[Driver]], dict[str, str]]:
+def registry() -> dict[str, type[Driver]]:
+    """Driver name -> driver class, from the ``iiot_gateway.drivers`` entry points (loaded once).
+
+    A plug-in that fails to import is logged and left out: it must not take the other drivers down.
+    """
     found: dict[str, type[Driver]] = {}
-    broken: dict[str, str] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             found[ep.name] = ep.load()
-        except Exception as exc:  # one broken plug-in must not take the others down
-            broken[ep.name] = f"{type(exc).__name__}: {exc}"
-            logging.getLogger("gateway.driver").warning("driver %r cannot be loaded: %s", ep.name, broken[ep.name])
-    return dict(sorted(found.items())), broken
+        except Exception as exc:
+            logging.getLogger("gateway.driver").warning(
+                "driver %r cannot be loaded: %s: %s", ep.name, type(exc).__name__, exc
+            )
+    return dict(sorted(found.items()))
 
-
-def registry() -> dict[str, type[Driver]]:
-    """Driver name -> driver class, from the ``iiot_gateway.drivers`` entry points (loaded once)."""
-    return _load()[0]
-
-
-def broken_drivers() -> dict[str, str]:
-    """Driver name -> why its entry point could not be loaded (shown in config errors)."""
-    return _load()[1]

@@ -18,7 +18,6 @@ REGISTERS: dict[str, int] = {
     "int32": 2, "uint32": 2, "float32": 2,
     "int64": 4, "uint64": 4, "float64": 4,
 }  # fmt: skip
-NUMERIC_TYPES = frozenset(REGISTERS) - {"bit"}
 
 #: Byte orders allowed per type. 16-bit values and strings have no word order, only a byte order within
 #: the register (BADC = low byte first); a bit or a bool has no byte order at all.

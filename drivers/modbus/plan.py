@@ -15,7 +15,7 @@ two constraints. Overlapping tags (several bits of one register, a float and its
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -106,7 +106,6 @@ class ReadPlan:
     scale: np.ndarray  # float64 per plan position
     offset: np.ndarray  # float64 per plan position
     needs_scaling: bool
-    string_positions: frozenset[int] = field(default_factory=frozenset)
     #: per request: where its words start in the poll buffer of all register responses (-1 for bit tables)
     word_offset: tuple[int, ...] = ()
     #: length of that poll buffer (sum of the register requests' counts)
@@ -273,7 +272,6 @@ def compile_plan(
         scale=scale,
         offset=offset,
         needs_scaling=bool(np.any(scale != 1.0) or np.any(offset != 0.0)),
-        string_positions=frozenset(i for i, t in enumerate(tags) if t.type == "string"),
         word_offset=tuple(offsets),
         register_words=words,
         numeric=numeric,

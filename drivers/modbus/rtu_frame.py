@@ -59,29 +59,9 @@ def bits_per_char(bytesize: int, parity: str, stopbits: float) -> float:
     return 1 + bytesize + (0 if parity == "N" else 1) + stopbits
 
 
-def char_time(baudrate: int, bits: float) -> float:
-    """Seconds one character occupies on the wire."""
-    return bits / baudrate
-
-
 def silent_interval(baudrate: int, bits: float) -> float:
     """The 3.5-character inter-frame gap (t3.5); the spec fixes it at 1.75 ms above 19200 baud."""
     return 0.00175 if baudrate > 19200 else 3.5 * bits / baudrate
-
-
-def response_size(function: int, request_pdu: bytes) -> int:
-    """Bytes of a normal (non-exception) RTU answer to ``request_pdu``; 0 when the size is not known upfront.
-
-    Used for the bus-load estimate; :func:`scan_response` reads the byte count of the actual answer.
-    """
-    if function in (1, 2) and len(request_pdu) >= 5:
-        count = int.from_bytes(request_pdu[3:5], "big")
-        return 5 + (count + 7) // 8
-    if function in (3, 4) and len(request_pdu) >= 5:
-        return 5 + 2 * int.from_bytes(request_pdu[3:5], "big")
-    if function in _ECHO_FUNCTIONS:
-        return 8
-    return 0
 
 
 class Outcome(Enum):

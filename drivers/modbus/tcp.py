@@ -24,9 +24,6 @@ class ModbusTcpDriver(ModbusDriverBase):
 
     source: ModbusTcpSource
 
-    def __init__(self, source: ModbusTcpSource, tags: list[ModbusTag]) -> None:
-        super().__init__(source, tags)
-
     @property
     def endpoint(self) -> str:
         return f"{self.source.host}:{self.source.port} unit {self.source.unit}"

@@ -29,7 +29,6 @@ from asyncua.client.ua_client import UaClientState
 
 from drivers.opcua import address, decode, session, subscription
 from drivers.opcua.config import OpcUaSource, OpcUaTag
-from drivers.opcua.nodeid import NodeRef
 from gateway.batch import Batch
 from gateway.driver import DeviceUnavailable
 
@@ -83,10 +82,6 @@ def _read_params(node_ids: Sequence[ua.NodeId]) -> ua.ReadParameters:
     return params
 
 
-def _node_id(ref: NodeRef, index: int) -> ua.NodeId:
-    return address.node_id_of(ref, index)
-
-
 class OpcUaDriver:
     """Polls the Value attribute of OPC UA variables. See :mod:`gateway.driver` for the contract.
 
@@ -106,7 +101,6 @@ class OpcUaDriver:
     def __init__(self, source: OpcUaSource, tags: list[OpcUaTag]) -> None:
         self.source = source
         self.tags = list(tags)
-        self._refs = [t.node_ref for t in self.tags]
         self._scale = np.array([t.scale for t in self.tags], dtype=np.float64)
         self._offset = np.array([t.offset for t in self.tags], dtype=np.float64)
         self._client: Client | None = None

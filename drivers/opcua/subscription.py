@@ -114,10 +114,8 @@ class NotificationInbox:
         self._queue: asyncio.Queue[list[ua.MonitoredItemNotification]] = asyncio.Queue(INBOX_SIZE)
         self._ended: str | None = None
         self._wake = asyncio.Event()
-        self.last_response = time.monotonic()
 
     def callback(self, result: ua.PublishResult) -> None:
-        self.last_response = time.monotonic()
         for notif in result.NotificationMessage.NotificationData or []:
             if isinstance(notif, ua.DataChangeNotification):
                 if notif.MonitoredItems:

@@ -102,7 +102,3 @@ class LineFramer:
         self._skipping = False
         return n
 
-    def reset(self) -> None:
-        """Forget everything held (after a reconnect); counts nothing."""
-        self._buf.clear()
-        self._skipping = False
