@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 
 from gateway import __version__
 from gateway.batch import QUALITY_NAMES
-from gateway.reduce import json_value
+from gateway.reduce import json_list, json_value
 from gateway.writes import perform
 
 _log = logging.getLogger("gateway.writes")
@@ -225,7 +225,7 @@ def create_app(gw: "Gateway") -> FastAPI:
             "tag": tag,
             "unit": a.tags[i].unit,
             "ts": (w.ts // 1_000_000).tolist(),
-            "v": [json_value(x, f32) for x in w.values.tolist()],
+            "v": json_list(w.values, f32),
             "q": QUALITY_NAMES[w.quality].tolist(),
         }
 

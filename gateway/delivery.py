@@ -87,6 +87,8 @@ class SeqCounter:
         self.reserved = 1
         self.gap: tuple[int, int] | None = None  # numbers never used because of an unclean stop
         self._reserving = False
+        self._lock = threading.Lock()  # the loop (rarely) and the I/O thread both write the file
+        self._on_disk = 0  # the reservation last written: a late write never lowers it
 
     def open(self, floor: int) -> None:
         state: dict[str, Any] = {}
@@ -103,13 +105,19 @@ class SeqCounter:
         self._write(clean=False)
 
     def _write(self, *, clean: bool, reserved: int | None = None) -> None:
-        tmp = self.path.with_name(f"{self.path.name}.{threading.get_ident()}.tmp")  # loop and I/O thread
-        data = json.dumps({"next": self.next, "reserved": reserved or self.reserved, "clean": clean})
-        with open(tmp, "w") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        with self._lock:
+            value = reserved or self.reserved
+            if not clean:
+                if value <= self._on_disk:  # a reservation overtaken by a larger one: nothing to add
+                    return
+                self._on_disk = value
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            data = json.dumps({"next": self.next, "reserved": value, "clean": clean})
+            with open(tmp, "w") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
 
     def take(self, io: ThreadPoolExecutor) -> int:
         """The next number (loop thread). Reserves the next block in ``io`` when half of this one is used."""
@@ -199,7 +207,7 @@ class Delivery:
         self.delivered = 0
         self.replayed = 0
         self.spooled = 0
-        self.lost_at_close = 0
+        self._dropped_seen = 0  # spool drops already logged (one log line per episode)
         uplink.set_delivery(self._on_ack, self._on_lost)
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -406,7 +414,7 @@ class Delivery:
 
     def _note_drops(self) -> None:
         b = self.backlog
-        full = b.dropped_messages > getattr(self, "_dropped_seen", 0)
+        full = b.dropped_messages > self._dropped_seen
         self._dropped_seen = b.dropped_messages
         if full and not self._dropping:
             self._dropping = True

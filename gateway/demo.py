@@ -51,7 +51,7 @@ async def _demo(cfg, modbus_port: int, opcua_port: int) -> int:
     install_stop_signals(stop)
     host, port = cfg.mqtt.host, cfg.mqtt.port
     broker = None
-    if port_open(host, port):
+    if await asyncio.to_thread(port_open, host, port):
         print(f"An MQTT broker already listens on {host}:{port}; the demo uses it.", flush=True)
     else:
         broker = LocalBroker(host, port)
@@ -61,7 +61,8 @@ async def _demo(cfg, modbus_port: int, opcua_port: int) -> int:
     sims = asyncio.create_task(run_simulators(None, "127.0.0.1", modbus_port, opcua_port, stop_event=sims_stop))
     try:
         for _ in range(100):
-            if sims.done() or (port_open("127.0.0.1", modbus_port) and port_open("127.0.0.1", opcua_port)):
+            up = [await asyncio.to_thread(port_open, "127.0.0.1", p) for p in (modbus_port, opcua_port)]
+            if sims.done() or all(up):
                 break
             await asyncio.sleep(0.05)
         if sims.done():

@@ -39,7 +39,6 @@ class Encoded:
 
     payload: bytes
     topic_suffix: str  # "" | "/zlib" | "/zstd"
-    content_type: str  # for protocols that carry one (MQTT 5 / HTTP); informative otherwise
 
 
 def check_compression(name: str) -> None:
@@ -91,12 +90,17 @@ def compress(data: bytes, compression: str) -> bytes:
     raise ValueError(f"unknown compression {compression!r}")
 
 
+def wire(topic: str, data: bytes, compression: str) -> tuple[str, bytes]:
+    """Topic and payload of JSON ``data`` on the wire: compressed payloads go to ``topic/zlib|zstd``."""
+    if compression == "none":
+        return topic, data
+    return f"{topic}/{compression}", compress(data, compression)
+
+
 def encode(msg: dict[str, Any], compression: str = "none") -> Encoded:
     """Encode one data message as JSON, compressed as configured (``mqtt.compression``)."""
-    data = encode_json(msg)
-    if compression == "none":
-        return Encoded(data, "", "application/json")
-    return Encoded(compress(data, compression), "/" + compression, f"application/json+{compression}")
+    _, payload = wire("", encode_json(msg), compression)
+    return Encoded(payload, "" if compression == "none" else "/" + compression)
 
 
 def decode(payload: bytes, topic: str) -> Any:

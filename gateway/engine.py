@@ -25,7 +25,7 @@ from typing import Any
 from gateway import __version__
 from gateway.driver import registry
 from gateway.delivery import Delivery, count_samples, json_wire
-from gateway.encode import compress, encode
+from gateway.encode import encode_json, wire
 from gateway.source import AssetRuntime
 from gateway.uplink.mqtt import MqttUplink
 from gateway.writes import MqttCommands
@@ -116,9 +116,7 @@ class Gateway:
     def _wire(self, topic: str, body: bytes, replay: bool) -> tuple[str, bytes]:
         """What goes on the wire for a data message's JSON ``body``: marked when replayed, then compressed
         as configured (called at send time, so spooled messages are stored uncompressed once)."""
-        topic, body = json_wire(topic, body, replay)
-        c = self.cfg.mqtt.compression
-        return (topic, body) if c == "none" else (f"{topic}/{c}", compress(body, c))
+        return wire(*json_wire(topic, body, replay), self.cfg.mqtt.compression)
 
     def publish_metrics(self) -> None:
         """The gateway's own counters, retained JSON on ``{namespace}/_gateway/{id}/metrics`` (the plain
@@ -145,7 +143,7 @@ class Gateway:
             return 0
         self.seq = self.delivery.next_seq()  # numbered before anything can lose it
         msg = {"seq": self.seq, "ts": time.time_ns() // 1_000_000, "asset": asset.id, "tags": tags}
-        body = encode(msg, "none").payload  # compression is applied at send time (_wire)
+        body = encode_json(msg)  # compression is applied at send time (_wire)
         self.delivery.submit(self.seq, self.data_topic(asset.id), body, samples=count_samples(tags),
                              qos=self.cfg.mqtt.qos)
         self.messages_published += 1

@@ -124,6 +124,11 @@ def _as_json_list(values: np.ndarray) -> list[float | None]:
     return _nan_to_none(out) if np.isnan(values).any() else out
 
 
+def json_list(values: np.ndarray, float32: bool) -> list[float | None]:
+    """A whole array as published (vectorised :func:`json_value`): for history views and series."""
+    return _as_json_list(float32_numbers(values) if float32 else json_numbers(values))
+
+
 def effective_settings(tag: TagBase, profile: ReduceProfile | None) -> dict[str, Any]:
     """The reduction fields of ``tag``, with the profile's value where the tag does not set the field."""
     own = tag.model_fields_set
@@ -164,25 +169,21 @@ class Reducer:
     def use_profile(self, profile: ReduceProfile | None) -> None:
         """(Re)compile the per-tag settings, with ``profile`` filling what tags do not set."""
         s = [effective_settings(t, profile) for t in self.tags]
-        self.profile = profile
         self.deadband = np.array([x["deadband"] for x in s], dtype=np.float64)
         self.deadband_pct = np.array([x["deadband_percent"] for x in s], dtype=np.float64) / 100.0
         hb = self.default_heartbeat
         self.heartbeat = np.array([t.heartbeat if t.heartbeat is not None else hb for t in self.tags], dtype=float)
         aggs = [set(x["aggregate"]) for x in s]
-        self.agg_rows = np.flatnonzero([bool(a) for a in aggs])
         self.has_agg = np.array([bool(a) for a in aggs], dtype=bool)
-        self.want = {k: np.array([k in a for a in aggs], dtype=bool) for k in ("min", "max", "mean", "count")}
         #: per tag, an index into ``agg_combos``: the keys its aggregate entry carries ("n" always)
         combos = [tuple(k for k in ("min", "max", "mean") if k in a) + ("n",) for a in aggs]
         self.agg_combos = sorted(set(combos))
         self.want_keys = np.array([self.agg_combos.index(c) for c in combos], dtype=np.int64)
         modes = np.array([x["mode"] for x in s], dtype=object)
-        self.mode_rows = {m: np.flatnonzero(modes == m) for m in ("raw", "lttb", "swinging_door")}
         self.mode_mask = {m: modes == m for m in ("raw", "lttb", "swinging_door")}
         self.points = np.array([x["points"] for x in s], dtype=np.int64)
-        self.always_on_new = (modes == "raw") | (modes == "lttb") | np.array([bool(a) for a in aggs], dtype=bool)
-        sd = self.mode_rows["swinging_door"]
+        self.always_on_new = (modes == "raw") | (modes == "lttb") | self.has_agg
+        sd = np.flatnonzero(modes == "swinging_door")
         self.sdt = SwingingDoor(np.array([s[i]["deviation"] for i in sd.tolist()]), self.heartbeat[sd])
         self.sdt_pos = np.full(len(self.tags), -1, dtype=np.int64)
         self.sdt_pos[sd] = np.arange(len(sd))

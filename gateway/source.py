@@ -100,6 +100,13 @@ class AssetRuntime:
                 )
         self._set_state("disconnected")
 
+    def _failed(self, exc: Exception, *, during: str) -> None:
+        """A connect or poll failed: a driver bug (not a connection error) gets its traceback, once."""
+        first = not self._failure_logged and self.status.state != "disconnected"
+        if first and not isinstance(exc, CONNECTION_ERRORS):
+            log.exception("asset %s: driver error during %s", self.id, during)
+        self._went_down(exc, during=during)
+
     # -- the task ------------------------------------------------------------------------------------
     async def run(self) -> None:
         """Connect, poll until the connection fails, reconnect with backoff; forever (until cancelled)."""
@@ -110,18 +117,9 @@ class AssetRuntime:
                 try:
                     async with asyncio.timeout(self.source.timeout):
                         await self.driver.connect()
-                except CONNECTION_ERRORS as exc:
+                except Exception as exc:  # a driver bug must not take the gateway down either
                     self.status.connect_failures += 1
-                    self._went_down(exc, during="connect")
-                    down_since = down_since or time.monotonic()
-                    await self._close()
-                    await asyncio.sleep(backoff.next())
-                    continue
-                except Exception as exc:  # a driver bug must not take the gateway down
-                    if self.status.state != "disconnected":
-                        log.exception("asset %s: driver error during connect", self.id)
-                    self.status.connect_failures += 1
-                    self._went_down(exc, during="connect")
+                    self._failed(exc, during="connect")
                     down_since = down_since or time.monotonic()
                     await self._close()
                     await asyncio.sleep(backoff.next())
@@ -139,13 +137,9 @@ class AssetRuntime:
                         await self._receive_forever()
                     else:
                         await self._poll_forever()
-                except CONNECTION_ERRORS as exc:
-                    self.status.poll_errors += 1
-                    self._went_down(exc, during="poll")
                 except Exception as exc:
-                    log.exception("asset %s: driver error during poll", self.id)
                     self.status.poll_errors += 1
-                    self._went_down(exc, during="poll")
+                    self._failed(exc, during="poll")
                 down_since = time.monotonic()
                 await self._close()
                 if self._session_good:  # it worked for a while: retry at once, then back off

@@ -359,11 +359,6 @@ class Spool:
 
     # ------------------------------------------------------------------------------------------- reading
 
-    @property
-    def pending(self) -> int:
-        """Records that :meth:`take` would hand out now (requeued ones first)."""
-        return self.messages - sum(1 for o in self._out if o.state == IN_FLIGHT) + len(self._requeued)
-
     def take(self, n: int) -> list[tuple[int, SpoolRecord]]:
         """Hand out up to ``n`` records, oldest first: ``(position, record)``; each stays held until acked."""
         got: list[tuple[int, SpoolRecord]] = []

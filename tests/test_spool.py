@@ -37,7 +37,7 @@ def test_records_round_trip(recs):
 @given(st.binary(max_size=2000))
 def test_random_bytes_never_raise_and_yield_no_record(data):
     d = decode_records(data)
-    assert d.records == [] or all(isinstance(r, SpoolRecord) for _, _, r in d.records)
+    assert d.records == []  # random bytes cannot carry the magic, a length and a matching CRC32
     assert d.damaged_bytes <= len(data)
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 import threading
 import time
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from gateway.status import Backoff
 from gateway.uplink.tls import build_ssl_context
 
 if TYPE_CHECKING:
@@ -50,7 +50,6 @@ MessageCallback = Callable[[str, bytes, bool], None]
 """``callback(topic, payload, retained)`` for :meth:`MqttUplink.subscribe`; runs on the event loop thread."""
 
 _MISC_INTERVAL = 1.0
-_BACKOFF_BASE = 1.0
 _CONNECT_TIMEOUT = 10.0
 _MAX_PAYLOAD = 268_435_455
 
@@ -61,13 +60,6 @@ class _Message:
     payload: bytes
     qos: int
     retain: bool
-
-
-def backoff_delay(attempt: int, cap: float, *, base: float = _BACKOFF_BASE) -> float:
-    """Wait before reconnect attempt ``attempt`` (0-based): ``base * 2**attempt`` capped at ``cap``, with jitter
-    taking up to half of it off, so that a fleet of gateways does not reconnect in lockstep."""
-    delay = min(cap, base * 2.0 ** min(attempt, 32))
-    return delay * (0.5 + 0.5 * random.random())
 
 
 def _check_topic(topic: str) -> None:
@@ -241,11 +233,6 @@ class MqttUplink:
             sock.close()
             self._link_down(reason)
 
-    def unsubscribe(self, topic_filter: str) -> None:
-        """Stop delivering ``topic_filter`` (no-op when not subscribed)."""
-        if self._subscriptions.pop(topic_filter, None) and self._connected and self._client is not None:
-            self._client.unsubscribe(topic_filter)
-
     async def run(self) -> None:
         """Connect, and reconnect with capped exponential backoff, until :meth:`stop`.
 
@@ -262,14 +249,13 @@ class MqttUplink:
         try:
             ssl_ctx = await asyncio.to_thread(build_ssl_context, self._cfg.tls) if self._cfg.tls else None
             self._client = self._make_client(ssl_ctx)
-            attempt = 0
+            backoff = Backoff(self._cfg.reconnect_max)
             while not self._stop_requested.is_set():
                 if await self._session():
-                    attempt = 0
+                    backoff.reset()
                 if self._stop_requested.is_set():
                     break
-                await _wait_event(self._stop_requested, backoff_delay(attempt, self._cfg.reconnect_max))
-                attempt += 1
+                await _wait_event(self._stop_requested, backoff.next())
         finally:
             self._stopping = True
             self._abort_session()
