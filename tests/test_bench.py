@@ -24,6 +24,7 @@ def test_bench_quick_prints_every_figure(tmp_path):
         assert value is not None and value == value, path
         assert label in proc.stderr  # the table
     assert doc["hot_path"]["naive_samples_per_s"] > 0
+    assert doc["hot_path"]["same_messages"] is True  # the naive pipeline did the same work, checked
     for key in ("gateway_cpu_s_per_million", "bare_cpu_s_per_million"):
         assert doc["end_to_end"][key] > 0
     assert {"rbe (any change) / none", "raw / zlib"} <= set(doc["uplink"]["settings"])

@@ -321,4 +321,7 @@ def ring_memory() -> dict[str, Any]:
     ring = RingBuffer(10_000, 600)
     used = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    return {"bytes_per_sample": round(used / (ring.n_tags * ring.capacity), 2), "tags": 10_000, "slots": 600}
+    samples = ring.n_tags * ring.capacity
+    return {"bytes_per_sample": round(ring.nbytes / samples, 2),  # the sample columns
+            "allocated_bytes_per_sample": round(used / samples, 2),  # + per-tag bookkeeping, as allocated
+            "tags": 10_000, "slots": 600}

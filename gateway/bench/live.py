@@ -22,6 +22,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from gateway.encode import decode
+from gateway.ringbuffer import RingBuffer
 from simulators.config import PlantConfig
 from simulators.local_broker import LocalBroker
 from simulators.modbus_sim import ModbusSimulator
@@ -305,9 +306,9 @@ async def _scale(mqtt_port: int, quick: bool) -> dict[str, Any]:
             gw.stop()
     finally:
         await sim.stop()
-    slots = int(np.ceil(buffer_s / 1.0)) + 1
+    ring_mb = devices * RingBuffer.for_rate(per, buffer_s, 1.0).nbytes / 2**20  # as the gateway sizes them
     return {"devices": devices, "tags": devices * per, "poll_s": 1.0, "buffer_seconds": buffer_s,
             "seconds": seconds, "cpu_share_of_one_core": round((c1 - c0) / (t1 - t0), 4),
-            "peak_rss_mb": round(rss, 1), "ring_mb": round(devices * per * slots * 17 / 2**20, 1),
-            "peak_rss_mb_rings_full": round(rss + devices * per * slots * 17 / 2**20 * (1 - written), 1),
+            "peak_rss_mb": round(rss, 1), "ring_mb": round(ring_mb, 1),
+            "peak_rss_mb_rings_full": round(rss + ring_mb * (1 - written), 1),
             "rss_units": "MiB (VmHWM / 1024)"}
