@@ -8,7 +8,6 @@ import signal
 import sys
 from pathlib import Path
 
-import pytest
 
 from helpers import MqttSubscriber, free_port, wait_port_open
 from simulators.local_broker import port_open
@@ -68,24 +67,14 @@ async def test_schema_is_json_with_the_driver_models():
     assert code == 0 and "modbus_tcp" in out and "opcua" in out and schema["type"] == "object"
 
 
-@pytest.fixture
-async def press_sim():
-    from simulators.modbus_sim import ModbusSimulator
-
-    sim = ModbusSimulator(None, port=free_port())
-    await sim.start()
-    yield sim
-    await sim.stop()
-
-
-async def test_run_publishes_and_stops_cleanly_on_sigterm(tmp_path, mqtt_broker, press_sim):
+async def test_run_publishes_and_stops_cleanly_on_sigterm(tmp_path, mqtt_broker, modbus_sim):
     api_port = free_port()
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(
         (ROOT / "config/demo.yaml").read_text()
         .replace("gateway:\n", f"gateway:\n  state_dir: {tmp_path / 'state'}\n", 1)
         .replace("port: 1883", f"port: {mqtt_broker.port}")
-        .replace("port: 5020", f"port: {press_sim.port}")
+        .replace("port: 5020", f"port: {modbus_sim.port}")
         .replace("127.0.0.1:8080", f"127.0.0.1:{api_port}")
     )
     sub = await MqttSubscriber(mqtt_broker.host, mqtt_broker.port, f"{NS}/#").start()

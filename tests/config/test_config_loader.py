@@ -50,7 +50,8 @@ def test_yaml_floats_carry_text_and_ints_stay_ints(tmp_path):
     data = _yaml().load("a: 40010.10\nb: 1.50\nc: 00042\n")
     assert isinstance(data["a"], YamlFloat) and data["a"].text == "40010.10" and data["a"] == 40010.1
     assert data["b"].text == "1.50"
-    assert type(int(data["c"])) is int
+    assert isinstance(data["c"], int) and not isinstance(data["c"], YamlFloat)
+    assert data["c"] == 42  # YAML 1.2: a leading zero is not octal
 
 
 def test_unknown_key_points_at_its_line_and_suggests(tmp_path):

@@ -83,4 +83,18 @@ def data_of(asset: str):
     return lambda m: m.topic == topic
 
 
-__all__ = ["NAMESPACE", "RunningGateway", "data_of", "free_port", "running_gateway", "write_config"]
+async def latest_values(sub, asset: str, want: dict[str, object], timeout: float = 15.0) -> dict[str, object]:
+    """Merge data messages of ``asset`` until every tag in ``want`` has its wanted value (or time runs out)."""
+    seen: dict[str, object] = {}
+    try:
+        async with asyncio.timeout(timeout):
+            while any(seen.get(k) != v for k, v in want.items()):
+                msg = await sub.next(data_of(asset))
+                for name, entry in msg.json()["tags"].items():
+                    seen[name] = entry["v"]
+    except TimeoutError:
+        pass
+    return seen
+
+
+__all__ = ["NAMESPACE", "RunningGateway", "data_of", "free_port", "latest_values", "running_gateway", "write_config"]

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from harness import NAMESPACE, data_of, running_gateway, write_config
+from harness import NAMESPACE, data_of, latest_values, running_gateway, write_config
 from helpers import free_port, wait_until
 
 ORDERS = ["abcd", "cdab", "badc", "dcba"]
@@ -58,20 +58,6 @@ def yaml_tags(tags: list[dict]) -> str:
         fields = ", ".join(f'{k}: "{v}"' if k == "address" else f"{k}: {v}" for k, v in t.items())
         lines.append(f"            - {{{fields}}}")
     return "\n".join(lines)
-
-
-async def latest_values(sub, asset: str, want: dict[str, object], timeout: float = 15.0) -> dict[str, object]:
-    """Merge data messages of ``asset`` until every tag in ``want`` has its wanted value (or time runs out)."""
-    seen: dict[str, object] = {}
-    try:
-        async with asyncio.timeout(timeout):
-            while any(seen.get(k) != v for k, v in want.items()):
-                msg = await sub.next(data_of(asset))
-                for name, entry in msg.json()["tags"].items():
-                    seen[name] = entry["v"]
-    except TimeoutError:
-        pass
-    return seen
 
 
 async def test_every_modbus_type_and_byte_order_arrives_decoded_on_mqtt(

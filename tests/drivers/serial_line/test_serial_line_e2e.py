@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 
 from serial_helpers import scale_asset, thermo_asset, write_gateway_yaml
-from e2e.harness import NAMESPACE, data_of, running_gateway
+from e2e.harness import NAMESPACE, latest_values, running_gateway
 from helpers import free_port
 
 from simulators.serial_instrument import SerialInstrument
 
 XOR = "checksum: {kind: xor8, separator: '*'}"
-
-
-async def merged(sub, asset: str, want: dict[str, object], timeout: float = 15.0) -> dict[str, object]:
-    seen: dict[str, object] = {}
-    try:
-        async with asyncio.timeout(timeout):
-            while any(seen.get(k) != v for k, v in want.items()):
-                for name, entry in (await sub.next(data_of(asset))).json()["tags"].items():
-                    seen[name] = entry["v"]
-    except TimeoutError:
-        pass
-    return seen
 
 
 async def test_polled_scale_and_streaming_transmitter_arrive_on_mqtt(tmp_path, mqtt_broker, mqtt_subscriber) -> None:
@@ -36,14 +23,14 @@ async def test_polled_scale_and_streaming_transmitter_arrive_on_mqtt(tmp_path, m
                                   api_port=api_port)
         sub = await mqtt_subscriber(f"{NAMESPACE}/#")
         async with running_gateway(path) as gw:
-            got = await merged(sub, "scale-1", {"weight_g": 7500.0, "stable": True})
+            got = await latest_values(sub, "scale-1", {"weight_g": 7500.0, "stable": True})
             assert got == {"weight_g": 7500.0, "stable": True}
-            got = await merged(sub, "oven-probe", {"zone1": 180.25, "zone2_f": 212.0, "probe_ok": True,
+            got = await latest_values(sub, "oven-probe", {"zone1": 180.25, "zone2_f": 212.0, "probe_ok": True,
                                                    "status_text": "OK"})
             assert got == {"zone1": 180.25, "zone2_f": 212.0, "probe_ok": True, "status_text": "OK"}
             scale.weight, thermo.t1 = 8.0, 181.5
-            assert (await merged(sub, "scale-1", {"weight_g": 8000.0}))["weight_g"] == 8000.0
-            assert (await merged(sub, "oven-probe", {"zone1": 181.5}))["zone1"] == 181.5
+            assert (await latest_values(sub, "scale-1", {"weight_g": 8000.0}))["weight_g"] == 8000.0
+            assert (await latest_values(sub, "oven-probe", {"zone1": 181.5}))["zone1"] == 181.5
             detail = (await gw.api.get("/api/v1/assets/oven-probe")).json()
             assert detail["state"] == "connected" and detail["driver"] == "serial_line"
             assert detail["driver_counters"]["accepted"] > 0  # the driver's line counters on the status API
