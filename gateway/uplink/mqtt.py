@@ -18,8 +18,9 @@ Delivery
     QoS 1 messages are tracked by packet id until their PUBACK. When the link drops, the unacknowledged ones go
     back to the head of the queue in their original order, so on reconnect they are sent first, then the rest
     of the queue: at-least-once, order preserved. The queue is bounded (``mqtt.max_queued``); when full the
-    oldest message is dropped and counted. paho's own resend and queue are not used (we clear them), so there
-    is exactly one place where undelivered messages live.
+    oldest message is dropped and counted. paho's own resend and queue are not used (we clear them). Data
+    messages do not use this queue: they go through :mod:`gateway.delivery` (``try_send`` and the disk spool);
+    this queue carries only the gateway's own small messages (statuses, metrics, command results).
 """
 
 from __future__ import annotations
