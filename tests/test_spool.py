@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.delivery import SeqCounter, json_wire
+from gateway.delivery import json_wire
+from gateway.seq import SeqCounter
 from gateway.spool import Spool, SpoolRecord, decode_records, encode_record
 
 records_st = st.lists(
