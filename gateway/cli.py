@@ -50,12 +50,15 @@ async def run_gateway(cfg, stop: asyncio.Event | None = None) -> int:
     from gateway.uplink.tls import UplinkConfigError, build_ssl_context
 
     log = logging.getLogger("gateway")
-    if cfg.mqtt.tls is not None:  # unreadable certificate files are a config error: say so before starting
-        try:
-            await asyncio.to_thread(build_ssl_context, cfg.mqtt.tls)
-        except UplinkConfigError as exc:
-            log.error("%s", exc)
-            return EXIT_CONFIG
+    for up in cfg.all_uplinks:  # unreadable certificate files are a config error: say so before starting
+        for tls in [up.tls] + [link.tls for link in up.links or ()]:
+            if tls is None:
+                continue
+            try:
+                await asyncio.to_thread(build_ssl_context, tls)
+            except UplinkConfigError as exc:
+                log.error("uplink %s: %s", up.name, exc)
+                return EXIT_CONFIG
     gw = Gateway(cfg)
     try:
         sock = gw.bind_api()

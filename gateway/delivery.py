@@ -1,19 +1,26 @@
 """At-least-once delivery of data messages: a RAM front, the on-disk spool behind it, replay in order.
 
 Who calls what
-    The engine numbers a message (:meth:`Delivery.next_seq`) before anything can lose it, then hands it over
-    (:meth:`Delivery.submit`); it runs :meth:`Delivery.run` as a task and awaits :meth:`Delivery.close` on
-    stop, before the uplink stops. The MQTT uplink reports PUBACKs and link losses through the two callbacks
-    registered with ``uplink.set_delivery(on_ack, on_lost)``. Everything runs on the event loop thread except
-    file I/O, which runs in one dedicated thread (appends, fsync, reads, head updates; in submission order).
+    One delivery per uplink. The publisher of that uplink numbers a message before anything can lose it,
+    encodes it, and hands it over as an opaque ``(seq, topic, payload, samples)`` record
+    (:meth:`Delivery.submit`); the engine runs :meth:`Delivery.run` as a task and awaits
+    :meth:`Delivery.close` on stop, before the uplink stops. At send time the payload goes through ``wire``
+    (the encoder's: replay marking and the active link's compression). The uplink reports PUBACKs, link
+    losses and its data gate (byte budget) through the callbacks registered with ``uplink.set_delivery``.
+    Everything runs on the event loop thread except file I/O, which runs in one dedicated thread (appends,
+    fsync, reads, head updates; in submission order).
 
 Paths of a message
+    - Before the first connect attempt has had an outcome, messages wait in RAM (not on disk, not marked
+      as replayed); if that attempt fails they go to the backlog like any outage's.
     - Link up and keeping up: sent at once from RAM (the *live* path) and forgotten when the PUBACK comes.
     - Link down, or a PUBACK late by more than ``spool.ack_timeout`` (the link is then closed and reopened:
       a half-open link is caught this way), or more than ``mqtt.max_queued`` messages waiting in RAM: the
       message, and everything unacknowledged in RAM, goes to the on-disk *backlog* spool in ``seq`` order.
     - Backlog: replayed oldest first when the link is up, at most ``spool.replay_rate`` messages per second
       and half the in-flight window, so live data keeps flowing; replayed payloads carry ``"replay": true``.
+      The start and the end of a replay are logged with counts.
+    - The active link's byte budget spent (``max_bytes_per_day``): like an outage for data, until it resets.
     - ``durability: always``: every message is first appended and fsync'ed to a write-ahead spool (``wal/``)
       and sent only then; a crash or power loss while the link is up loses nothing that was submitted.
 """
@@ -36,7 +43,12 @@ from gateway.spool import Spool, SpoolError, SpoolRecord
 log = logging.getLogger("gateway.delivery")
 
 Wire = Callable[[str, bytes, bool], tuple[str, bytes]]
-"""``wire(topic, body, replay) -> (topic, payload)``: the bytes put on the wire for a spooled body."""
+"""``wire(topic, body, replay) -> (topic, payload)``: the bytes put on the wire for a stored body."""
+
+
+def plain_wire(topic: str, body: bytes, replay: bool) -> tuple[str, bytes]:
+    """A ``wire`` that sends the body as it is (tests)."""
+    return topic, body
 
 _WATCH_INTERVAL = 0.25
 _SYNC_INTERVAL = 1.0  # outage mode: spooled data reaches the disk within this (plus the fsync itself)
@@ -44,26 +56,13 @@ _SYNC_INTERVAL = 1.0  # outage mode: spooled data reaches the disk within this (
 
 class Uplink(Protocol):
     connected: bool
+    accepts_data: bool
+    settled: bool
 
     def try_send(self, topic: str, payload: bytes, *, qos: int) -> int | None: ...
-    def set_delivery(self, on_ack: Callable[[int], None], on_lost: Callable[[], None]) -> None: ...
+    def set_delivery(self, on_ack: Callable[[int], None], on_lost: Callable[[], None],
+                     on_data_gate: Callable[[bool], None] | None = None) -> None: ...
     def drop_connection(self, reason: str) -> None: ...
-
-
-def json_wire(topic: str, body: bytes, replay: bool) -> tuple[str, bytes]:
-    """The default ``wire``: the JSON body as is, with ``"replay":true`` put first when replayed."""
-    if replay and body[:1] == b"{":
-        body = b'{"replay":true,' + body[1:] if body != b"{}" else b'{"replay":true}'
-    return topic, body
-
-
-def count_samples(tags: dict[str, dict[str, Any]]) -> int:
-    """Samples in a message's ``tags``: one per tag, or the length of its ``raw`` arrays."""
-    n = 0
-    for entry in tags.values():
-        raw = entry.get("raw")
-        n += len(raw["v"]) if raw else 1
-    return n
 
 
 # ---------------------------------------------------------------------------------------------- delivery
@@ -95,7 +94,7 @@ class Delivery:
     """The data path between the engine and the MQTT uplink (see the module docstring)."""
 
     def __init__(self, uplink: Uplink, cfg: Any, *, path: Path, ack_timeout: float, max_queued: int,
-                 wire: Wire = json_wire, max_inflight: int = 64, flush_timeout: float = 2.0) -> None:
+                 wire: Wire = plain_wire, max_inflight: int = 64, flush_timeout: float = 2.0) -> None:
         self.cfg = cfg
         self.path = path
         self.always = cfg.durability == "always"
@@ -128,7 +127,9 @@ class Delivery:
         self.replayed = 0
         self.spooled = 0
         self._dropped_seen = 0  # spool drops already logged (one log line per episode)
-        uplink.set_delivery(self._on_ack, self._on_lost)
+        self._replay_started: float | None = None  # monotonic start of the replay under way
+        self._replay_count = 0
+        uplink.set_delivery(self._on_ack, self._on_lost, self._on_data_gate)
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -190,8 +191,31 @@ class Delivery:
         """The uplink's connection came up (replay may start) or went down."""
         if connected:
             self._more_backlog = True
+            if self.backlog.messages and self._replay_started is None and not self._closing:
+                self._replay_started = time.monotonic()
+                self._replay_count = self.replayed
+                log.info("spool %s: replaying %d message(s) (%d samples) at up to %g/s beside live data",
+                         self.path, self.backlog.messages, self.backlog.samples, float(self.cfg.replay_rate))
             self._pump()
             self._wake.set()
+
+    def _on_data_gate(self, open_: bool) -> None:
+        """The uplink stopped taking data (byte budget spent) or takes it again."""
+        if open_:
+            self.link_changed(True)
+            return
+        if self._live:
+            back = list(self._live)
+            self._live.clear()
+            self._job.backlog_records.extend(rec for rec, _ in back)
+            self._job.wal_acks.extend(pos for _, pos in back if pos is not None)
+            self._kick()
+
+    def _note_replay_end(self) -> None:
+        if self._replay_started is not None and not self.backlog.messages and not self._replay_inflight:
+            log.info("spool %s: replay done, %d message(s) in %.1f s", self.path, self.replayed - self._replay_count,
+                     time.monotonic() - self._replay_started)
+            self._replay_started = None
 
     async def _drain_io(self) -> None:
         while self._io_busy or self._job:
@@ -205,13 +229,17 @@ class Delivery:
         """The sequence number of the next message (never repeats, also across restarts)."""
         return self.seq.take(self._io)
 
+    def _room_in_ram(self) -> bool:
+        up = self._uplink
+        return (up.accepts_data or not up.settled) and not self._closing and len(self._live) < self.max_queued
+
     def submit(self, seq: int, topic: str, body: bytes, *, samples: int, qos: int = 1) -> None:
-        """Take over one message (``body``: the JSON the engine encoded); never blocks, never raises for the
-        link's state. From here the message is either acknowledged by the broker or counted as dropped."""
+        """Take over one message (``body``: the encoded payload, opaque here); never blocks, never raises for
+        the link's state. From here the message is either acknowledged by the broker or counted as dropped."""
         rec = SpoolRecord(seq, topic, body, samples, time.time_ns(), qos)
         if self.always:
             self._job.wal_records.append(rec)
-        elif self._uplink.connected and not self._closing and len(self._live) < self.max_queued:
+        elif self._room_in_ram():
             self._live.append((rec, None))
             self._pump()
             return
@@ -235,7 +263,7 @@ class Delivery:
         return True
 
     def _pump(self) -> None:
-        while self._live and self._uplink.connected and len(self._inflight) < self.max_inflight:
+        while self._live and self._uplink.accepts_data and len(self._inflight) < self.max_inflight:
             rec, wal_pos = self._live[0]
             if not self._send(rec, backlog_pos=None, wal_pos=wal_pos):
                 break
@@ -321,7 +349,7 @@ class Delivery:
             log.error("spool I/O failed: %s", exc, exc_info=exc)
         else:
             for pos, rec in fut.result():
-                if self._uplink.connected and not self._closing and len(self._live) < self.max_queued:
+                if self._room_in_ram():
                     self._live.append((rec, pos))
                 else:
                     self._job.backlog_records.append(rec)
@@ -329,6 +357,7 @@ class Delivery:
             self._pump()
         self._more_backlog = True
         self._note_drops()
+        self._note_replay_end()
         self._wake.set()
         self._kick()
 
@@ -355,7 +384,7 @@ class Delivery:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._uplink.connected and not self._closing and self._more_backlog:
+            while self._uplink.accepts_data and not self._closing and self._more_backlog:
                 room = window - self._replay_inflight
                 if room <= 0:
                     break
@@ -427,4 +456,4 @@ class Delivery:
         }
 
 
-__all__ = ["Delivery", "SeqCounter", "SpoolError", "count_samples", "json_wire"]
+__all__ = ["Delivery", "SeqCounter", "SpoolError", "plain_wire"]

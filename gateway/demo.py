@@ -22,7 +22,7 @@ DEFAULT_CONFIG = Path("config/demo.yaml")
 def _apply_overrides(cfg, args: argparse.Namespace) -> tuple[int, int]:
     """Point the config at the ports given on the command line; returns (modbus_port, opcua_port)."""
     if args.mqtt_port:
-        cfg.mqtt.port = args.mqtt_port
+        cfg.all_uplinks[0].port = args.mqtt_port
     if getattr(args, "state_dir", None):
         cfg.gateway.state_dir = args.state_dir
     if args.api_port:
@@ -49,7 +49,8 @@ async def _demo(cfg, modbus_port: int, opcua_port: int) -> int:
 
     stop = asyncio.Event()
     install_stop_signals(stop)
-    host, port = cfg.mqtt.host, cfg.mqtt.port
+    up = cfg.all_uplinks[0]
+    host, port = (up.host, up.port) if up.links is None else (up.links[0].host, up.links[0].port)
     broker = None
     if await asyncio.to_thread(port_open, host, port):
         print(f"An MQTT broker already listens on {host}:{port}; the demo uses it.", flush=True)

@@ -1,14 +1,14 @@
-"""The daemon: one root TaskGroup with the uplink, the status API, the publisher and one task per source.
+"""The daemon: one root TaskGroup with the uplinks, the status API, the publishers and one task per source.
+
+North side, per uplink (``uplinks:``, or the one ``mqtt:``): an :class:`~gateway.uplink.mqtt.MqttUplink`
+(links, failover, budget), a :class:`~gateway.delivery.Delivery` with its own spool directory
+``<spool.path>/<uplink name>`` and seq counter, and a :class:`~gateway.publisher.Publisher` with its own
+reducers and profile. A dead cloud broker never holds up the plant broker: the uplinks share nothing but the
+ring buffers they read.
 
 Start sinks before sources, stop sources before sinks: on stop, the source tasks are cancelled first
-(drivers closed), then one final publish drains what they produced, then the uplink flushes and says
-``offline``, then the API stops.
-
-When an asset's message is sent (docs/performance.md, "Latency"): an asset whose source delivers data no
-more often than ``mqtt.publish_interval`` (``poll``, or a subscription's ``publishing_interval``, at least
-``publish_interval``) is published right after each poll or notification, so its samples wait for nothing;
-an asset polled faster has the samples of several polls batched into one message per ``publish_interval``
-(the publisher's timer), which keeps metered links cheap. The timer also sends heartbeats of every asset.
+(drivers closed), then one final publish per uplink drains what they produced, then the deliveries spool
+what is unacknowledged, then the uplinks flush and say ``offline``, then the API stops.
 """
 
 from __future__ import annotations
@@ -16,26 +16,47 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import socket
 import time
-from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gateway import __version__
+from gateway.delivery import Delivery
 from gateway.driver import registry
-from gateway.delivery import Delivery, count_samples, json_wire
-from gateway.encode import encode_json, wire
+from gateway.publisher import Publisher
 from gateway.source import AssetRuntime
+from gateway.uplink.links import Link
 from gateway.uplink.mqtt import MqttUplink
 from gateway.writes import MqttCommands
 
 log = logging.getLogger("gateway")
 
 
-def source_interval(asset: AssetRuntime) -> float:
-    """How often an asset's source delivers data: a subscription's publishing interval, else its poll."""
-    return float(getattr(asset.source, "publishing_interval", None) or asset.source.poll)
+@dataclass
+class North:
+    """Everything of one uplink."""
+
+    cfg: Any
+    uplink: MqttUplink
+    delivery: Delivery
+    publisher: Publisher
+    commands: MqttCommands | None
+
+
+def migrate_spool(base: Path, name: str) -> None:
+    """A spool of the one-uplink layout (``<base>/backlog``, ``wal``, ``seq``) moves to ``<base>/<name>``, so an
+    upgrade replays what an older version spooled and keeps its seq (worker thread)."""
+    target = base / name
+    old = [base / n for n in ("backlog", "wal", "seq") if (base / n).exists()]
+    if not old or target.exists():
+        return
+    target.mkdir(parents=True)
+    for path in old:
+        shutil.move(str(path), str(target / path.name))
+    log.info("spool: moved %s to %s (one directory per uplink)", ", ".join(p.name for p in old), target)
 
 
 class Gateway:
@@ -49,52 +70,63 @@ class Gateway:
                 a,
                 drivers[a.source.driver],
                 buffer_seconds=cfg.buffer.seconds,
-                heartbeat=cfg.mqtt.heartbeat,
                 on_state=self._asset_state_changed,
                 state_dir=cfg.gateway.state_dir,
             )
             for a in cfg.assets
         }
-        if cfg.mqtt.reduce is not None:  # the uplink's reduction profile fills what tags leave unset
-            for asset in self.assets.values():
-                asset.reducer.use_profile(cfg.mqtt.reduce)
         self.status_topic = f"{self.namespace}/_gateway/{cfg.gateway.id}/status"
-        self.uplink = MqttUplink(
-            cfg.mqtt,
-            client_id=cfg.gateway.id,
-            status_topic=self.status_topic,
-            on_connection_change=self._uplink_changed,
-        )
-        #: every data message goes through the delivery: RAM front, on-disk spool, replay (docs/delivery-guarantees.md)
         self.metrics_topic = f"{self.namespace}/_gateway/{cfg.gateway.id}/metrics"
-        spool = cfg.spool
-        self.delivery = Delivery(
-            self.uplink,
-            spool,
-            path=Path(spool.path) if spool.path else Path(cfg.gateway.state_dir) / "spool",
-            ack_timeout=spool.ack_timeout or cfg.mqtt.keepalive,
-            max_queued=cfg.mqtt.max_queued,
-            wire=self._wire,
-        )
-        #: write commands on {namespace}/{asset}/cmd, listened to when the config has a writable tag
-        self.commands = MqttCommands(self.assets, self.namespace, self.uplink.publish)
-        if any(getattr(t, "writable", False) for a in self.assets.values() for t in a.tags):
-            for asset_id in self.assets:
-                self.uplink.subscribe(self.commands.topic(asset_id), self.commands.on_message)
-        #: assets published right after each batch (see the module docstring); the others on the timer
-        interval = cfg.mqtt.publish_interval
-        for asset in self.assets.values():
-            if source_interval(asset) >= interval:
-                asset.on_batch = self._publish_after_batch
-        #: seconds from a batch's read done to its message handed to the uplink, for assets published after
-        #: their batches (the newest 4096; p50/p99 in gateway_status)
-        self.publish_latency: deque[float] = deque(maxlen=4096)
-        self.seq = 0
-        self.messages_published = 0
+        self.spool_base = Path(cfg.spool.path) if cfg.spool.path else Path(cfg.gateway.state_dir) / "spool"
+        ups = cfg.all_uplinks
+        writable = any(getattr(t, "writable", False) for a in self.assets.values() for t in a.tags)
+        self.norths = [self._north(up, i, len(ups), writable) for i, up in enumerate(ups)]
         self.config_loaded = True
         self._api_server: Any = None
         #: what made the daemon stop by itself (a failed uplink, API, ...); raised by run() after shutdown
         self.fatal: Exception | None = None
+
+    def _north(self, up: Any, index: int, count: int, writable: bool) -> North:
+        gid = self.cfg.gateway.id
+        path = self.spool_base / up.name
+        publisher: Publisher | None = None
+
+        def link_up(link: Link) -> None:
+            if publisher is not None:
+                publisher.use_link(link)
+
+        def connection(connected: bool) -> None:
+            delivery.link_changed(connected)
+            if connected:  # a restarted broker may have lost retained statuses: the uplink says them again
+                for asset in self.assets.values():
+                    self._asset_state_changed(asset)
+
+        uplink = MqttUplink(up, client_id=gid if count == 1 else f"{gid}-{up.name}", status_topic=self.status_topic,
+                            on_connection_change=connection, on_link_change=link_up, state_dir=path)
+        delivery = Delivery(uplink, self.cfg.spool, path=path, ack_timeout=self.cfg.spool.ack_timeout or up.keepalive,
+                            max_queued=up.max_queued, wire=lambda t, b, r: publisher.wire(t, b, r))  # type: ignore[union-attr]
+        publisher = Publisher(up, self.assets, self.namespace, uplink, delivery, metrics=self._metrics_body,
+                              metrics_topic=self.metrics_topic)
+        commands = None
+        if writable and (up.commands if up.commands is not None else index == 0):
+            #: write commands on {namespace}/{asset}/cmd of this uplink's broker, answered on the same
+            commands = MqttCommands(self.assets, self.namespace, uplink.publish)
+            for asset_id in self.assets:
+                uplink.subscribe(commands.topic(asset_id), commands.on_message)
+        return North(up, uplink, delivery, publisher, commands)
+
+    # -- the first uplink, for callers that know one (tests, the demo) --------------------------------
+    @property
+    def uplink(self) -> MqttUplink:
+        return self.norths[0].uplink
+
+    @property
+    def delivery(self) -> Delivery:
+        return self.norths[0].delivery
+
+    @property
+    def publisher(self) -> Publisher:
+        return self.norths[0].publisher
 
     # -- topics and messages --------------------------------------------------------------------------
     def data_topic(self, asset_id: str) -> str:
@@ -104,76 +136,17 @@ class Gateway:
         return f"{self.namespace}/{asset_id}/status"
 
     def _asset_state_changed(self, asset: AssetRuntime) -> None:
-        self.uplink.publish(self.asset_status_topic(asset.id), asset.status.state, qos=1, retain=True)
+        for north in getattr(self, "norths", ()):
+            north.uplink.publish(self.asset_status_topic(asset.id), asset.status.state, qos=1, retain=True)
 
-    def _uplink_changed(self, connected: bool) -> None:
-        self.delivery.link_changed(connected)
-        if connected:  # a restarted broker may have lost retained messages: say them again
-            for asset in self.assets.values():
-                self._asset_state_changed(asset)
-            self.publish_metrics()
-
-    def _wire(self, topic: str, body: bytes, replay: bool) -> tuple[str, bytes]:
-        """What goes on the wire for a data message's JSON ``body``: marked when replayed, then compressed
-        as configured (called at send time, so spooled messages are stored uncompressed once)."""
-        return wire(*json_wire(topic, body, replay), self.cfg.mqtt.compression)
-
-    def publish_metrics(self) -> None:
-        """The gateway's own counters, retained JSON on ``{namespace}/_gateway/{id}/metrics`` (the plain
-        ``status`` topic keeps its online/offline string)."""
-        if self.uplink.connected:
-            body = json.dumps(self.gateway_status(), separators=(",", ":"), default=str)
-            self.uplink.publish(self.metrics_topic, body, qos=1, retain=True)
-
-    async def _metrics_forever(self, every: float = 10.0) -> None:
-        while True:
-            await asyncio.sleep(every)
-            self.publish_metrics()
+    def _metrics_body(self) -> bytes:
+        """The gateway's own counters, retained JSON on ``{namespace}/_gateway/{id}/metrics`` of every uplink
+        (the plain ``status`` topic keeps its online/offline string)."""
+        return json.dumps(self.gateway_status(), separators=(",", ":"), default=str).encode()
 
     def publish_once(self) -> int:
-        """Reduce every asset's new samples into one message each and hand them to the uplink."""
-        now_mono = time.monotonic()
-        sent = sum(self._publish_asset(asset, now_mono) for asset in self.assets.values())
-        return sent
-
-    def _publish_asset(self, asset: AssetRuntime, now_mono: float) -> int:
-        """One asset's message, if anything is due: 1 when one was handed to the delivery, else 0."""
-        tags = asset.reducer.reduce(now_mono)
-        if not tags:
-            return 0
-        self.seq = self.delivery.next_seq()  # numbered before anything can lose it
-        msg = {"seq": self.seq, "ts": time.time_ns() // 1_000_000, "asset": asset.id, "tags": tags}
-        body = encode_json(msg)  # compression is applied at send time (_wire)
-        self.delivery.submit(self.seq, self.data_topic(asset.id), body, samples=count_samples(tags),
-                             qos=self.cfg.mqtt.qos)
-        self.messages_published += 1
-        return 1
-
-    def _publish_after_batch(self, asset: AssetRuntime) -> None:
-        """A source wrote a batch: publish its asset now, unless it published less than half an interval
-        ago (a device that suddenly streams faster than it was configured to falls back to the timer)."""
-        now = time.monotonic()
-        if now - asset.last_publish >= 0.5 * self.cfg.mqtt.publish_interval:
-            first = asset.last_publish == float("-inf")
-            asset.last_publish = now
-            if self._publish_asset(asset, now) and not first:  # the first message (all tags, cold) is not typical
-                self.publish_latency.append(time.monotonic() - asset.read_done)
-
-    async def _publish_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        interval = self.cfg.mqtt.publish_interval
-        next_at = loop.time() + interval
-        while True:
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-            next_at += interval
-            if next_at < loop.time():
-                next_at = loop.time() + interval
-            now = time.monotonic()
-            for asset in self.assets.values():
-                # assets published after their batches need the timer only when no batch came for an
-                # interval (heartbeats, a device gone) or a batch came too soon after the previous one
-                if asset.on_batch is None or now - asset.last_publish >= interval:
-                    self._publish_asset(asset, now)
+        """Every uplink: reduce every asset's new samples into one message each; messages handed over."""
+        return sum(n.publisher.publish_once() for n in self.norths)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def bind_api(self) -> socket.socket | None:
@@ -198,15 +171,22 @@ class Gateway:
         from gateway.api import serve_api  # FastAPI import is heavy; only the daemon needs it
 
         log.info(
-            "iiot-gateway %s starting: %d asset(s), %d tag(s); broker %s:%d",
+            "iiot-gateway %s starting: %d asset(s), %d tag(s); uplink(s) %s",
             __version__, len(self.assets), sum(len(a.tags) for a in self.assets.values()),
-            self.cfg.mqtt.host, self.cfg.mqtt.port,
+            "; ".join(f"{n.uplink.name}: " + ", ".join(f"{k.name} {k.where}" for k in n.uplink.links)
+                      for n in self.norths),
         )
-        await self.delivery.open()
+        if len(self.norths) == 1:
+            await asyncio.to_thread(migrate_spool, self.spool_base, self.norths[0].uplink.name)
+        opened: list[Delivery] = []
         try:
+            for north in self.norths:
+                await north.delivery.open()
+                opened.append(north.delivery)
             await self._run_tasks(stop, api_socket, serve_api)
         finally:  # whatever ended the run, unacknowledged messages go to the spool and its lock is released
-            await self.delivery.close()
+            for delivery in opened:
+                await delivery.close()
         log.info("stopped")
         if self.fatal is not None:
             raise self.fatal
@@ -240,31 +220,40 @@ class Gateway:
 
     async def _run_tasks(self, stop: asyncio.Event, api_socket: socket.socket | None, serve_api: Any) -> None:
         async with asyncio.TaskGroup() as tg:
-            uplink_task = tg.create_task(self._guarded(self.uplink.run(), "MQTT uplink", stop), name="uplink")
-            delivery_task = tg.create_task(self._guarded(self.delivery.run(), "delivery", stop), name="delivery")
-            metrics_task = tg.create_task(self._guarded(self._metrics_forever(), "metrics", stop), name="metrics")
+            sinks: list[asyncio.Task[None]] = []
+            publishers: list[asyncio.Task[None]] = []
+            for n in self.norths:
+                name = n.uplink.name
+                sinks.append(tg.create_task(self._guarded(n.uplink.run(), f"uplink {name}", stop), name=f"uplink:{name}"))
+                sinks.append(tg.create_task(self._guarded(n.delivery.run(), f"delivery {name}", stop),
+                                            name=f"delivery:{name}"))
             api_task = None
             if api_socket is not None:
                 self._api_server, api_coro = serve_api(self, api_socket)
                 api_task = tg.create_task(self._guarded(api_coro, "status API", stop), name="api")
-            publisher = tg.create_task(self._guarded(self._publish_forever(), "publisher", stop), name="publisher")
+            for n in self.norths:
+                publishers.append(tg.create_task(self._guarded(n.publisher.run(), f"publisher {n.uplink.name}", stop),
+                                                 name=f"publisher:{n.uplink.name}"))
             sources = [tg.create_task(a.run(), name=f"source:{a.id}") for a in self.assets.values()]
             await stop.wait()
 
-            await self.commands.close()
+            for n in self.norths:
+                if n.commands is not None:
+                    await n.commands.close()
             log.info("stopping: sources")
             await self._stop_sources(sources)
-            publisher.cancel()
-            await asyncio.gather(publisher, return_exceptions=True)
+            for task in publishers:
+                task.cancel()
+            await asyncio.gather(*publishers, return_exceptions=True)
             self.publish_once()
-            log.info("stopping: delivery (unacknowledged messages go to the spool)")
-            metrics_task.cancel()
-            await self.delivery.close()
-            delivery_task.cancel()
-            await asyncio.gather(metrics_task, delivery_task, return_exceptions=True)
-            log.info("stopping: uplink")
-            await self.uplink.stop()
-            await asyncio.gather(uplink_task, return_exceptions=True)
+            log.info("stopping: deliveries (unacknowledged messages go to the spool)")
+            await asyncio.gather(*(n.delivery.close() for n in self.norths))
+            for task in sinks[1::2]:
+                task.cancel()
+            await asyncio.gather(*sinks[1::2], return_exceptions=True)
+            log.info("stopping: uplinks")
+            await asyncio.gather(*(n.uplink.stop() for n in self.norths))
+            await asyncio.gather(*sinks[0::2], return_exceptions=True)
             if api_task is not None:
                 self._api_server.should_exit = True
                 try:
@@ -275,30 +264,35 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        return self.config_loaded and self.uplink.connected
+        return self.config_loaded and all(n.uplink.connected for n in self.norths)
 
     def gateway_status(self) -> dict[str, Any]:
+        uplinks = {n.uplink.name: self._uplink_status(n) for n in self.norths}
+        first = next(iter(uplinks.values()))
         return {
             "id": self.cfg.gateway.id,
             "version": __version__,
             "uptime_s": round(time.time() - self.started_at, 3),
             "namespace": self.namespace,
-            "uplink": {"connected": self.uplink.connected, **self.uplink.stats},
-            "seq": self.seq,
-            "messages_published": self.messages_published,
-            "spool": self.delivery.stats(),
-            "dropped_messages": self.delivery.backlog.dropped_messages,
-            "dropped_samples": self.delivery.backlog.dropped_samples,
-            "publish_latency_ms": self._latency_summary(),
+            "uplinks": uplinks,
+            # the first uplink's figures under their one-uplink names (configs with mqtt:)
+            "uplink": {k: v for k, v in first.items() if k not in ("spool", "seq", "messages_published",
+                                                                      "publish_latency_ms", "profile")},
+            "seq": first["seq"],
+            "messages_published": first["messages_published"],
+            "spool": first["spool"],
+            "publish_latency_ms": first["publish_latency_ms"],
         }
 
-    def _latency_summary(self) -> dict[str, Any]:
-        """Read done -> message handed to the uplink, for assets published after each batch (ms)."""
-        xs = sorted(self.publish_latency)
-        if not xs:
-            return {"n": 0}
-
-        def pick(q: float) -> float:
-            return round(xs[min(len(xs) - 1, int(q * len(xs)))] * 1000, 3)
-
-        return {"n": len(xs), "p50": pick(0.5), "p99": pick(0.99), "max": round(xs[-1] * 1000, 3)}
+    @staticmethod
+    def _uplink_status(n: North) -> dict[str, Any]:
+        p = n.publisher
+        return {
+            **n.uplink.stats,
+            "seq": p.seq,
+            "messages_published": p.messages_published,
+            "profile": {"publish_interval_s": p.profile.publish_interval, "payload": p.profile.payload,
+                        "compression": p.profile.compression, "qos": p.profile.qos},
+            "spool": n.delivery.stats(),
+            "publish_latency_ms": p.latency_summary(),
+        }

@@ -13,19 +13,23 @@ Per tag (``mode``), vectorised over all tags of an asset:
 - ``swinging_door``: the samples swinging-door compression archives (:mod:`gateway.swinging_door`) with
   ``deviation``, under ``"swinging_door"``; the heartbeat is its max time.
 
-Every entry carries the newest sample as ``ts``/``v``/``q``. String tags (kept as last value only) are sent
-when the text or quality changes, or on heartbeat. A per-uplink :class:`ReduceProfile` supplies defaults
-for the fields a tag does not set itself. Docs: docs/reduction.md.
+Every due tag carries its newest sample (ts, value, quality). String tags (kept as last value only) are
+sent when the text or quality changes, or on heartbeat. A per-uplink :class:`ReduceProfile` supplies
+defaults for the fields a tag does not set itself. Docs: docs/reduction.md.
+
+The reducer returns arrays (:class:`Reduced`), never wire text: values already at publish precision
+(float32 tags as float32, the rest without float64 noise), NaN where the value is null. The encoders
+(:mod:`gateway.encoders`) turn a :class:`Reduced` into JSON or Sparkplug.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
-from gateway.batch import QUALITY_NAMES, Quality
+from gateway.batch import Quality
 from gateway.config.common import ReduceProfile, TagBase
 from gateway.lttb import lttb_indices
 from gateway.ringbuffer import RingBuffer
@@ -139,8 +143,70 @@ def effective_settings(tag: TagBase, profile: ReduceProfile | None) -> dict[str,
     }
 
 
+INTEGER_TYPES = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64", "int8", "uint8", "bool",
+                           "bit", "coil", "discrete"})
+
+
+def integer_tags(tags: Sequence[TagBase]) -> np.ndarray:
+    """Tags whose published value is a JSON integer: an integer (or bool) type without scale or offset."""
+    return np.array([str(getattr(t, "type", "")) in INTEGER_TYPES and t.scale == 1 and t.offset == 0
+                     for t in tags], dtype=bool)
+
+
+@dataclass(slots=True)
+class Series:
+    """The samples of one tag's window (``raw``, ``lttb``, ``swinging_door``): ``pos`` indexes the rows."""
+
+    pos: int
+    ts_ms: np.ndarray
+    values: np.ndarray
+    quality: np.ndarray
+
+
+@dataclass(slots=True)
+class Reduced:
+    """One asset's due tags for the next message, as arrays aligned with ``rows`` (tag indices, ascending).
+
+    ``values`` are at publish precision with NaN for null; ``integer`` marks rows written as integers.
+    ``strings`` and ``errors`` map a row position to the text value / the error text of a bad tag.
+    Aggregates cover the rows at ``agg_pos``: ``agg[key]`` aligned with ``agg_pos`` (NaN: no good sample),
+    ``agg_keys[j]`` the keys that row carries. ``series[mode]`` the windows of raw/lttb/swinging-door tags.
+    """
+
+    names: list[str]
+    rows: np.ndarray
+    ts_ms: np.ndarray
+    values: np.ndarray
+    quality: np.ndarray
+    integer: np.ndarray
+    strings: dict[int, str] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+    agg_pos: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    agg: dict[str, np.ndarray] = field(default_factory=dict)
+    agg_keys: list[tuple[str, ...]] = field(default_factory=list)
+    series: dict[str, list[Series]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def samples(self) -> int:
+        """Samples the message carries: one per tag, or every sample of a ``raw`` window."""
+        raw = self.series.get("raw", ())
+        return len(self.rows) - len(raw) + sum(len(x.values) for x in raw)
+
+    @property
+    def plain(self) -> bool:
+        """No aggregates, series, strings or errors: every row is just ts, value, quality."""
+        return not (len(self.agg_pos) or self.series or self.strings or self.errors)
+
+
 class Reducer:
-    """Decides, per publish interval, which tags of one asset are sent and with what."""
+    """Decides, per publish interval, which tags of one asset are sent and with what.
+
+    One reducer per asset and uplink (each uplink has its own profile and its own idea of what was sent);
+    all of them read the asset's one ring buffer.
+    """
 
     def __init__(
         self,
@@ -149,6 +215,7 @@ class Reducer:
         *,
         heartbeat: float,
         float32: np.ndarray | None = None,
+        integer: np.ndarray | None = None,
         profile: ReduceProfile | None = None,
     ) -> None:
         n = len(tags)
@@ -157,6 +224,7 @@ class Reducer:
         self.ring = ring
         self.default_heartbeat = heartbeat
         self.float32 = np.zeros(n, dtype=bool) if float32 is None else float32.astype(bool)
+        self.integer = integer_tags(tags) if integer is None else integer.astype(bool)
         self.cursor = np.zeros(n, dtype=np.int64)
         self.sent = _Sent(
             value=np.full(n, np.nan),
@@ -166,8 +234,11 @@ class Reducer:
         )
         self.use_profile(profile)
 
-    def use_profile(self, profile: ReduceProfile | None) -> None:
-        """(Re)compile the per-tag settings, with ``profile`` filling what tags do not set."""
+    def use_profile(self, profile: ReduceProfile | None, heartbeat: float | None = None) -> None:
+        """(Re)compile the per-tag settings, with ``profile`` filling what tags do not set (also while
+        running: a metered link's profile applies from the next message on)."""
+        if heartbeat is not None:
+            self.default_heartbeat = heartbeat
         s = [effective_settings(t, profile) for t in self.tags]
         self.deadband = np.array([x["deadband"] for x in s], dtype=np.float64)
         self.deadband_pct = np.array([x["deadband_percent"] for x in s], dtype=np.float64) / 100.0
@@ -188,8 +259,8 @@ class Reducer:
         self.sdt_pos = np.full(len(self.tags), -1, dtype=np.int64)
         self.sdt_pos[sd] = np.arange(len(sd))
 
-    def reduce(self, now: float) -> dict[str, dict[str, Any]]:
-        """The ``tags`` object of the next message (empty when nothing is due). ``now``: monotonic seconds."""
+    def reduce(self, now: float) -> Reduced | None:
+        """The due tags of the next message, or None when nothing is due. ``now``: monotonic seconds."""
         ring = self.ring
         ts, v, q, has = ring.last()
         new = ring.head > self.cursor
@@ -209,11 +280,12 @@ class Reducer:
             due[list(sdt)] = True
 
         rows = np.flatnonzero(due)
-        out: dict[str, dict[str, Any]] = {}
+        out = None
         if len(rows):
             out = self._entries(rows, ts, v, q, new)
-            for i, series in sdt.items():
-                out[self.names[i]]["swinging_door"] = series
+            if sdt:
+                pos = {int(r): j for j, r in enumerate(rows.tolist())}
+                out.series["swinging_door"] = [Series(pos[i], *sdt[i]) for i in sorted(sdt)]
             sent.value[rows] = v[rows]
             sent.quality[rows] = q[rows]
             sent.at[rows] = now
@@ -245,34 +317,31 @@ class Reducer:
         out[other] = json_numbers(values[other])
         return out
 
-    def _entries(self, rows: np.ndarray, ts: np.ndarray, v: np.ndarray, q: np.ndarray, new: np.ndarray):
+    def _entries(self, rows: np.ndarray, ts: np.ndarray, v: np.ndarray, q: np.ndarray, new: np.ndarray) -> Reduced:
         ring = self.ring
-        vals = _as_json_list(self._published(rows, v[rows]))
-        ts_ms = (ts[rows] // _NS_PER_MS).tolist()
         qr = q[rows]
-        qn = QUALITY_NAMES[qr].tolist()
-        names = self.names
-        rl = rows.tolist()
-        out = {names[i]: {"ts": t, "v": x, "q": qq} for i, t, x, qq in zip(rl, ts_ms, vals, qn)}
+        out = Reduced(self.names, rows, ts[rows] // _NS_PER_MS, self._published(rows, v[rows]), qr,
+                      self.integer[rows])
         if ring.is_string[rows].any():
-            for i, qq in zip(rl, qn):
-                s = ring.last_string[i]
-                if s is not None and qq != "bad":  # a bad string tag has no value, like a bad number
-                    out[names[i]]["v"] = s
+            for j in np.flatnonzero(ring.is_string[rows] & (qr != Quality.BAD)).tolist():
+                text = ring.last_string[int(rows[j])]
+                if text is not None:  # a bad string tag has no value, like a bad number
+                    out.strings[j] = text
         bad = np.flatnonzero((qr == Quality.BAD) & (ring.last_error[rows] != 0))
         for j in bad.tolist():
-            e = int(ring.last_error[rl[j]])
-            out[names[rl[j]]]["err"] = ring.error_text.get(e, f"error {e}")
-        with_new = rows[new[rows]]
-        self._add_aggregates(with_new, out)
-        self._add_series("raw", with_new, out)
-        self._add_series("lttb", with_new, out)
+            e = int(ring.last_error[rows[j]])
+            out.errors[j] = ring.error_text.get(e, f"error {e}")
+        has_new = new[rows]
+        self._add_aggregates(rows, has_new, out)
+        for mode in ("raw", "lttb"):
+            self._add_series(mode, rows, has_new, out)
         return out
 
-    def _add_aggregates(self, with_new: np.ndarray, out: dict[str, dict[str, Any]]) -> None:
-        agg = with_new[self.has_agg[with_new]]
-        if not len(agg):
+    def _add_aggregates(self, rows: np.ndarray, has_new: np.ndarray, out: Reduced) -> None:
+        pos = np.flatnonzero(has_new & self.has_agg[rows])
+        if not len(pos):
             return
+        agg = rows[pos]
         _, w, wq, count = self.ring.pending(agg, self.cursor)
         good = wq == Quality.GOOD
         n = good.sum(axis=1)
@@ -290,41 +359,24 @@ class Reducer:
         published = self._published(np.concatenate([agg, agg, agg]), np.concatenate(list(stats.values())))
         published[~np.concatenate([ok, ok, ok])] = np.nan
         k = len(agg)
-        cols = {key: _as_json_list(published[j * k:(j + 1) * k]) for j, key in enumerate(stats)}
-        cols["n"] = n.tolist()
-        names = self.names
-        entries = [out[names[i]] for i in agg.tolist()]
-        want = self.want_keys[agg]
-        for combo in np.unique(want).tolist():  # tags with the same aggregate list: usually one group
-            keys = self.agg_combos[combo]
-            same = want == combo
-            if same.all():
-                group, columns = entries, [cols[key] for key in keys]
-            else:
-                sel = np.flatnonzero(same).tolist()
-                group, columns = [entries[j] for j in sel], [[cols[key][j] for j in sel] for key in keys]
-            if keys == ("min", "max", "mean", "n"):  # the usual list, without a zip per tag
-                for e, a, b, c, d in zip(group, *columns):
-                    e["min"] = a
-                    e["max"] = b
-                    e["mean"] = c
-                    e["n"] = d
-            else:
-                for e, *vals in zip(group, *columns):
-                    e.update(zip(keys, vals))
+        out.agg_pos = pos
+        out.agg = {key: published[j * k:(j + 1) * k] for j, key in enumerate(stats)}
+        out.agg["n"] = n.astype(np.int64)
+        combos = self.agg_combos
+        out.agg_keys = [combos[c] for c in self.want_keys[agg].tolist()]
 
-    def _add_series(self, mode: str, with_new: np.ndarray, out: dict[str, dict[str, Any]]) -> None:
-        rows = with_new[self.mode_mask[mode][with_new]]
-        if not len(rows):
+    def _add_series(self, mode: str, rows: np.ndarray, has_new: np.ndarray, out: Reduced) -> None:
+        pos = np.flatnonzero(has_new & self.mode_mask[mode][rows])
+        if not len(pos):
             return
-        ts, w, wq, count = self.ring.pending(rows, self.cursor)
+        sel = rows[pos]
+        ts, w, wq, count = self.ring.pending(sel, self.cursor)
         if mode == "lttb":
-            ts, w, wq, count = self._lttb(rows, ts, w, wq, count)
-        tms = (ts // _NS_PER_MS).tolist()
-        vals = self._published(rows, w).tolist()
-        qn = QUALITY_NAMES[wq].tolist()
-        for j, c in enumerate(count.tolist()):
-            out[self.names[rows[j]]][mode] = {"ts": tms[j][:c], "v": _nan_to_none(vals[j][:c]), "q": qn[j][:c]}
+            ts, w, wq, count = self._lttb(sel, ts, w, wq, count)
+        tms = ts // _NS_PER_MS
+        vals = self._published(sel, w)
+        out.series[mode] = [Series(int(p), tms[j, :c], vals[j, :c], wq[j, :c])
+                            for j, (p, c) in enumerate(zip(pos.tolist(), count.tolist()))]
 
     def _lttb(self, rows, ts, w, wq, count):
         """Down-sample each row's window to its ``points``; rows grouped by (count, points)."""
@@ -344,26 +396,40 @@ class Reducer:
             o_q[sel, :m] = np.take_along_axis(wq[sel, :c], idx, axis=1)
         return o_ts, o_w, o_q, np.minimum(count, pts)
 
-    def _swinging_door(self, new: np.ndarray) -> dict[int, dict[str, list]]:
-        """Feed the new samples of swinging-door tags; tag -> archived points (only tags with some)."""
+    def _swinging_door(self, new: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Feed the new samples of swinging-door tags; tag -> archived (ts ms, values, quality), only tags
+        with some."""
         rows = np.flatnonzero(self.mode_mask["swinging_door"] & new)
         if not len(rows):
             return {}
         ts, w, wq, count = self.ring.pending(rows, self.cursor)
         arch = self.sdt.feed(self.sdt_pos[rows], ts, w, wq, count)
         # feed() groups by position in its own row list; map back to our rows
-        result: dict[int, dict[str, list]] = {}
+        result: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         if len(arch.ts) == 0:
             return result
-        tms = (arch.ts // _NS_PER_MS).tolist()
+        tms = arch.ts // _NS_PER_MS
         start = arch.start.tolist()
-        order_rows = rows.tolist()
-        vals_all = json_numbers(arch.values)
-        for j, i in enumerate(order_rows):
+        for j, i in enumerate(rows.tolist()):
             a, b = start[j], start[j + 1]
             if b > a:
-                v = vals_all[a:b]
-                if self.float32[i]:
-                    v = self._published(np.array([i]), arch.values[a:b][None, :])[0]
-                result[i] = {"ts": tms[a:b], "v": _nan_to_none(v.tolist()), "q": QUALITY_NAMES[arch.quality[a:b]].tolist()}
+                vals = self._published(np.array([i]), arch.values[a:b][None, :])[0]
+                result[i] = (tms[a:b], vals, arch.quality[a:b])
         return result
+
+
+def snapshot(ring: RingBuffer, names: list[str], float32: np.ndarray, integer: np.ndarray) -> Reduced:
+    """Every tag's newest sample (tags that have one), as a :class:`Reduced` for the retained ``last`` message."""
+    ts, v, q, has = ring.last()
+    rows = np.flatnonzero(has)
+    values = v[rows]
+    f32 = float32[rows]
+    published = json_numbers(values)
+    if f32.any():
+        published[f32] = float32_numbers(values[f32])
+    out = Reduced(names, rows, ts[rows] // _NS_PER_MS, published, q[rows], integer[rows])
+    for j in np.flatnonzero(ring.is_string[rows] & (q[rows] != Quality.BAD)).tolist():
+        text = ring.last_string[int(rows[j])]
+        if text is not None:
+            out.strings[j] = text
+    return out

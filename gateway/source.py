@@ -17,7 +17,7 @@ import numpy as np
 
 from gateway.batch import Batch, Quality
 from gateway.driver import DeviceUnavailable, Driver
-from gateway.reduce import Reducer
+from gateway.reduce import integer_tags
 from gateway.ringbuffer import RingBuffer
 from gateway.status import AssetStatus, Backoff
 from gateway.writes import WriteFailed, classify
@@ -41,7 +41,6 @@ class AssetRuntime:
         driver_cls: type[Driver],
         *,
         buffer_seconds: float,
-        heartbeat: float,
         on_state: Callable[["AssetRuntime"], None] | None = None,
         state_dir: str | None = None,
     ) -> None:
@@ -55,9 +54,10 @@ class AssetRuntime:
             # a driver that keeps files (e.g. OPC UA certificates) declares ``state_dir``; it gets gateway.state_dir
             self.driver.state_dir = Path(state_dir)  # type: ignore[attr-defined]
         self.ring = RingBuffer.for_rate(len(self.tags), buffer_seconds, cfg.source.poll)
-        self.reducer = Reducer(
-            self.tags, self.ring, heartbeat=heartbeat, float32=getattr(self.driver, "float32_tags", None)
-        )
+        f32 = getattr(self.driver, "float32_tags", None)
+        #: per tag: published at float32 precision / as a JSON integer (tag metadata for every uplink's reducer)
+        self.float32 = np.zeros(len(self.tags), dtype=bool) if f32 is None else np.asarray(f32, dtype=bool)
+        self.integer = integer_tags(self.tags)
         self.status = AssetStatus()
         #: the driver pushes batches (``subscribe()``) instead of being polled; the driver decides from its
         #: source config (e.g. ``mode: subscribe``) through its ``streaming`` attribute
@@ -69,11 +69,8 @@ class AssetRuntime:
         self._session_good = False
         self._failure_logged = False
         self._down_since: float | None = None
-        #: called after every batch written to the ring (the gateway publishes the asset at once); None: the
-        #: asset is published on the publisher's timer only
-        self.on_batch: Callable[[AssetRuntime], None] | None = None
-        #: monotonic time of the asset's last publish after a batch (set by the gateway)
-        self.last_publish = float("-inf")
+        #: called after every batch written to the ring (a publisher that sends the asset right after its polls)
+        self.batch_listeners: list[Callable[[AssetRuntime], None]] = []
         #: monotonic time the last batch was handed over by the driver (read done)
         self.read_done = float("-inf")
         #: set by the engine before it cancels the task: a library that swallows a cancellation (asyncua's
@@ -272,9 +269,9 @@ class AssetRuntime:
             else:
                 log.info("asset %s: all tags good again", self.id)
             self._bad_texts = texts
-        if self.on_batch is not None:
+        for listener in self.batch_listeners:
             try:
-                self.on_batch(self)
+                listener(self)
             except Exception:  # a publishing bug is not the device's fault: no reconnect, the timer retries
                 if not self._publish_failed:
                     log.exception("asset %s: publishing after a poll failed", self.id)

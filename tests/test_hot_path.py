@@ -13,6 +13,7 @@ from drivers.modbus.base import BadResponse, ModbusDriverBase
 from drivers.modbus.config import ModbusTag
 from drivers.modbus.decode import apply_scaling, decode_registers
 from drivers.modbus.plan import compile_plan
+from gateway.encoders.json import tags_object
 from gateway.batch import Batch, Quality
 from gateway.config.common import TagBase
 from gateway.reduce import Reducer, float32_numbers
@@ -105,13 +106,13 @@ def test_raw_float32_series_and_aggregates_after_partial_writes():
     b.values[:] = [0.7]
     b.index = np.array([0])
     ring.write(b)  # tag a only
-    out = red.reduce(0.0)
+    out = tags_object(red.reduce(0.0))
     assert out["a"]["raw"]["v"] == [0.1, 0.2, 0.3, 0.7]
     assert out["b"]["min"] == 1.0 and out["b"]["max"] == 3.0 and out["b"]["mean"] == 2.0 and out["b"]["n"] == 3
     b = Batch.empty(2, 6_000_000)
     b.values[:] = [0.8, 5.5]
     b.quality[1] = Quality.BAD
     ring.write(b)
-    out = red.reduce(1.0)
+    out = tags_object(red.reduce(1.0))
     assert out["a"]["raw"]["v"] == [0.8] and out["b"]["n"] == 0 and out["b"]["min"] is None
     assert struct.pack("<f", 0.8) == struct.pack("<f", out["a"]["v"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gateway.encoders.json import tags_object
 from gateway.batch import Batch, Quality
 from gateway.config.common import TagBase
 from gateway.reduce import Reducer
@@ -58,24 +59,24 @@ def test_report_by_exception_with_deadband_and_heartbeat():
     ring = RingBuffer(2, 16)
     red = Reducer([TagBase(name="a", deadband=0.5), TagBase(name="b", heartbeat=10)], ring, heartbeat=60)
     ring.write(batch([1.0, 5.0]))
-    assert set(red.reduce(now=0.0)) == {"a", "b"}  # first value is always sent
+    assert set(tags_object(red.reduce(now=0.0))) == {"a", "b"}  # first value is always sent
     ring.write(batch([1.4, 5.0], ts_s=1))
-    assert red.reduce(now=1.0) == {}  # a moved 0.4 <= deadband, b unchanged
+    assert tags_object(red.reduce(now=1.0)) == {}  # a moved 0.4 <= deadband, b unchanged
     ring.write(batch([1.6, 5.0], ts_s=2))
-    out = red.reduce(now=2.0)
+    out = tags_object(red.reduce(now=2.0))
     assert list(out) == ["a"] and out["a"]["v"] == 1.6  # 0.6 from the last SENT value (1.0)
     ring.write(batch([1.7, 5.0], ts_s=3))
-    assert red.reduce(now=10.5) == {"b": {"ts": 3000, "v": 5.0, "q": "good"}}  # heartbeat of b only
+    assert tags_object(red.reduce(now=10.5)) == {"b": {"ts": 3000, "v": 5.0, "q": "good"}}  # heartbeat of b only
 
 
 def test_quality_change_is_sent_with_error_text():
     ring = RingBuffer(1, 8)
     red = Reducer([TagBase(name="a", deadband=100)], ring, heartbeat=60)
     ring.write(batch([1.0]))
-    red.reduce(0.0)
+    tags_object(red.reduce(0.0))
     bad = Batch.all_bad(1, 5 * S, 2, "Modbus exception 2 (illegal data address)")
     ring.write(bad)
-    out = red.reduce(1.0)
+    out = tags_object(red.reduce(1.0))
     assert out == {"a": {"ts": 5000, "v": None, "q": "bad", "err": "Modbus exception 2 (illegal data address)"}}
 
 
@@ -85,12 +86,12 @@ def test_aggregates_over_good_samples_of_the_window():
     for k, x in enumerate([3.0, 1.0, 2.0, 6.0]):
         ring.write(batch([x], ts_s=k))
     ring.write(batch([100.0], ts_s=5, quality=[Quality.BAD]))
-    out = red.reduce(0.0)["p"]
+    out = tags_object(red.reduce(0.0))["p"]
     assert (out["min"], out["max"], out["mean"], out["n"]) == (1.0, 6.0, 3.0, 4)
     ring.write(batch([7.0], ts_s=6))
-    out = red.reduce(1.0)["p"]
+    out = tags_object(red.reduce(1.0))["p"]
     assert (out["min"], out["max"], out["n"], out["v"]) == (7.0, 7.0, 1, 7.0)
-    assert red.reduce(2.0) == {}  # no new samples: nothing to aggregate
+    assert tags_object(red.reduce(2.0)) == {}  # no new samples: nothing to aggregate
 
 
 def test_raw_mode_sends_every_sample_of_the_window():
@@ -98,7 +99,7 @@ def test_raw_mode_sends_every_sample_of_the_window():
     red = Reducer([TagBase(name="v", mode="raw")], ring, heartbeat=60)
     for k in range(3):
         ring.write(batch([float(k)], ts_s=k))
-    raw = red.reduce(0.0)["v"]["raw"]
+    raw = tags_object(red.reduce(0.0))["v"]["raw"]
     assert raw == {"ts": [0, 1000, 2000], "v": [0.0, 1.0, 2.0], "q": ["good"] * 3}
 
 
@@ -106,7 +107,7 @@ def test_float32_values_published_without_float64_noise():
     ring = RingBuffer(1, 8)
     red = Reducer([TagBase(name="f")], ring, heartbeat=60, float32=np.array([True]))
     ring.write(batch([float(np.float32(123.4))]))
-    assert red.reduce(0.0)["f"]["v"] == 123.4
+    assert tags_object(red.reduce(0.0))["f"]["v"] == 123.4
 
 
 @pytest.mark.parametrize("scaled", [451 * 0.1, 3 * 0.1])
@@ -114,7 +115,7 @@ def test_scaled_values_published_without_float64_noise(scaled):
     ring = RingBuffer(1, 8)
     red = Reducer([TagBase(name="x")], ring, heartbeat=60)
     ring.write(batch([scaled]))
-    assert red.reduce(0.0)["x"]["v"] == float(f"{scaled:.10f}")
+    assert tags_object(red.reduce(0.0))["x"]["v"] == float(f"{scaled:.10f}")
 
 
 def test_strings_sent_on_change_only():
@@ -122,13 +123,13 @@ def test_strings_sent_on_change_only():
     red = Reducer([TagBase(name="recipe")], ring, heartbeat=60)
     b = batch([np.nan]); b.strings = {0: "RCP-0042"}
     ring.write(b)
-    assert red.reduce(0.0)["recipe"]["v"] == "RCP-0042"
+    assert tags_object(red.reduce(0.0))["recipe"]["v"] == "RCP-0042"
     b = batch([np.nan], ts_s=1); b.strings = {0: "RCP-0042"}
     ring.write(b)
-    assert red.reduce(1.0) == {}
+    assert tags_object(red.reduce(1.0)) == {}
     b = batch([np.nan], ts_s=2); b.strings = {0: "RCP-0043"}
     ring.write(b)
-    assert red.reduce(2.0)["recipe"]["v"] == "RCP-0043"
+    assert tags_object(red.reduce(2.0))["recipe"]["v"] == "RCP-0043"
 
 
 def test_a_bad_string_tag_publishes_no_stale_text():
@@ -136,9 +137,9 @@ def test_a_bad_string_tag_publishes_no_stale_text():
     red = Reducer([TagBase(name="recipe")], ring, heartbeat=60)
     b = batch([np.nan]); b.strings = {0: "RCP-0042"}
     ring.write(b)
-    red.reduce(0.0)
+    tags_object(red.reduce(0.0))
     ring.write(Batch.all_bad(1, 2 * S, -1, "disconnected: timed out"))
-    assert red.reduce(1.0)["recipe"] == {"ts": 2000, "v": None, "q": "bad", "err": "disconnected: timed out"}
+    assert tags_object(red.reduce(1.0))["recipe"] == {"ts": 2000, "v": None, "q": "bad", "err": "disconnected: timed out"}
 
 
 def test_float32_aggregates_have_float32_precision_like_the_value():
@@ -147,5 +148,5 @@ def test_float32_aggregates_have_float32_precision_like_the_value():
                   float32=np.array([True]))
     for x in (166.64377, 173.91115):
         ring.write(batch([float(np.float32(x))]))
-    out = red.reduce(0.0)["p"]
+    out = tags_object(red.reduce(0.0))["p"]
     assert (out["v"], out["min"], out["max"]) == (173.91115, 166.64377, 173.91115)

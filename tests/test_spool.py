@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.delivery import json_wire
+from gateway.encoders.json import mark_replay
 from gateway.seq import SeqCounter
 from gateway.spool import Spool, SpoolRecord, decode_records, encode_record
 
@@ -191,5 +191,5 @@ def test_seq_never_repeats_across_restarts(tmp_path):
 
 
 def test_replayed_json_carries_the_flag():
-    assert json_wire("t", b'{"seq":1}', True) == ("t", b'{"replay":true,"seq":1}')
-    assert json_wire("t", b'{"seq":1}', False) == ("t", b'{"seq":1}')
+    assert mark_replay(b'{"seq":1}') == b'{"replay":true,"seq":1}'
+    assert mark_replay(b"{}") == b'{"replay":true}'

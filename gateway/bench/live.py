@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from gateway.encode import decode
+from gateway.encoders import decode
 from gateway.ringbuffer import RingBuffer
 from simulators.config import PlantConfig
 from simulators.local_broker import LocalBroker

@@ -55,12 +55,67 @@ class TlsSection(StrictModel):
     )
 
 
-class MqttSection(StrictModel):
-    """The MQTT broker the gateway publishes to, and how often."""
+Compression = Literal["none", "zlib", "zstd"]
+PayloadShape = Literal["full", "compact"]
 
-    host: str = Field(min_length=1)
+
+def _compression_available(v: str | None) -> str | None:
+    from gateway.encoders import check_compression
+
+    if v is not None:
+        check_compression(v)
+    return v
+
+
+def _empty_is_none(v: Any) -> Any:
+    return None if v == "" else v
+
+
+class LinkSection(StrictModel):
+    """One route to the uplink's broker (e.g. the plant Ethernet, then a 5G router). Tried in order; one
+    connection at a time. Keys left unset take the uplink's value; the profile keys (publish_interval, reduce,
+    compression, qos, payload, last_interval, metrics_interval) apply while this link is the active one."""
+
+    name: Name = Field(description="Name of the link, shown on the status API and in logs (e.g. ethernet, cellular)")
+    host: str = Field(min_length=1, description="Broker host name or address (resolved at every connect)")
     port: int = Field(1883, ge=1, le=65535)
-    client_id: str | None = Field(None, description="Default: the gateway id")
+    bind_address: str | None = Field(None, description="Local source address of the connection")
+    bind_interface: str | None = Field(
+        None, description="Local network interface (SO_BINDTODEVICE, Linux, needs CAP_NET_RAW), e.g. wwan0"
+    )
+    tls: TlsSection | None = Field(None, description="TLS for this link (default: the uplink's tls)")
+    username: str | None = None
+    password: SecretStr | None = None
+    keepalive: Duration | None = Field(None, ge=5, description="MQTT keepalive on this link (default: the uplink's)")
+    metered: bool = Field(False, description="A link that costs per byte (cellular); shown on the status API")
+    max_bytes_per_day: int | None = Field(
+        None, ge=1024, description="Daily byte budget (local midnight to midnight); once spent, data goes to the "
+        "spool until the budget resets or a better link returns; statuses are still sent"
+    )
+    publish_interval: Duration | None = Field(None, gt=0)
+    reduce: ReduceProfile | None = None
+    compression: Compression | None = None
+    qos: Literal[0, 1] | None = None
+    payload: PayloadShape | None = None
+    last_interval: Duration | None = None
+    metrics_interval: Duration | None = Field(None, gt=0)
+
+    _compression = field_validator("compression")(_compression_available)
+    _empty_user = field_validator("username", "password", mode="before")(_empty_is_none)
+
+
+class MqttSection(StrictModel):
+    """One uplink: an MQTT broker the gateway publishes to, how often and in what shape. ``mqtt:`` is the
+    one-uplink shorthand of ``uplinks:`` (its name is ``mqtt``)."""
+
+    name: Name = Field("mqtt", description="Name of the uplink: status API, metrics, spool directory")
+    format: Literal["json"] = Field("json", description="Payload format of data messages")
+    links: list[LinkSection] | None = Field(
+        None, min_length=1, description="Routes to the broker in order of preference, with failover and failback"
+    )
+    host: str | None = Field(None, min_length=1, description="Broker host (one-link shorthand of `links:`)")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (with `host`)")
+    client_id: str | None = Field(None, description="Default: the gateway id (with several uplinks: <id>-<name>)")
     username: str | None = None
     password: SecretStr | None = None
     keepalive: Duration = Field(30.0, ge=5)
@@ -68,32 +123,65 @@ class MqttSection(StrictModel):
     publish_interval: Duration = Field(1.0, gt=0, description="How often each asset's data message is sent")
     heartbeat: Duration = Field(60.0, gt=0, description="Every tag is sent at least this often, changed or not")
     qos: Literal[0, 1] = 1
-    reconnect_max: Duration = Field(30.0, gt=0, description="Cap of the reconnect backoff")
+    reconnect_max: Duration = Field(5.0, gt=0, description="Cap of the reconnect backoff (jittered)")
     max_queued: int = Field(10000, ge=1, description="Data messages waiting in RAM for the link; beyond this they go to the disk spool")
-    compression: Literal["none", "zlib", "zstd"] = Field(
+    compression: Compression = Field(
         "none", description="Compress data payloads; the topic then ends in /zlib or /zstd (docs/reduction.md)"
+    )
+    payload: PayloadShape = Field(
+        "full", description="full: every tag as {ts, v, q}; compact: a bare value where quality is good and ts "
+        "is the message's (docs/payload.md)"
     )
     reduce: ReduceProfile | None = Field(
         None, description="Reduction defaults for every tag that does not set the field itself (docs/reduction.md)"
     )
+    failback_after: Duration = Field(
+        60.0, ge=0, description="Return to a better link once it has been reachable this long (probed with a real "
+        "MQTT connect)"
+    )
+    last_interval: Duration = Field(
+        10.0, ge=0, description="Retained {namespace}/{asset}/last with every tag's last value, at most this often "
+        "(0: off)"
+    )
+    metrics_interval: Duration = Field(10.0, gt=0, description="How often the retained metrics message is sent")
+    commands: bool | None = Field(
+        None, description="Accept write commands on this uplink (default: the first uplink only)"
+    )
 
-    @field_validator("compression")
+    _compression = field_validator("compression")(_compression_available)
+    _empty_user = field_validator("username", "password", mode="before")(_empty_is_none)
+
+    @field_validator("links")
     @classmethod
-    def _compression_available(cls, v: str) -> str:
-        from gateway.encode import check_compression
-
-        check_compression(v)
+    def _unique_links(cls, v: list[LinkSection] | None) -> list[LinkSection] | None:
+        seen: set[str] = set()
+        for link in v or ():
+            if link.name in seen:
+                raise PydanticCustomError("duplicate_link", "duplicate link name '{name}'", {"name": link.name})
+            seen.add(link.name)
         return v
 
-    @field_validator("username", mode="before")
+    @field_validator("host")
     @classmethod
-    def _empty_is_none(cls, v: Any) -> Any:
-        return None if v == "" else v
+    def _one_form(cls, v: str | None, info: Any) -> str | None:
+        links = info.data.get("links")
+        if v is not None and links:
+            raise ValueError("give either host/port (one link) or links:, not both")
+        if v is None and not links and "links" in info.data:
+            raise PydanticCustomError("missing", "Field required (host, or links: with one or more links)", {})
+        return v
 
-    @field_validator("password", mode="before")
-    @classmethod
-    def _empty_password_is_none(cls, v: Any) -> Any:
-        return None if v == "" else v
+    @model_validator(mode="after")
+    def _port_without_host(self) -> "MqttSection":
+        if self.links is not None and "port" in self.model_fields_set:
+            raise PydanticCustomError("two_forms", "give either host/port (one link) or links:, not both", {})
+        return self
+
+
+class UplinkSection(MqttSection):
+    """One entry of ``uplinks:``: like ``mqtt:``, with a required name."""
+
+    name: Name = Field(description="Name of the uplink: status API, metrics, spool directory (<spool.path>/<name>)")
 
 
 class ApiSection(StrictModel):
@@ -235,13 +323,40 @@ def config_model() -> type[StrictModel]:
         """The whole config file of one gateway."""
 
         gateway: GatewaySection = Field(description="This gateway's id and Unified-Namespace prefix")
-        mqtt: MqttSection = Field(description="The MQTT broker data is published to")
+        mqtt: MqttSection | None = Field(None, description="The MQTT broker data is published to (one uplink)")
         api: ApiSection = Field(default_factory=ApiSection, description="The HTTP status API")
         buffer: BufferSection = Field(default_factory=BufferSection, description="In-memory history per tag")
         spool: SpoolSection = Field(default_factory=SpoolSection, description="On-disk store-and-forward spool")
+        uplinks: list[UplinkSection] | None = Field(
+            None, min_length=1, description="Several uplinks at once, each with its own publisher, seq and spool"
+        )
         assets: list[asset_union] = Field(  # type: ignore[valid-type]
             min_length=1, description=f"The machines polled, each with one source and its tags; drivers: {names}"
         )
+
+        @field_validator("uplinks")
+        @classmethod
+        def _uplinks_or_mqtt(cls, v: list[UplinkSection] | None, info: Any) -> list[UplinkSection] | None:
+            if v is not None:
+                if info.data.get("mqtt") is not None:
+                    raise ValueError("give either mqtt: (one uplink) or uplinks:, not both")
+                seen: set[str] = set()
+                for up in v:
+                    if up.name in seen:
+                        raise PydanticCustomError("duplicate_uplink", "duplicate uplink name '{name}'", {"name": up.name})
+                    seen.add(up.name)
+            return v
+
+        @model_validator(mode="after")
+        def _some_uplink(self) -> "GatewayConfig":
+            if self.mqtt is None and self.uplinks is None:
+                raise PydanticCustomError("missing_uplink", "the config needs mqtt: or uplinks:", {})
+            return self
+
+        @property
+        def all_uplinks(self) -> list[MqttSection]:
+            """The uplinks in order: ``uplinks:``, or the one ``mqtt:``."""
+            return list(self.uplinks) if self.uplinks is not None else [self.mqtt]  # type: ignore[list-item]
 
         @model_validator(mode="after")
         def _unique_asset_ids(self) -> "GatewayConfig":

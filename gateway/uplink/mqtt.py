@@ -1,26 +1,37 @@
-"""MQTT uplink: paho-mqtt 2.x driven from the asyncio event loop, with an ordered, bounded in-memory queue.
+"""MQTT uplink: one broker reached over an ordered list of links, one connection at a time; paho-mqtt 2.x
+driven from the asyncio event loop.
+
+Supervisor
+    :meth:`MqttUplink.run` connects over the first link, and when a link fails (connect refused or timed
+    out, keepalive lost on a half-open link, no PUBACK within ``spool.ack_timeout``: the delivery calls
+    :meth:`drop_connection`) it goes on to the next one at once; after a whole round of failures it waits a
+    jittered backoff (at most ``reconnect_max``, default 5 s). While a link other than the first is active,
+    the better links are probed with a real MQTT connect (client id ``<id>-probe``); once one of them has
+    answered every probe for ``failback_after`` seconds, the uplink lets the in-flight messages be
+    acknowledged (up to 2 s), disconnects cleanly and connects over it. Each link has its own keepalive,
+    TLS, credentials, source address / interface, profile and byte budget (:mod:`gateway.uplink.links`).
+    The host name is resolved at every connect (cellular routers change addresses).
 
 Threading model
     paho's network thread is not used. The client's socket is registered with the event loop through paho's
     socket callbacks (``add_reader`` -> ``loop_read``, ``add_writer`` -> ``loop_write``) and a once-a-second
     tick calls ``loop_misc`` (keepalive pings, and the close of a link whose PINGRESP or CONNACK does not come
-    within the keepalive: that is how a half-open link is detected and reconnected). Every paho callback runs
-    on the loop thread.
+    within the keepalive). Every paho callback runs on the loop thread. The one blocking step in paho,
+    ``Client.reconnect()`` (DNS, TCP connect bounded by the connect timeout, TLS handshake), runs in a worker
+    thread while nothing on the loop touches that client. Failback probes run in worker threads too.
 
-    The one blocking step in paho is ``Client.reconnect()``: DNS lookup, TCP connect (bounded by
-    ``connect_timeout``) and TLS handshake. It runs in a worker thread (``asyncio.to_thread``) while nothing on
-    the loop touches the client (``publish`` only queues until the broker has accepted the connection); the
-    socket is attached to the loop when that call returns. We chose this over connecting a socket ourselves
-    because paho has no public way to adopt an already connected socket, and its TLS/hostname handling stays
-    in one place.
+What it carries, and no queue of its own
+    Data messages belong to the delivery (:mod:`gateway.delivery`): it hands them over with :meth:`try_send`
+    only while :attr:`accepts_data`, and is told of PUBACKs and of a lost link through the callbacks of
+    :meth:`set_delivery`; everything unacknowledged is then the delivery's to spool and replay. The uplink's
+    own messages are state, not a queue: a retained message (gateway and asset statuses, metrics, ``last``)
+    is remembered per topic, the newest wins, and all of them are published again on every connect; a
+    non-retained one (a command result) is sent when connected and otherwise dropped and counted.
 
-Delivery
-    QoS 1 messages are tracked by packet id until their PUBACK. When the link drops, the unacknowledged ones go
-    back to the head of the queue in their original order, so on reconnect they are sent first, then the rest
-    of the queue: at-least-once, order preserved. The queue is bounded (``mqtt.max_queued``); when full the
-    oldest message is dropped and counted. paho's own resend and queue are not used (we clear them). Data
-    messages do not use this queue: they go through :mod:`gateway.delivery` (``try_send`` and the disk spool);
-    this queue carries only the gateway's own small messages (statuses, metrics, command results).
+Byte budget
+    When the active link's daily budget is spent, :attr:`accepts_data` turns false (the delivery spools,
+    counted per link as ``budget_spooled``) while statuses still go out; it turns true again at local
+    midnight or when the uplink moves to another link.
 """
 
 from __future__ import annotations
@@ -28,18 +39,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import threading
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from gateway.status import Backoff
+from gateway.uplink.links import Link, resolve_links, save_file
 from gateway.uplink.tls import build_ssl_context
 
 if TYPE_CHECKING:
@@ -53,14 +65,7 @@ MessageCallback = Callable[[str, bytes, bool], None]
 _MISC_INTERVAL = 1.0
 _CONNECT_TIMEOUT = 10.0
 _MAX_PAYLOAD = 268_435_455
-
-
-@dataclass(frozen=True, slots=True)
-class _Message:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
+_BUDGET_SAVE_INTERVAL = 10.0
 
 
 def _check_topic(topic: str) -> None:
@@ -80,21 +85,94 @@ async def _wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     return True
 
 
+class _Client(paho.Client):
+    """paho's client, with a source interface (SO_BINDTODEVICE) for the connection when the link asks."""
+
+    bind_interface: str | None = None
+
+    def _create_socket_connection(self) -> socket.socket:  # paho 2.x's one place that opens the TCP socket
+        if not self.bind_interface:
+            return super()._create_socket_connection()
+        host, port = self._host, self._port
+        last: OSError | None = None
+        for family, kind, proto, _, addr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.bind_interface.encode())
+                if self._bind_address:
+                    sock.bind((self._bind_address, self._bind_port))
+                sock.settimeout(self._connect_timeout)
+                sock.connect(addr)
+                return sock
+            except OSError as exc:
+                sock.close()
+                last = OSError(exc.errno, f"via interface {self.bind_interface}: {exc.strerror or exc}")
+        raise last or OSError(f"cannot resolve {host}")
+
+
+def _make_paho(link: Link, client_id: str, ssl_ctx: ssl.SSLContext | None, *, will: tuple[str, bytes] | None,
+               keepalive: float) -> _Client:
+    # reconnect_on_failure=False: paho must never call the blocking reconnect() itself (on the loop).
+    client = _Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
+                     protocol=paho.MQTTv311, reconnect_on_failure=False)
+    client.bind_interface = link.bind_interface
+    client.max_inflight_messages_set(0)  # the delivery keeps its own window; paho sends at once
+    client.connect_timeout = _CONNECT_TIMEOUT
+    if link.username:
+        client.username_pw_set(link.username, link.password)
+    if will is not None:
+        client.will_set(will[0], will[1], qos=1, retain=True)
+    if ssl_ctx is not None:
+        client.tls_set_context(ssl_ctx)
+    client.connect_async(link.host, link.port, keepalive=max(1, round(keepalive)),
+                         bind_address=link.bind_address or "")
+    return client
+
+
+def _probe(link: Link, client_id: str, ssl_ctx: ssl.SSLContext | None, timeout: float) -> str | None:
+    """A real MQTT connect over ``link`` and a clean disconnect (worker thread): None if the broker accepted
+    it, else why not."""
+    client = _make_paho(link, client_id, ssl_ctx, will=None, keepalive=max(5.0, timeout))
+    client.connect_timeout = timeout
+    result: list[str | None] = []
+
+    def on_connect(c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
+        result.append(None if not reason.is_failure else f"refused: {reason}")
+
+    client.on_connect = on_connect
+    try:
+        client.reconnect()
+        deadline = time.monotonic() + timeout
+        while not result and time.monotonic() < deadline:
+            client.loop(timeout=0.1)
+        if result and result[0] is None:
+            client.disconnect()
+            client.loop(timeout=0.1)
+        return result[0] if result else "no CONNACK"
+    except (OSError, ssl.SSLError) as exc:
+        return str(exc)
+    finally:
+        with contextlib.suppress(Exception):
+            sock = client.socket()
+            if sock is not None:
+                sock.close()
+
+
 class MqttUplink:
-    """One MQTT broker connection of the gateway, kept alive by :meth:`run` until :meth:`stop`.
+    """One uplink (one broker, its links), kept alive by :meth:`run` until :meth:`stop`.
 
     Usage (the engine)::
 
-        uplink = MqttUplink(cfg.mqtt, client_id=cfg.gateway.id, status_topic=f"{ns}/_gateway/{id}/status")
+        uplink = MqttUplink(cfg, client_id=cfg.gateway.id, status_topic=f"{ns}/_gateway/{id}/status")
         task = tg.create_task(uplink.run())
-        uplink.publish(topic, payload)        # any time, also before the first connection
+        uplink.publish(topic, payload, retain=True)   # any time, also before the first connection
         ...
         await uplink.stop()                   # flush, retained "offline", clean disconnect; run() returns
 
     Every method must be called from the event loop thread that runs :meth:`run`. ``publish`` never blocks and
     never raises because the broker is unreachable. On every (re)connect the retained ``online`` is published to
     ``status_topic``; the broker publishes the retained last will ``offline`` there if the link dies without a
-    clean disconnect. Log lines go to ``gateway.uplink``: one on an outage, one on recovery.
+    clean disconnect. Log lines go to ``gateway.uplink``: one on an outage, one on recovery, one per switch.
     """
 
     def __init__(
@@ -104,27 +182,34 @@ class MqttUplink:
         client_id: str,
         status_topic: str,
         on_connection_change: Callable[[bool], None] | None = None,
-        max_inflight: int = 64,
+        on_link_change: Callable[[Link], None] | None = None,
+        state_dir: Path | None = None,
         flush_timeout: float = 2.0,
     ) -> None:
         _check_topic(status_topic)
         self._cfg = cfg
+        self.name = cfg.name
         self._client_id = cfg.client_id or client_id
         self._status_topic = status_topic
         self._on_connection_change = on_connection_change
-        self._window = max(1, max_inflight)
+        self._on_link_change = on_link_change
         self._flush_timeout = flush_timeout
-        self._where = f"{cfg.host}:{cfg.port}"
+        self.links = resolve_links(cfg, state_dir)
+        self._active = 0  # index of the link in use (or being tried)
+        self._ssl: dict[str, ssl.SSLContext | None] = {}
+        self._clients: dict[str, _Client] = {}
 
-        self._pending: deque[_Message] = deque()
-        self._inflight: OrderedDict[int, _Message] = OrderedDict()
+        self._retained: dict[str, tuple[bytes, int]] = {status_topic: (b"online", 1)}
         self._control: dict[int, asyncio.Future[None]] = {}
+        self._untracked: set[int] = set()  # packet ids of our own QoS 1 messages awaiting PUBACK
         self._subscriptions: dict[str, tuple[int, MessageCallback]] = {}
         self._tracked: set[int] = set()  # packet ids of try_send() messages awaiting their PUBACK
         self._on_ack: Callable[[int], None] | None = None
         self._on_lost: Callable[[], None] | None = None
+        self._on_data_gate: Callable[[bool], None] | None = None
 
-        self._client: paho.Client | None = None
+        self._client: _Client | None = None
+        self._link: Link | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._sock: Any = None
@@ -132,23 +217,25 @@ class MqttUplink:
         self._connected = False
         self._running = False
         self._stopping = False
+        self._draining = False
+        self._switch_to: int | None = None
+        self._failback_task: asyncio.Future[None] | None = None
         self._ever_connected = False
+        self._settled = False
         self._accepted_this_session = False
         self._failure_noted_this_session = False
         self._outage_since: float | None = None
-        self._overflow_logged = False
 
         self._connected_event = asyncio.Event()
         self._session_closed = asyncio.Event()
         self._stop_requested = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._done = asyncio.Event()
 
         self._published = 0
         self._acked = 0
         self._dropped = 0
         self._reconnects = 0
+        self._switches = 0
         self._connect_failures = 0
         self._last_error: str | None = None
         self._connected_since: float | None = None
@@ -160,6 +247,22 @@ class MqttUplink:
         """True between the broker's CONNACK and the loss (or close) of that connection."""
         return self._connected
 
+    @property
+    def settled(self) -> bool:
+        """True once the first connect attempt has had an outcome (until then data may wait in RAM)."""
+        return self._settled
+
+    @property
+    def accepts_data(self) -> bool:
+        """Connected, not switching links, and the active link's byte budget not spent."""
+        link = self._link
+        return self._connected and not self._draining and not (link is not None and link.exhausted)
+
+    @property
+    def active_link(self) -> Link:
+        """The link in use, or the one being tried."""
+        return self.links[self._active]
+
     async def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until the broker has accepted the connection; False if ``timeout`` seconds pass first."""
         return await _wait_event(self._connected_event, timeout)
@@ -169,24 +272,26 @@ class MqttUplink:
         """Counters for metrics and the status API (a fresh dict; ``connected_since`` is Unix time or None)."""
         return {
             "connected": self._connected,
+            "active_link": self.active_link.name if self._connected else None,
             "published": self._published,
             "acked": self._acked,
-            "queued": len(self._pending),
-            "inflight": len(self._inflight),
+            "inflight": len(self._tracked) + len(self._untracked),
             "dropped": self._dropped,
             "reconnects": self._reconnects,
+            "link_switches": self._switches,
             "connect_failures": self._connect_failures,
             "last_error": self._last_error,
             "connected_since": self._connected_since,
+            "links": {link.name: link.stats(i == self._active and self._connected) for i, link in enumerate(self.links)},
         }
 
     def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False) -> None:
-        """Hand a message over for delivery; returns at once.
+        """One of the gateway's own messages; returns at once.
 
-        Connected and the in-flight window has room: given to paho now. Otherwise queued in memory, behind
-        everything queued before it. When the queue holds ``mqtt.max_queued`` messages, the oldest is dropped and
-        counted in ``stats["dropped"]``. Raises ``ValueError`` only for a message that can never be sent (bad
-        topic or QoS, payload over 256 MB).
+        Retained: remembered as the topic's state (the newest wins) and published now if connected, and again
+        after every reconnect. Not retained: published now if connected, else dropped and counted in
+        ``stats["dropped"]``. Raises ``ValueError`` only for a message that can never be sent (bad topic or
+        QoS, payload over 256 MB).
         """
         if qos not in (0, 1):
             raise ValueError(f"qos must be 0 or 1, not {qos!r}")
@@ -194,10 +299,12 @@ class MqttUplink:
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
         if len(data) > _MAX_PAYLOAD:
             raise ValueError(f"MQTT payload of {len(data)} bytes exceeds the protocol limit")
-        msg = _Message(topic, data, qos, retain)
-        if not (self._connected and not self._pending and self._send(msg)):
-            self._enqueue(msg)
-        self._update_idle()
+        if retain:
+            self._retained[topic] = (data, qos)
+        if self._connected:
+            self._publish_now(topic, data, qos, retain)
+        elif not retain:
+            self._dropped += 1
 
     def subscribe(self, topic_filter: str, callback: MessageCallback, *, qos: int = 1) -> None:
         """Deliver messages matching ``topic_filter`` to ``callback``; (re)subscribed on every connect."""
@@ -205,28 +312,38 @@ class MqttUplink:
         if self._connected and self._client is not None:
             self._client.subscribe(topic_filter, qos)
 
-    def set_delivery(self, on_ack: Callable[[int], None], on_lost: Callable[[], None]) -> None:
-        """Register the owner of :meth:`try_send` messages (the spool's delivery): ``on_ack(mid)`` when the
-        broker acknowledged one, ``on_lost()`` when the link is gone and no unacknowledged one will ever be
-        acknowledged (called before any reconnect, on the loop thread)."""
-        self._on_ack, self._on_lost = on_ack, on_lost
+    def set_delivery(self, on_ack: Callable[[int], None], on_lost: Callable[[], None],
+                     on_data_gate: Callable[[bool], None] | None = None) -> None:
+        """Register the owner of :meth:`try_send` messages (the delivery): ``on_ack(mid)`` when the broker
+        acknowledged one; ``on_lost()`` when the link is gone and no unacknowledged one will ever be
+        acknowledged (called before any reconnect, on the loop thread; also when the first connect attempt
+        fails); ``on_data_gate(open)`` when :attr:`accepts_data` changes while connected (budget)."""
+        self._on_ack, self._on_lost, self._on_data_gate = on_ack, on_lost, on_data_gate
 
     def try_send(self, topic: str, payload: bytes, *, qos: int = 1) -> int | None:
-        """Give a message to the broker now, without queuing: the packet id to expect in ``on_ack`` (QoS 1),
-        ``0`` for QoS 0 (nothing will acknowledge it), or ``None`` when not connected (the caller keeps it)."""
-        if not self._connected or self._client is None:
+        """Give a data message to the broker now, without queuing: the packet id to expect in ``on_ack`` (QoS 1),
+        ``0`` for QoS 0 (nothing will acknowledge it), or ``None`` when not :attr:`accepts_data` (the caller
+        keeps it)."""
+        if not self.accepts_data or self._client is None:
+            if self._connected and self._link is not None and self._link.exhausted:
+                self._link.budget_spooled += 1
             return None
         info = self._client.publish(topic, payload, qos=qos)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return None
         self._published += 1
+        link = self._link
+        assert link is not None
+        link.count(topic, len(payload), qos)
+        if link.exhausted:
+            self._gate(False)
         if not qos:
             return 0
         self._tracked.add(info.mid)
         return info.mid
 
     def drop_connection(self, reason: str) -> None:
-        """Close the current connection at once (no DISCONNECT) and reconnect with backoff, e.g. when PUBACKs
+        """Close the current connection at once (no DISCONNECT) and go on to the next link, e.g. when PUBACKs
         stop coming although the socket looks alive (a half-open link)."""
         if self._sock is not None and not self._stopping:
             sock = self._sock
@@ -235,10 +352,10 @@ class MqttUplink:
             self._link_down(reason)
 
     async def run(self) -> None:
-        """Connect, and reconnect with capped exponential backoff, until :meth:`stop`.
+        """Connect, fail over and back, reconnect with jittered backoff, until :meth:`stop`.
 
         A broker that is down or refuses us is not an error: it is logged once per outage and retried. Raises
-        :class:`~gateway.uplink.tls.UplinkConfigError` only when the TLS files cannot be loaded. Cancelling the
+        :class:`~gateway.uplink.tls.UplinkConfigError` only when TLS files cannot be loaded. Cancelling the
         task closes the socket without a DISCONNECT, so the broker publishes the last will.
         """
         if self._running:
@@ -248,15 +365,36 @@ class MqttUplink:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         try:
-            ssl_ctx = await asyncio.to_thread(build_ssl_context, self._cfg.tls) if self._cfg.tls else None
-            self._client = self._make_client(ssl_ctx)
-            backoff = Backoff(self._cfg.reconnect_max)
-            while not self._stop_requested.is_set():
-                if await self._session():
-                    backoff.reset()
-                if self._stop_requested.is_set():
-                    break
-                await _wait_event(self._stop_requested, backoff.next())
+            for link in self.links:
+                self._ssl[link.name] = await asyncio.to_thread(build_ssl_context, link.tls) if link.tls else None
+            backoff = Backoff(self._cfg.reconnect_max, initial=min(0.5, self._cfg.reconnect_max))
+            failures = 0
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._probe_forever(), name=f"uplink-{self.name}-probe")
+                tg.create_task(self._save_budget_forever(), name=f"uplink-{self.name}-budget")
+                while not self._stop_requested.is_set():
+                    accepted = await self._session(self.links[self._active])
+                    if self._stop_requested.is_set():
+                        break
+                    if self._switch_to is not None:  # failback: straight to the better link
+                        self._active, self._switch_to = self._switch_to, None
+                        failures = 0
+                        continue
+                    if accepted:
+                        backoff.reset()
+                        failures = 0
+                    else:
+                        failures += 1
+                    n = len(self.links)
+                    if n == 1 or failures >= n:  # a whole round failed: wait, then from the best link again
+                        failures = 0
+                        self._active = 0
+                        await _wait_event(self._stop_requested, backoff.next())
+                    else:
+                        self._active = (self._active + 1) % n
+                raise _Stopped
+        except* _Stopped:
+            pass
         finally:
             self._stopping = True
             self._abort_session()
@@ -266,18 +404,18 @@ class MqttUplink:
     async def stop(self) -> None:
         """Flush and disconnect cleanly; :meth:`run` returns.
 
-        Waits up to ``flush_timeout`` (2 s) for queued and in-flight QoS 1 messages to be acknowledged, publishes
-        the retained ``offline`` status, sends DISCONNECT (so the broker does not fire the will) and closes.
-        Messages still undelivered are counted as dropped and logged.
+        Waits up to ``flush_timeout`` (2 s) for in-flight messages to be acknowledged, publishes the retained
+        ``offline`` status, sends DISCONNECT (so the broker does not fire the will) and closes.
         """
         self._stopping = True
         self._stop_requested.set()
         if self._connected and self._client is not None:
             deadline = time.monotonic() + self._flush_timeout
-            await _wait_event(self._idle, self._flush_timeout)
+            await self._wait_acked(self._flush_timeout)
             if self._connected:
                 info = self._client.publish(self._status_topic, b"offline", qos=1, retain=True)
                 if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self._count(self._status_topic, 7, 1)
                     acked = self._loop_or_running().create_future()
                     self._control[info.mid] = acked
                     with contextlib.suppress(TimeoutError):
@@ -289,50 +427,35 @@ class MqttUplink:
         self._abort_session()
         if self._running:
             await _wait_event(self._done, 2.0)
-        lost = len(self._pending) + len(self._inflight)
-        if lost:
-            self._dropped += lost
-            log.warning("MQTT uplink stopped with %d message(s) not acknowledged by %s", lost, self._where)
-            self._pending.clear()
-            self._inflight.clear()
+        await self._save_budgets()
 
     # ------------------------------------------------------------------------------------ connection life
 
-    def _make_client(self, ssl_ctx: ssl.SSLContext | None) -> paho.Client:
-        cfg = self._cfg
-        # reconnect_on_failure=False: paho must never call the blocking reconnect() itself (on the loop).
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self._client_id,
-            clean_session=True,
-            protocol=paho.MQTTv311,
-            reconnect_on_failure=False,
-        )
-        client.max_inflight_messages_set(0)  # our own window; paho sends at once
-        client.connect_timeout = _CONNECT_TIMEOUT
-        if cfg.username:
-            password = cfg.password.get_secret_value() if cfg.password is not None else None
-            client.username_pw_set(cfg.username, password)
-        client.will_set(self._status_topic, b"offline", qos=1, retain=True)
-        if ssl_ctx is not None:
-            client.tls_set_context(ssl_ctx)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        client.on_socket_close = self._on_socket_close
-        client.on_socket_register_write = self._on_socket_register_write
-        client.on_socket_unregister_write = self._on_socket_unregister_write
-        client.connect_async(cfg.host, cfg.port, keepalive=max(1, round(cfg.keepalive)))
+    def _client_for(self, link: Link) -> _Client:
+        client = self._clients.get(link.name)
+        if client is None:
+            client = _make_paho(link, self._client_id, self._ssl.get(link.name),
+                                will=(self._status_topic, b"offline"), keepalive=link.keepalive)
+            client.on_connect = self._on_connect
+            client.on_disconnect = self._on_disconnect
+            client.on_publish = self._on_publish
+            client.on_message = self._on_message
+            client.on_socket_close = self._on_socket_close
+            client.on_socket_register_write = self._on_socket_register_write
+            client.on_socket_unregister_write = self._on_socket_unregister_write
+            self._clients[link.name] = client
         return client
 
-    async def _session(self) -> bool:
-        """One connection, from the TCP connect to the socket's close. True if the broker accepted us."""
-        assert self._client is not None and self._loop is not None
-        client, loop = self._client, self._loop
+    async def _session(self, link: Link) -> bool:
+        """One connection over ``link``, from the TCP connect to the socket's close. True if accepted."""
+        assert self._loop is not None
+        loop = self._loop
+        client = self._client_for(link)
+        self._client, self._link = client, link
         self._session_closed.clear()
         self._accepted_this_session = False
         self._failure_noted_this_session = False
+        self._draining = False
         connecting = asyncio.ensure_future(asyncio.to_thread(client.reconnect))
         stop_wait = asyncio.ensure_future(self._stop_requested.wait())
         try:
@@ -347,25 +470,46 @@ class MqttUplink:
             return False
         exc = connecting.exception()
         if exc is not None:
-            if not isinstance(exc, OSError):
+            if not isinstance(exc, (OSError, ssl.SSLError)):
                 raise exc
-            self._note_failure(f"cannot connect to {self._where}: {exc}")
+            self._note_failure(link, f"cannot connect to {link.where} (link {link.name}): {exc}")
             return False
         sock = client.socket()
         if sock is None:
-            self._note_failure(f"cannot connect to {self._where}: no socket")
+            self._note_failure(link, f"cannot connect to {link.where} (link {link.name}): no socket")
             return False
         self._sock, self._fd = sock, sock.fileno()
         loop.add_reader(self._fd, self._on_readable)
         loop.add_writer(self._fd, self._on_writable)  # the CONNECT packet is waiting in paho
         while not await _wait_event(self._session_closed, _MISC_INTERVAL):
             client.loop_misc()
+            if link.roll_day() and self._connected:
+                self._gate(True)
+            if self._switch_to is not None and not self._draining and self._connected:
+                self._draining = True  # no new data on this link; what is in flight may still be acknowledged
+                self._failback_task = asyncio.ensure_future(self._fail_back(client))
         return self._accepted_this_session
+
+    async def _fail_back(self, client: _Client) -> None:
+        """Let in-flight messages be acknowledged (up to ``flush_timeout``), then disconnect cleanly."""
+        target = self.links[self._switch_to] if self._switch_to is not None else None
+        await self._wait_acked(self._flush_timeout)
+        if self._client is client and self._connected and target is not None:
+            log.info("MQTT uplink %s: link %s has been reachable for %gs (failback_after): switching from %s",
+                     self.name, target.name, self._cfg.failback_after, self.active_link.name)
+            self._switches += 1
+            client.disconnect()
+
+    async def _wait_acked(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while (self._tracked or self._untracked) and self._connected and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     def _discard_connect(self, fut: asyncio.Future[Any]) -> None:
         """A connect finished after nobody wanted it any more: close its socket."""
-        if not fut.cancelled() and fut.exception() is None and self._client is not None:
-            sock = self._client.socket()
+        client = self._client
+        if not fut.cancelled() and fut.exception() is None and client is not None:
+            sock = client.socket()
             if sock is not None and sock is not self._sock:
                 sock.close()
 
@@ -387,7 +531,7 @@ class MqttUplink:
         self._session_closed.set()
 
     def _link_down(self, reason: str) -> None:
-        """The connection is over: requeue unacknowledged messages at the head, in order; log once."""
+        """The connection is over: the delivery takes back what is unacknowledged; log once."""
         self._session_closed.set()
         if self._client is not None:
             self._client.drop_out_messages()
@@ -395,91 +539,119 @@ class MqttUplink:
             if not fut.done():
                 fut.set_result(None)  # nobody waits for an ack that can no longer come
         self._control.clear()
-        if self._tracked:
-            self._tracked.clear()
-            if self._on_lost is not None:
-                self._on_lost()
-        if self._inflight:
-            self._pending.extendleft(reversed(self._inflight.values()))
-            self._inflight.clear()
-            self._trim_queue()
+        self._untracked.clear()
+        self._tracked.clear()
+        if self._on_lost is not None and (self._connected or not self._settled):
+            self._on_lost()
+        self._settled = True
+        if self._link is not None:
+            self._link.connected = False
         if not self._connected:
             return
         self._connected = False
         self._connected_event.clear()
         self._connected_since = None
-        if not self._stopping:
-            self._last_error = f"connection to {self._where} lost: {reason}"
+        if not self._stopping and self._switch_to is None:
+            link = self.active_link
+            self._last_error = f"connection to {link.where} (link {link.name}) lost: {reason}"
+            link.last_error = self._last_error
             self._outage_since = time.monotonic()
-            log.warning("MQTT %s; %d message(s) queued, reconnecting", self._last_error, len(self._pending))
+            nxt = f"; trying link {self.links[(self._active + 1) % len(self.links)].name}" if len(self.links) > 1 else ""
+            log.warning("MQTT uplink %s: %s%s", self.name, self._last_error, nxt)
         self._notify(False)
 
-    def _note_failure(self, error: str) -> None:
+    def _note_failure(self, link: Link, error: str) -> None:
         self._connect_failures += 1
+        link.failures += 1
+        link.last_error = error
         self._last_error = error
+        if not self._settled:
+            self._settled = True
+            if self._on_lost is not None:
+                self._on_lost()
         if self._outage_since is None:
             self._outage_since = time.monotonic()
-            log.warning(
-                "MQTT %s; retrying with backoff up to %gs (logged once per outage)", error, self._cfg.reconnect_max
-            )
+            log.warning("MQTT uplink %s: %s; retrying (every link in turn, backoff up to %gs; logged once per "
+                        "outage)", self.name, error, self._cfg.reconnect_max)
         else:
             log.debug("MQTT %s", error)
 
     def _notify(self, connected: bool) -> None:
         if self._on_connection_change is not None and self._loop is not None:
-            self._loop.call_soon(self._call_connection_change, connected)
+            self._loop.call_soon(self._call_back, self._on_connection_change, connected)
 
-    def _call_connection_change(self, connected: bool) -> None:
+    def _gate(self, open_: bool) -> None:
+        if self._on_data_gate is not None and self._loop is not None:
+            self._loop.call_soon(self._call_back, self._on_data_gate, open_)
+
+    @staticmethod
+    def _call_back(fn: Callable[[Any], None], arg: Any) -> None:
         try:
-            self._on_connection_change(connected)  # type: ignore[misc]
+            fn(arg)
         except Exception:
-            log.exception("on_connection_change callback failed")
+            log.exception("uplink callback failed")
 
     def _loop_or_running(self) -> asyncio.AbstractEventLoop:
         return self._loop or asyncio.get_running_loop()
 
+    # ------------------------------------------------------------------------------------ failback probes
+
+    async def _probe_forever(self) -> None:
+        """While a link other than the first is active, probe the better ones; ask for a switch once one has
+        been reachable for ``failback_after``."""
+        every = max(1.0, min(15.0, self._cfg.failback_after / 4 or 1.0))
+        while True:
+            await asyncio.sleep(every)
+            if not self._connected or self._active == 0 or self._switch_to is not None:
+                for link in self.links:
+                    link.reachable_since = None
+                continue
+            for i in range(self._active):
+                link = self.links[i]
+                error = await asyncio.to_thread(_probe, link, f"{self._client_id}-probe", self._ssl.get(link.name),
+                                                min(5.0, every))
+                link.count_bytes(24 + len(self._client_id))  # about a probe's CONNECT, CONNACK, DISCONNECT
+                now = time.monotonic()
+                if error is not None:
+                    link.reachable_since = None
+                    link.last_error = f"failback probe: {error}"
+                    continue
+                if link.reachable_since is None:
+                    link.reachable_since = now
+                    log.info("MQTT uplink %s: link %s answers again; failing back after %gs of good probes",
+                             self.name, link.name, self._cfg.failback_after)
+                if now - link.reachable_since >= self._cfg.failback_after and self._connected:
+                    self._switch_to = i
+                    break
+
+    async def _save_budget_forever(self) -> None:
+        while True:
+            await asyncio.sleep(_BUDGET_SAVE_INTERVAL)
+            await self._save_budgets()
+
+    async def _save_budgets(self) -> None:
+        for link in self.links:
+            todo = link.budget_to_save()
+            if todo is not None:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(save_file, *todo)
+
     # -------------------------------------------------------------------------------------------- sending
 
-    def _send(self, msg: _Message) -> bool:
-        """Give ``msg`` to paho if the window allows; False if it must wait in the queue."""
-        if msg.qos and len(self._inflight) >= self._window:
-            return False
+    def _count(self, topic: str, size: int, qos: int) -> None:
+        if self._link is not None:
+            self._link.count(topic, size, qos)
+
+    def _publish_now(self, topic: str, data: bytes, qos: int, retain: bool) -> None:
         assert self._client is not None
-        info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+        info = self._client.publish(topic, data, qos=qos, retain=retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            return False
-        self._published += 1
-        if msg.qos:
-            self._inflight[info.mid] = msg
-        return True
-
-    def _pump(self) -> None:
-        while self._pending and self._connected and self._send(self._pending[0]):
-            self._pending.popleft()
-
-    def _enqueue(self, msg: _Message) -> None:
-        self._pending.append(msg)
-        self._trim_queue()
-
-    def _trim_queue(self) -> None:
-        excess = len(self._pending) - self._cfg.max_queued
-        if excess <= 0:
+            self._dropped += 1
             return
-        for _ in range(excess):
-            self._pending.popleft()
-        self._dropped += excess
-        if not self._overflow_logged:
-            self._overflow_logged = True
-            log.warning(
-                "MQTT queue full (%d messages, mqtt.max_queued): dropping the oldest; see stats 'dropped'",
-                self._cfg.max_queued,
-            )
-
-    def _update_idle(self) -> None:
-        if self._pending or self._inflight:
-            self._idle.clear()
-        else:
-            self._idle.set()
+        self._published += 1
+        self._count(topic, len(data), qos)
+        if qos:
+            self._untracked.add(info.mid)
 
     # ----------------------------------------------------------- paho callbacks (all on the loop thread)
 
@@ -512,43 +684,51 @@ class MqttUplink:
             self._loop.remove_writer(self._fd)
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        link = self._link
+        assert link is not None
         if reason.is_failure:
             self._failure_noted_this_session = True
-            self._note_failure(f"broker {self._where} refused the connection: {reason}")
+            self._note_failure(link, f"broker {link.where} (link {link.name}) refused the connection: {reason}")
             return  # paho closes the socket
         client.drop_out_messages()
         self._connected = True
+        self._settled = True
+        link.connected = True
+        link.connects += 1
+        link.last_error = None
         self._accepted_this_session = True
         self._connected_since = time.time()
-        self._overflow_logged = False
         if self._ever_connected:
             self._reconnects += 1
         self._ever_connected = True
         if self._outage_since is not None:
-            log.info(
-                "MQTT broker %s reachable again after %.1f s; sending %d queued message(s)",
-                self._where, time.monotonic() - self._outage_since, len(self._pending),
-            )
+            log.info("MQTT uplink %s: broker %s reachable again over link %s after %.1f s",
+                     self.name, link.where, link.name, time.monotonic() - self._outage_since)
             self._outage_since = None
         else:
-            log.info("MQTT connected to %s as %r", self._where, self._client_id)
-        client.publish(self._status_topic, b"online", qos=1, retain=True)
+            log.info("MQTT uplink %s connected to %s over link %s as %r", self.name, link.where, link.name,
+                     self._client_id)
+        self._publish_now(self._status_topic, b"online", 1, True)
         for topic_filter, (qos, _) in self._subscriptions.items():
             client.subscribe(topic_filter, qos)
-        self._pump()
-        self._update_idle()
+        for topic, (data, qos) in list(self._retained.items()):
+            if topic != self._status_topic:
+                self._publish_now(topic, data, qos, True)
         self._connected_event.set()
+        if self._on_link_change is not None:
+            self._call_back(self._on_link_change, link)
         self._notify(True)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         text = str(reason)
         if text == "Unspecified error":  # what paho reports for a plain EOF or reset
             text = "closed or reset by the peer"
-        if not self._connected and not self._stopping and not self._failure_noted_this_session:
+        if not self._connected and not self._stopping and not self._failure_noted_this_session and \
+                self._link is not None:
             self._failure_noted_this_session = True
-            self._note_failure(f"connection to {self._where} closed before the broker accepted it: {text}")
+            self._note_failure(self._link, f"connection to {self._link.where} (link {self._link.name}) closed "
+                                           f"before the broker accepted it: {text}")
         self._link_down(text)
-        self._update_idle()
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         if mid in self._tracked:
@@ -556,13 +736,12 @@ class MqttUplink:
             self._acked += 1
             if self._on_ack is not None:
                 self._on_ack(mid)
-        elif self._inflight.pop(mid, None) is not None:
+        elif mid in self._untracked:
+            self._untracked.discard(mid)
             self._acked += 1
         fut = self._control.pop(mid, None)
         if fut is not None and not fut.done():
             fut.set_result(None)
-        self._pump()
-        self._update_idle()
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         for topic_filter, (_, callback) in list(self._subscriptions.items()):
@@ -571,3 +750,7 @@ class MqttUplink:
                     callback(message.topic, message.payload, bool(message.retain))
                 except Exception:
                     log.exception("MQTT message callback for %r failed", topic_filter)
+
+
+class _Stopped(Exception):
+    """Ends the supervisor's task group (and with it the probe and budget helpers) after stop()."""

@@ -34,7 +34,7 @@ async def test_sigkill_during_outage_loses_nothing_spooled(tmp_path, mqtt_broker
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
         before = Counter(m["seq"] for m in data_messages(sub))
-        spooled = spooled_seqs(tmp_path / "state" / "spool" / "backlog")
+        spooled = spooled_seqs(tmp_path / "state" / "spool" / "mqtt" / "backlog")
         assert len(spooled) >= 5 and spooled == sorted(spooled)
 
         generation = sub.generation
@@ -76,7 +76,7 @@ async def test_durability_always_survives_sigkill_while_the_link_is_up(tmp_path,
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
         await asyncio.sleep(0.5)
-        spool = tmp_path / "state" / "spool"
+        spool = tmp_path / "state" / "spool" / "mqtt"  # one directory per uplink
         written = spooled_seqs(spool / "wal") + spooled_seqs(spool / "backlog")
         top = max([m["seq"] for m in data_messages(sub)] + written)
         proc = await start_gateway(cfg)

@@ -47,7 +47,7 @@ async def test_quota_smaller_than_the_outage(tmp_path, mqtt_broker, mqtt_subscri
     top = max(msgs)
     missing = sorted(set(range(1, top + 1)) - set(msgs))
     assert len(missing) == stats["dropped_messages"] >= 10
-    assert status["dropped_messages"] >= 10 and status["spool"]["max_bytes"] == 65536
+    assert status["spool"]["dropped_messages"] >= 10 and status["spool"]["max_bytes"] == 65536
     replayed = sorted(s for s, m in msgs.items() if m.get("replay"))
     assert replayed
     if policy == "drop_oldest":

@@ -1,0 +1,177 @@
+"""The JSON payload of data messages, in two shapes (docs/payload.md).
+
+``full`` (the default): every due tag as an object::
+
+    {"seq": 42, "ts": 1764655200123, "asset": "press1",
+     "tags": {"pressure": {"ts": 1764655200100, "v": 12.5, "q": "good"}, ...}}
+
+with ``err`` on a bad tag, ``min``/``max``/``mean``/``n`` for aggregated tags and ``raw``/``lttb``/
+``swinging_door`` series (``{"ts": [...], "v": [...], "q": [...]}``).
+
+``compact``: the same message, but a tag whose quality is good, whose sample time is the message's ``ts``
+(within ``ts_tolerance_ms``) and that carries nothing else is written as its bare value
+(``"pressure": 12.5``); every other tag keeps the full object. The message ``ts`` is then the newest
+sample time of the message. It is written straight from the arrays: one vectorised formatting pass over
+the values (orjson on a float64 array writes NaN as ``null``), no dict per bare tag.
+
+Numbers: integer tags (int/uint/bool types without scale or offset) as JSON integers, float32 tags at
+float32 precision, others without float64 noise (done by the reducer). A replayed payload starts with
+``"replay":true``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from gateway.batch import QUALITY_NAMES, Quality
+from gateway.encoders import wire as _wire
+from gateway.reduce import Reduced
+
+SHAPES = ("full", "compact")
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+def _texts(values: np.ndarray, integer: np.ndarray) -> list[bytes]:
+    """Each value as JSON text: one orjson pass per kind (NaN -> null), integers without ``.0``."""
+    out = orjson.dumps(np.ascontiguousarray(values, dtype=np.float64), option=_NUMPY)[1:-1].split(b",")
+    ints = integer & np.isfinite(values)
+    if ints.any():
+        idx = np.flatnonzero(ints)
+        for j, t in zip(idx.tolist(), orjson.dumps(values[idx].astype(np.int64), option=_NUMPY)[1:-1].split(b",")):
+            out[j] = t
+    return out if len(values) else []
+
+
+def _list(values: np.ndarray, integer: bool) -> list[Any]:
+    """A series of values as Python numbers (None for NaN), integers for integer tags."""
+    if integer:
+        ok = np.isfinite(values)
+        if ok.all():
+            return values.astype(np.int64).tolist()
+        return [int(x) if f else None for x, f in zip(values.tolist(), ok.tolist())]
+    return [None if x != x else x for x in values.tolist()]
+
+
+def entries(r: Reduced, positions: list[int] | None = None) -> dict[str, dict[str, Any]]:
+    """The full-format ``tags`` object of ``r`` (of the rows at ``positions`` only, when given)."""
+    names = r.names
+    rows = r.rows.tolist()
+    ts = r.ts_ms.tolist()
+    qn = QUALITY_NAMES[r.quality].tolist()
+    vals: list[Any] = [None if x != x else x for x in r.values.tolist()]
+    if r.integer.any():
+        for j in np.flatnonzero(r.integer & np.isfinite(r.values)).tolist():
+            vals[j] = int(r.values[j])
+    for j, text in r.strings.items():
+        vals[j] = text
+    sel = range(len(rows)) if positions is None else positions
+    out = {names[rows[j]]: {"ts": ts[j], "v": vals[j], "q": qn[j]} for j in sel}
+    if r.plain:
+        return out
+    by_pos = {j: out[names[rows[j]]] for j in sel}
+    for j, text in r.errors.items():
+        if j in by_pos:
+            by_pos[j]["err"] = text
+    if len(r.agg_pos):
+        cols = {k: _list(a, False) if k != "n" else a.tolist() for k, a in r.agg.items()}
+        for k, j in enumerate(r.agg_pos.tolist()):
+            e = by_pos.get(j)
+            if e is None:
+                continue
+            integer = bool(r.integer[j])
+            for key in r.agg_keys[k]:
+                x = cols[key][k]
+                e[key] = int(x) if integer and key in ("min", "max") and x is not None else x
+    for mode, series in r.series.items():
+        for s in series:
+            e = by_pos.get(s.pos)
+            if e is not None:
+                e[mode] = {"ts": s.ts_ms.tolist(), "v": _list(s.values, bool(r.integer[s.pos])),
+                           "q": QUALITY_NAMES[s.quality].tolist()}
+    return out
+
+
+class JsonEncoder:
+    """JSON data messages of one uplink (``shape``: full or compact); see the module docstring."""
+
+    def __init__(self, shape: str = "full", ts_tolerance_ms: int = 0) -> None:
+        if shape not in SHAPES:
+            raise ValueError(f"payload must be one of {', '.join(SHAPES)}")
+        self.shape = shape
+        self.ts_tolerance_ms = int(ts_tolerance_ms)
+        self._keys: dict[str, list[bytes]] = {}  # asset -> b'"name":' per tag
+
+    def data(self, asset: str, seq: int, ts_ms: int, reduced: Reduced) -> bytes:
+        if self.shape == "compact":
+            return self._compact(asset, seq, reduced)
+        return orjson.dumps({"seq": seq, "ts": ts_ms, "asset": asset, "tags": entries(reduced)})
+
+    def full(self, asset: str, seq: int | None, ts_ms: int, reduced: Reduced) -> bytes:
+        """The full shape whatever ``shape`` is (the retained ``last`` message); no ``seq`` when None."""
+        head: dict[str, Any] = {} if seq is None else {"seq": seq}
+        return orjson.dumps({**head, "ts": ts_ms, "asset": asset, "tags": entries(reduced)})
+
+    def wire(self, topic: str, payload: bytes, *, replay: bool, compression: str) -> tuple[str, bytes]:
+        if replay:
+            payload = mark_replay(payload)
+        return _wire(topic, payload, compression)
+
+    def _name_keys(self, asset: str, names: list[str]) -> list[bytes]:
+        keys = self._keys.get(asset)
+        if keys is None or len(keys) != len(names):
+            keys = [orjson.dumps(n) + b":" for n in names]
+            self._keys[asset] = keys
+        return keys
+
+    def _compact(self, asset: str, seq: int, r: Reduced) -> bytes:
+        if not len(r.rows):
+            return orjson.dumps({"seq": seq, "ts": 0, "asset": asset, "tags": {}})
+        msg_ts = int(r.ts_ms.max())
+        bare = (r.quality == Quality.GOOD) & (msg_ts - r.ts_ms <= self.ts_tolerance_ms)
+        if not r.plain:
+            extra = np.zeros(len(r.rows), dtype=bool)
+            extra[list(r.errors)] = True
+            extra[r.agg_pos] = True
+            for series in r.series.values():
+                extra[[s.pos for s in series]] = True
+            bare &= ~extra
+        texts = _texts(r.values, r.integer)
+        for j, s in r.strings.items():
+            texts[j] = orjson.dumps(s)
+        keys = self._name_keys(asset, r.names)
+        rows = r.rows.tolist()
+        if bare.all():
+            body = b",".join([keys[i] + t for i, t in zip(rows, texts)])
+        else:
+            others = np.flatnonzero(~bare).tolist()
+            objects = entries(r, others)
+            names = r.names
+            parts = [keys[i] + t for i, t in zip(rows, texts)]
+            for j in others:
+                parts[j] = keys[rows[j]] + orjson.dumps(objects[names[rows[j]]])
+            body = b",".join(parts)
+        head = orjson.dumps({"seq": seq, "ts": msg_ts, "asset": asset})
+        return head[:-1] + b',"tags":{' + body + b"}}"
+
+
+def mark_replay(payload: bytes) -> bytes:
+    """A JSON message marked as replayed from the spool: ``"replay":true`` put first."""
+    if payload[:1] != b"{":
+        return payload
+    return b'{"replay":true}' if payload == b"{}" else b'{"replay":true,' + payload[1:]
+
+
+def expand(message: dict[str, Any]) -> dict[str, Any]:
+    """Consumer side: a compact message with every bare value turned into the full ``{ts, v, q}`` object."""
+    ts = message.get("ts")
+    tags = {name: e if isinstance(e, dict) else {"ts": ts, "v": e, "q": "good"}
+            for name, e in message.get("tags", {}).items()}
+    return {**message, "tags": tags}
+
+
+def tags_object(reduced: Reduced | None) -> dict[str, dict[str, Any]]:
+    """The full-format ``tags`` object of a reduction ({} for None): what the reducer decided, as JSON data."""
+    return {} if reduced is None else entries(reduced)
