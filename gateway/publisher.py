@@ -131,6 +131,9 @@ class Publisher:
         payload = self.encoder().data(asset.id, seq, time.time_ns() // 1_000_000, reduced)
         self.delivery.submit(seq, self.data_topic(asset.id), payload, samples=reduced.samples, qos=self.profile.qos)
         self.messages_published += 1
+        link = self.uplink.active_link
+        if link.exhausted and self.uplink.connected:
+            link.budget_spooled += 1  # held back by the byte budget: spooled until it resets or another link
         return 1
 
     def _published_after_batch(self, asset: AssetRuntime) -> None:

@@ -111,13 +111,13 @@ class _Client(paho.Client):
 
 
 def _make_paho(link: Link, client_id: str, ssl_ctx: ssl.SSLContext | None, *, will: tuple[str, bytes] | None,
-               keepalive: float) -> _Client:
+               keepalive: float, connect_timeout: float = _CONNECT_TIMEOUT) -> _Client:
     # reconnect_on_failure=False: paho must never call the blocking reconnect() itself (on the loop).
     client = _Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
                      protocol=paho.MQTTv311, reconnect_on_failure=False)
     client.bind_interface = link.bind_interface
     client.max_inflight_messages_set(0)  # the delivery keeps its own window; paho sends at once
-    client.connect_timeout = _CONNECT_TIMEOUT
+    client.connect_timeout = connect_timeout
     if link.username:
         client.username_pw_set(link.username, link.password)
     if will is not None:
@@ -132,8 +132,7 @@ def _make_paho(link: Link, client_id: str, ssl_ctx: ssl.SSLContext | None, *, wi
 def _probe(link: Link, client_id: str, ssl_ctx: ssl.SSLContext | None, timeout: float) -> str | None:
     """A real MQTT connect over ``link`` and a clean disconnect (worker thread): None if the broker accepted
     it, else why not."""
-    client = _make_paho(link, client_id, ssl_ctx, will=None, keepalive=max(5.0, timeout))
-    client.connect_timeout = timeout
+    client = _make_paho(link, client_id, ssl_ctx, will=None, keepalive=max(5.0, timeout), connect_timeout=timeout)
     result: list[str | None] = []
 
     def on_connect(c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -149,8 +148,8 @@ def _probe(link: Link, client_id: str, ssl_ctx: ssl.SSLContext | None, timeout: 
             client.disconnect()
             client.loop(timeout=0.1)
         return result[0] if result else "no CONNACK"
-    except (OSError, ssl.SSLError) as exc:
-        return str(exc)
+    except Exception as exc:  # a probe never takes the uplink down, whatever paho raises
+        return str(exc) or type(exc).__name__
     finally:
         with contextlib.suppress(Exception):
             sock = client.socket()
@@ -325,8 +324,6 @@ class MqttUplink:
         ``0`` for QoS 0 (nothing will acknowledge it), or ``None`` when not :attr:`accepts_data` (the caller
         keeps it)."""
         if not self.accepts_data or self._client is None:
-            if self._connected and self._link is not None and self._link.exhausted:
-                self._link.budget_spooled += 1
             return None
         info = self._client.publish(topic, payload, qos=qos)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:

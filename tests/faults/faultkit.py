@@ -13,8 +13,11 @@ NS = "acme/faults/line1"
 def gateway_yaml(tmp_path: Path, *, mqtt_port: int, devices: list[tuple[str, int]], tags: int = 10,
                  poll: str = "100ms", publish_interval: str = "500ms", mode: str = "raw", spool: str = "",
                  api_port: int | None = None, keepalive: str = "5s", timeout: str = "500ms",
-                 retry_max: str = "2s") -> Path:
-    """A config with one asset per ``(id, port)`` Modbus device, ``tags`` holding registers each."""
+                 retry_max: str = "2s", north: str | None = None) -> Path:
+    """A config with one asset per ``(id, port)`` Modbus device, ``tags`` holding registers each.
+
+    ``north``: YAML of the uplinks (``uplinks:`` or ``mqtt:``) instead of the one ``mqtt:`` on ``mqtt_port``.
+    """
     assets = []
     for asset_id, port in devices:
         tag_lines = "\n".join(
@@ -31,16 +34,16 @@ def gateway_yaml(tmp_path: Path, *, mqtt_port: int, devices: list[tuple[str, int
           id: fault-gw
           namespace: {NS}
           state_dir: {tmp_path / 'state'}
+        """
+    ) + (textwrap.dedent(north) if north else textwrap.dedent(
+        f"""\
         mqtt:
           host: 127.0.0.1
           port: {mqtt_port}
           publish_interval: {publish_interval}
           keepalive: {keepalive}
           reconnect_max: 1s
-        buffer:
-          seconds: 120
-        """
-    ) + api + (textwrap.dedent(spool) if spool else "") + "assets:\n" + "\n".join(assets) + "\n"
+        """)) + "buffer:\n  seconds: 120\n" + api + (textwrap.dedent(spool) if spool else "") + "assets:\n" + "\n".join(assets) + "\n"
     path = tmp_path / "gateway.yaml"
     path.write_text(text)
     return path

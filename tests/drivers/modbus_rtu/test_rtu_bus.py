@@ -27,7 +27,7 @@ TAGS = [tag("f", "40001", "float32"), tag("i", "40003", "int16")]
 
 def runtime(asset_id: str, source: ModbusRtuSource) -> AssetRuntime:
     cfg = SimpleNamespace(id=asset_id, source=source, tags=TAGS)
-    return AssetRuntime(cfg, ModbusRtuDriver, buffer_seconds=60, heartbeat=60)
+    return AssetRuntime(cfg, ModbusRtuDriver, buffer_seconds=60)
 
 
 async def test_healthy_slaves_keep_their_rate_while_one_is_silent(line: ModbusRtuSimulator) -> None:

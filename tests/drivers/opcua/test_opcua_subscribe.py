@@ -44,7 +44,7 @@ async def test_values_deadband_and_server_restart(tmp_path) -> None:
         OpcUaTag(name="running", path="/Objects/2:Oven1/2:Running"),
     ]
     cfg = SimpleNamespace(id="oven", source=subscribe_source(sim.endpoint), tags=tags)
-    asset = AssetRuntime(cfg, OpcUaDriver, buffer_seconds=600, heartbeat=60, state_dir=str(tmp_path))
+    asset = AssetRuntime(cfg, OpcUaDriver, buffer_seconds=600, state_dir=str(tmp_path))
     assert asset.streaming and asset.driver.state_dir == tmp_path
     task = asyncio.create_task(asset.run())
     try:

@@ -27,7 +27,7 @@ XOR = "checksum: {kind: xor8, separator: '*'}"
 
 @contextlib.asynccontextmanager
 async def running(asset_cfg):
-    rt = AssetRuntime(asset_cfg, SerialLineDriver, buffer_seconds=60, heartbeat=60)
+    rt = AssetRuntime(asset_cfg, SerialLineDriver, buffer_seconds=60)
     task = asyncio.create_task(rt.run())
     try:
         yield rt
