@@ -1,0 +1,90 @@
+"""The JSON payload shapes: compact decodes back to exactly what full says; numbers as the device gives them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.batch import Batch, Quality
+from gateway.config.common import TagBase
+from gateway.encoders.json import JsonEncoder, expand, mark_replay
+from gateway.reduce import Reducer
+from gateway.ringbuffer import RingBuffer
+
+T0 = 1_700_000_000_000_000_000
+
+
+class IntTag(TagBase):
+    type: str = "uint16"
+
+
+def _reducer(n: int, modes: list[str], aggregate: list[bool], integer: list[bool], polls: list[dict]) -> Reducer:
+    tags = [(IntTag if integer[i] else TagBase)(name=f"t{i}", mode=modes[i],
+                                                aggregate=["min", "max", "mean"] if aggregate[i] else [])
+            for i in range(n)]
+    ring = RingBuffer(n, 64)
+    for p in polls:
+        b = Batch.empty(n, 0)
+        b.ts[:] = T0 + np.asarray(p["ts"], dtype=np.int64)
+        b.values[:] = p["values"]
+        b.quality[:] = p["quality"]
+        ring.write(b)
+    return Reducer(tags, ring, heartbeat=60.0)
+
+
+@st.composite
+def workloads(draw):
+    n = draw(st.integers(1, 12))
+    modes = draw(st.lists(st.sampled_from(["rbe", "rbe", "raw", "lttb"]), min_size=n, max_size=n))
+    aggregate = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    integer = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    polls = []
+    for _ in range(draw(st.integers(1, 4))):
+        spread = draw(st.sampled_from([0, 0, 3_000_000]))  # one timestamp per poll, or a few ms apart per tag
+        polls.append({
+            "ts": [draw(st.integers(0, spread)) for _ in range(n)],
+            "values": [float(draw(st.integers(-70000, 70000))) if integer[i] else
+                       draw(st.one_of(st.floats(-1e6, 1e6), st.just(float("nan")))) for i in range(n)],
+            "quality": [draw(st.sampled_from([Quality.GOOD, Quality.GOOD, Quality.UNCERTAIN, Quality.BAD]))
+                        for _ in range(n)],
+        })
+    return n, modes, aggregate, integer, polls
+
+
+@settings(max_examples=150, deadline=None)
+@given(workloads())
+def test_compact_expands_to_the_full_message(work):
+    n, modes, aggregate, integer, polls = work
+    full_r = _reducer(n, modes, aggregate, integer, polls).reduce(0.0)
+    compact_r = _reducer(n, modes, aggregate, integer, polls).reduce(0.0)
+    full = json.loads(JsonEncoder("full").data("a", 7, 123, full_r))
+    compact = json.loads(JsonEncoder("compact").data("a", 7, 123, compact_r))
+    assert (compact["seq"], compact["asset"]) == (7, "a")
+    assert expand(compact)["tags"] == full["tags"]
+    # a bare value is exactly a good sample taken at the message's ts with nothing else to say
+    for name, entry in compact["tags"].items():
+        f = full["tags"][name]
+        bare = not isinstance(entry, dict)
+        assert bare == (f["q"] == "good" and f["ts"] == compact["ts"] and set(f) == {"ts", "v", "q"})
+
+
+def test_compact_is_small_and_integers_are_integers():
+    n = 100
+    r = _reducer(n, ["rbe"] * n, [False] * n, [True] * n,
+                 [{"ts": [0] * n, "values": [54321.0] * n, "quality": [Quality.GOOD] * n}]).reduce(0.0)
+    compact = JsonEncoder("compact").data("press", 1, 0, r)
+    full = JsonEncoder("full").data("press", 1, 0, r)
+    assert b'"t0":54321,' in compact and b'"v":54321,' in full and b"54321.0" not in full
+    assert len(compact) / n < 13 < 40 < len(full) / n  # '"t42":54321,' against '"t42":{"ts":...,"v":54321,"q":"good"},'
+
+
+def test_nan_is_null_and_a_replayed_compact_message_is_marked():
+    r = _reducer(2, ["rbe"] * 2, [False] * 2, [False] * 2,
+                 [{"ts": [0, 0], "values": [float("nan"), 1.5], "quality": [Quality.BAD, Quality.GOOD]}]).reduce(0.0)
+    body = JsonEncoder("compact").data("a", 3, 0, r)
+    msg = json.loads(mark_replay(body))
+    assert msg["replay"] is True and msg["tags"]["t1"] == 1.5
+    assert msg["tags"]["t0"]["v"] is None and msg["tags"]["t0"]["q"] == "bad"
