@@ -106,7 +106,7 @@ class Publisher:
         shape = shape or self.profile.payload
         enc = self._encoders.get(shape)
         if enc is None:
-            enc = self._encoders[shape] = JsonEncoder(shape)
+            enc = self._encoders[shape] = JsonEncoder(shape, round(self.cfg.compact_ts_tolerance * 1000))
         return enc
 
     def wire(self, topic: str, body: bytes, replay: bool) -> tuple[str, bytes]:

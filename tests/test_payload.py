@@ -55,20 +55,23 @@ def workloads(draw):
 
 
 @settings(max_examples=150, deadline=None)
-@given(workloads())
-def test_compact_expands_to_the_full_message(work):
+@given(workloads(), st.sampled_from([0, 0, 2, 5]))
+def test_compact_expands_to_the_full_message(work, tolerance_ms):
     n, modes, aggregate, integer, polls = work
     full_r = _reducer(n, modes, aggregate, integer, polls).reduce(0.0)
     compact_r = _reducer(n, modes, aggregate, integer, polls).reduce(0.0)
     full = json.loads(JsonEncoder("full").data("a", 7, 123, full_r))
-    compact = json.loads(JsonEncoder("compact").data("a", 7, 123, compact_r))
+    compact = json.loads(JsonEncoder("compact", tolerance_ms).data("a", 7, 123, compact_r))
     assert (compact["seq"], compact["asset"]) == (7, "a")
-    assert expand(compact)["tags"] == full["tags"]
-    # a bare value is exactly a good sample taken at the message's ts with nothing else to say
+    expanded = expand(compact)["tags"]
+    if tolerance_ms == 0:
+        assert expanded == full["tags"]
+    # a bare value is a good sample taken at the message's ts (within the tolerance) with nothing else to say
     for name, entry in compact["tags"].items():
         f = full["tags"][name]
         bare = not isinstance(entry, dict)
-        assert bare == (f["q"] == "good" and f["ts"] == compact["ts"] and set(f) == {"ts", "v", "q"})
+        assert bare == (f["q"] == "good" and 0 <= compact["ts"] - f["ts"] <= tolerance_ms and set(f) == {"ts", "v", "q"})
+        assert {**expanded[name], "ts": f["ts"]} == f
 
 
 def test_compact_is_small_and_integers_are_integers():

@@ -22,7 +22,9 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from gateway.encoders import decode
+from gateway.encoders.json import expand
 from gateway.ringbuffer import RingBuffer
+from gateway.uplink.links import publish_size
 from simulators.config import PlantConfig
 from simulators.local_broker import LocalBroker
 from simulators.modbus_sim import ModbusSimulator
@@ -59,6 +61,7 @@ class Subscriber:
         self.samples = 0
         self.messages = 0
         self.bytes = 0
+        self.wire_bytes = 0  # PUBLISH packets as the gateway sent them with QoS 1
         self.probe: list[tuple[float, Any, int]] = []  # (arrival, value, sample ts ms)
         self.lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
@@ -69,7 +72,7 @@ class Subscriber:
 
     def _on_message(self, client, userdata, msg) -> None:
         now = time.time()
-        body = decode(msg.payload, msg.topic)
+        body = expand(decode(msg.payload, msg.topic))
         n = 0
         for name, entry in body["tags"].items():
             n += len(entry["raw"]["v"]) if "raw" in entry else 1
@@ -80,6 +83,7 @@ class Subscriber:
             self.samples += n
             self.messages += 1
             self.bytes += len(msg.payload)
+            self.wire_bytes += publish_size(msg.topic, len(msg.payload), 1)
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -87,11 +91,12 @@ class Subscriber:
 
 
 def gateway_config(mqtt_port: int, modbus_port: int | None, assets: list[dict[str, Any]], publish: float,
-                   compression: str = "none", *, buffer_seconds: float = 30, api_port: int | None = None) -> str:
+                   compression: str = "none", *, buffer_seconds: float = 30, api_port: int | None = None,
+                   payload: str = "full", qos: int = 0) -> str:
     """A gateway config (JSON is YAML); sources without a ``driver`` are Modbus TCP on ``modbus_port``."""
     cfg = {"gateway": {"id": "bench-gw", "namespace": NS, "log_level": "warning"},
-           "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "publish_interval": publish, "qos": 0,
-                    "compression": compression, "max_queued": 100000},
+           "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "publish_interval": publish, "qos": qos,
+                    "compression": compression, "max_queued": 100000, "payload": payload},
            "api": {"enabled": False} if api_port is None else {"listen": f"127.0.0.1:{api_port}"},
            "buffer": {"seconds": buffer_seconds}, "assets": assets}
     for a in assets:
@@ -148,6 +153,7 @@ async def run_live(quick: bool) -> dict[str, Any]:
     await broker.start()
     try:
         return {
+            "payload": await _payload_bytes(broker.port, quick),
             "end_to_end": await _end_to_end(broker.port, quick),
             "latency": await _latency(broker.port, quick),
             "scale": await _scale(broker.port, quick),
@@ -193,6 +199,37 @@ async def _end_to_end(mqtt_port: int, quick: bool) -> dict[str, Any]:
         "bare_cpu_s_per_million": round(bare_cpu_per_m, 2),
         "cpu_ratio": round(gw_cpu_per_m / bare_cpu_per_m, 3),
     }
+
+
+async def _payload_bytes(mqtt_port: int, quick: bool) -> dict[str, Any]:
+    """Wire bytes per sample of each payload shape on the north-side workload: 1000 holding registers (int16,
+    8 requests of 125) polled every 100 ms, every value changing, a message per poll, QoS 1."""
+    n_regs, seconds = 1000, (3.0 if quick else 10.0)
+    sim = ModbusSimulator(plant(0, n_int16=n_regs), port=free_port())
+    await sim.start()
+    out: dict[str, Any] = {"workload": f"{n_regs} int16 holding registers, poll 100 ms, all changing, QoS 1, "
+                                       "publish after every poll"}
+    try:
+        tags = [{"name": f"r{i}", "address": f"hr:{i}", "type": "int16"} for i in range(n_regs)]
+        for label, shape, comp in (("full", "full", "none"), ("compact", "compact", "none"),
+                                   ("compact_zstd", "compact", "zstd"), ("full_zstd", "full", "zstd")):
+            cfg = gateway_config(mqtt_port, sim.port, [{"id": "line", "source": {"poll": 0.1}, "tags": tags}], 0.1,
+                                 comp, payload=shape, qos=1)
+            gw = GatewayProcess(cfg)
+            sub = Subscriber(mqtt_port)
+            try:
+                await _wait(lambda: sub.samples > 0, 20)
+                await asyncio.sleep(1.0)
+                s0, b0 = sub.samples, sub.wire_bytes
+                await asyncio.sleep(seconds)
+                s1, b1 = sub.samples, sub.wire_bytes
+            finally:
+                sub.close()
+                gw.stop()
+            out[f"{label}_bytes_per_sample"] = round((b1 - b0) / max(s1 - s0, 1), 2)
+    finally:
+        await sim.stop()
+    return out
 
 
 async def _bare_loop(port: int, registers: int, seconds: float) -> dict[str, Any]:

@@ -132,6 +132,10 @@ class MqttSection(StrictModel):
         "full", description="full: every tag as {ts, v, q}; compact: a bare value where quality is good and ts "
         "is the message's (docs/payload.md)"
     )
+    compact_ts_tolerance: Duration = Field(
+        0.05, ge=0, le=10, description="compact: a good value sampled at most this long before the message's ts "
+        "is written bare (the message ts stands for it); 0: only an exactly equal ts"
+    )
     reduce: ReduceProfile | None = Field(
         None, description="Reduction defaults for every tag that does not set the field itself (docs/reduction.md)"
     )
