@@ -52,6 +52,7 @@ class Gateway:
                 heartbeat=cfg.mqtt.heartbeat,
                 on_state=self._asset_state_changed,
                 state_dir=cfg.gateway.state_dir,
+                log_summary_interval=cfg.gateway.log_summary_interval,
             )
             for a in cfg.assets
         }
