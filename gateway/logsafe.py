@@ -23,12 +23,12 @@ MAX_LOGGED = 200
 # C0 controls, DEL, C1 controls and the Unicode line/paragraph separators: every character a terminal, a log
 # viewer or journald could take as the end of a line or a control sequence
 _ESCAPES: dict[int, str] = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
-_ESCAPES.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x5C: "\\\\", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+_ESCAPES.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"})
 
 
 def safe(value: Any, limit: int = MAX_LOGGED) -> str:
-    """``value`` as text fit for one log line: control characters escaped (``\\n``, ``\\x1b``, ...), a
-    backslash doubled (so an escape in the log always means the gateway escaped), at most ``limit`` characters.
+    """``value`` as text fit for one log line: control characters escaped (``\\n``, ``\\x1b``, ...), at most
+    ``limit`` characters. Backslashes stay as they are (a ``repr()`` inside the text is not escaped twice).
 
     Use it for every value from outside the gateway that is logged without ``repr()``; ``repr()`` escapes
     too but adds quotes.

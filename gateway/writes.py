@@ -110,18 +110,26 @@ def _is_scalar(value: Any) -> bool:
     return isinstance(value, (bool, int, float, str))
 
 
-def _parse_int(text: str) -> int:
-    if len(text) > MAX_INT_DIGITS + 1:
-        raise WriteFailed("invalid", f"the integer of {len(text.lstrip('-'))} digits is out of range for every tag")
-    return int(text)
+@dataclass(frozen=True, slots=True)
+class HugeInteger:
+    """A JSON integer of more than :data:`MAX_INT_DIGITS` digits, kept as its length only: no tag can take it,
+    and ``int()`` of it (or ``float()`` in a driver) is slow or raises. Refused by :func:`check_value`."""
+
+    digits: int
+
+
+def _parse_int(text: str) -> int | HugeInteger:
+    digits = len(text.lstrip("-"))
+    return HugeInteger(digits) if digits > MAX_INT_DIGITS else int(text)
 
 
 def decode_json(data: bytes) -> Any:
     """The JSON document of an API write body or an MQTT command.
 
-    Raises :class:`WriteFailed`: ``malformed`` when it is not JSON (or not UTF-8), ``invalid`` for JSON no
-    tag could take that must not go further: nesting deeper than Python's recursion limit, integers of
-    more than :data:`MAX_INT_DIGITS` digits. Never anything else (no RecursionError, no traceback).
+    Raises :class:`WriteFailed`: ``malformed`` when it is not JSON (or not UTF-8), ``invalid`` when it is
+    nested deeper than Python's recursion limit. Never anything else (no RecursionError, no traceback).
+    Integers of more than :data:`MAX_INT_DIGITS` digits become :class:`HugeInteger` (refused as a value,
+    while the rest of the document, e.g. a command's ``id``, can still be read).
     """
     try:
         return json.loads(data, parse_int=_parse_int)
@@ -264,6 +272,8 @@ def _show(value: Any, limit: int = 80) -> str:
 
 
 def _kind_of(value: Any) -> str:
+    if isinstance(value, HugeInteger):
+        return f"an integer of {value.digits} digits (out of range for every tag)"
     names = {dict: "an object", list: "a list", type(None): "null"}
     return names.get(type(value), f"a {type(value).__name__}")
 
