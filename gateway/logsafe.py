@@ -69,7 +69,7 @@ class ChangeLog:
         self._newest = (level, msg % args if args else msg)
         if kind not in self._logged:
             self._logged.add(kind)
-            self.logger.log(level, "%s: " + msg, self.name, *args, exc_info=exc_info)
+            self.logger.log(level, "%s: " + msg, self.name, *args, exc_info=exc_info, stacklevel=2)
             return True
         self._unlogged[kind] += 1
         self.suppressed += 1

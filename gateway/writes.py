@@ -134,7 +134,8 @@ def decode_json(data: bytes) -> Any:
     try:
         return json.loads(data, parse_int=_parse_int)
     except RecursionError:
-        raise WriteFailed("invalid", "the JSON is nested too deeply (a value is a number, true/false or text)") from None
+        raise WriteFailed("invalid", "the JSON is nested too deeply (a value is a number, true/false or text)") \
+            from None
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise WriteFailed("malformed", f"not valid JSON ({safe(exc, 120)})") from None
 

@@ -12,9 +12,17 @@ import logging
 import struct
 import time
 
-from test_writeback import AUTH, PRESS, TOKEN, config, connected, mqtt_command, regs, result_of
-
 from e2e.harness import NAMESPACE, running_gateway
+from test_writeback import (
+    AUTH,
+    PRESS,
+    TOKEN,
+    config,
+    connected,
+    mqtt_command,
+    regs,
+    result_of,
+)
 
 
 def now_ms() -> int:

@@ -121,12 +121,24 @@ async def test_stream_batches_name_the_bad_tag_by_its_plan_position(tmp_path, mq
     assert lines[1:] == ["asset probe: all tags good again"], lines  # once, after probe_ok recovered
 
 
-class CorruptingHop:
-    """A TCP hop in front of the Modbus simulator that garbles the function code of every other answer
-    (the frame pymodbus cannot decode: what a converter with a bad firmware sends)."""
+def garble_modbus(data: bytes, answer: int) -> bytes:
+    """Every other answer gets function code 99, which pymodbus cannot decode (a converter with a bad
+    firmware, a device answering another protocol)."""
+    return data[:7] + b"\x63" + data[8:] if answer % 2 == 0 and len(data) > 7 else data
 
-    def __init__(self, port: int) -> None:
-        self.target, self.answers, self.server = port, 0, None
+
+def garble_opcua(data: bytes, answer: int) -> bytes:
+    """After the session is open (the first 20 chunks of a connection), each message chunk gets a message
+    type no OPC UA stack knows."""
+    return b"XYZ" + data[3:] if answer > 20 and data.startswith(b"MSG") else data
+
+
+class CorruptingHop:
+    """A TCP hop in front of a simulator that passes requests through and garbles answers with ``garble``
+    (``garble(data, n)``, n counting the answer chunks of the connection from 1)."""
+
+    def __init__(self, port: int, garble) -> None:
+        self.target, self.garble, self.server = port, garble, None
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -136,12 +148,12 @@ class CorruptingHop:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
 
         async def pump(src, dst, corrupt: bool) -> None:
+            answers = 0
             try:
                 while data := await src.read(65536):
                     if corrupt:
-                        self.answers += 1
-                        if self.answers % 2 == 0 and len(data) > 7:
-                            data = data[:7] + b"\x63" + data[8:]  # function code 99: unknown to pymodbus
+                        answers += 1
+                        data = self.garble(data, answers)
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
@@ -157,7 +169,7 @@ class CorruptingHop:
 
 async def test_undecodable_modbus_answers_are_counted_not_traced(tmp_path, mqtt_broker, modbus_sim, caplog):
     caplog.set_level(logging.INFO)
-    hop = CorruptingHop(modbus_sim.port)
+    hop = CorruptingHop(modbus_sim.port, garble_modbus)
     port = await hop.start()
     assets = f"""\
     - id: press
@@ -186,3 +198,28 @@ async def test_undecodable_modbus_answers_are_counted_not_traced(tmp_path, mqtt_
     lines = messages(caplog)
     assert len([m for m in lines if "poll failed" in m]) == 1, lines  # once; the rest is counted
     assert len([m for m in lines if "connected again" in m]) == 1, lines
+
+
+async def test_undecodable_opcua_messages_are_counted_not_traced(tmp_path, mqtt_broker, opcua_sim, caplog):
+    caplog.set_level(logging.INFO)
+    hop = CorruptingHop(opcua_sim.port, garble_opcua)
+    port = await hop.start()
+    assets = f"""\
+    - id: oven
+      source: {{driver: opcua, endpoint: "opc.tcp://127.0.0.1:{port}/", poll: 50ms, timeout: 1s, retry_max: 1s}}
+      tags:
+        - {{name: zone1_temp, node: "ns=2;s=Oven1.Zone1.Temperature"}}
+    """
+    path = write_config(tmp_path, mqtt_broker, assets, api_port=free_port())
+    try:
+        async with running_gateway(with_summary_interval(path, "1h")) as rg:
+            runtime = rg.gw.assets["oven"]
+            assert await wait_until(lambda: runtime.driver.counters.bad_frames >= 3, timeout=30)
+            assert await wait_until(lambda: runtime.status.reconnects >= 3, timeout=30)  # each one dropped it
+            detail = (await rg.api.get("/api/v1/assets/oven")).json()
+            assert detail["driver_counters"]["bad_frames"] >= 3
+    finally:
+        await hop.close()
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+    assert [m for m in messages(caplog, "asyncua.client.ua_client.UASocketProtocol") if "parsing" in m] == []
+    assert len([m for m in messages(caplog) if "poll failed" in m]) == 1
