@@ -453,10 +453,10 @@ class MqttCommands:
         if not payload:  # how a retained command is cleared (mosquitto_pub -r -n): not a command, no answer
             return
         asset = topic.removeprefix(self.namespace + "/").removesuffix("/cmd")
-        origin, tag = f"mqtt {topic}", ""
+        origin, tag, value = f"mqtt {topic}", "", None
         try:
             cmd = parse_command(payload)
-            tag = cmd.tag
+            tag, value = cmd.tag, cmd.value if _is_scalar(cmd.value) else None
             origin += f" id={cmd.request_id!r}" + (f" by {cmd.by!r} (unverified)" if cmd.by else "")
             if retained:
                 raise BadCommand("retained commands are not executed (publish commands without the retain flag; "
@@ -465,7 +465,7 @@ class MqttCommands:
         except BadCommand as exc:
             if exc.request_id is not None and "id=" not in origin:
                 origin += f" id={exc.request_id!r}"
-            outcome = WriteOutcome(asset, tag, None, ok=False, kind=exc.kind, error=str(exc))
+            outcome = WriteOutcome(asset, tag, value, ok=False, kind=exc.kind, error=str(exc))
             log_outcome(outcome, origin)
             self._answer(asset, exc.request_id, outcome)
             return
