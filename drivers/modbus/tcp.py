@@ -64,8 +64,10 @@ class ModbusTcpDriver(ModbusDriverBase):
         logs as a ~20-line "Fatal error" traceback per frame. Count it instead, fail the request in flight
         at once (the stream's framing is lost) and drop the connection: the engine reconnects as for any
         lost connection, and logs that once."""
-        ctx = client.ctx
-        decode = ctx.callback_data
+        ctx = getattr(client, "ctx", None)  # pymodbus 3.16: the TransactionManager is the protocol
+        decode = getattr(ctx, "callback_data", None)
+        if decode is None:
+            return
 
         def guarded(data: bytes, addr: tuple | None = None) -> int:
             try:
