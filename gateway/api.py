@@ -10,7 +10,6 @@ Read-only views of the ring buffers and runtime status; it never calls a driver.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import secrets
 import socket
@@ -25,8 +24,9 @@ from pydantic import BaseModel, Field
 
 from gateway import __version__
 from gateway.batch import QUALITY_NAMES
+from gateway.logsafe import safe
 from gateway.reduce import json_list, json_value
-from gateway.writes import perform
+from gateway.writes import MAX_COMMAND_BYTES, WriteFailed, decode_json, perform
 
 _log = logging.getLogger("gateway.writes")
 
@@ -242,10 +242,11 @@ def create_app(gw: "Gateway") -> FastAPI:
         },
         responses={
             400: {"description": "the body is not JSON of the form {\"value\": ...}"},
+            413: {"description": f"the body is larger than {MAX_COMMAND_BYTES} bytes"},
             401: {"description": "missing or wrong bearer token"},
             403: {"description": "API writes are off (no api.token) or the tag is not writable"},
             404: {"description": "unknown asset or tag"},
-            422: {"description": "wrong type or out of range for the tag"},
+            422: {"description": "wrong type or out of range for the tag; JSON nested too deeply; a huge integer"},
             502: {"description": "the device refused the write or read back another value"},
             503: {"description": "the device is disconnected"},
             504: {"description": "no answer in time; the write may or may not have been applied"},
@@ -257,20 +258,29 @@ def create_app(gw: "Gateway") -> FastAPI:
         Needs ``Authorization: Bearer <api.token>``. The answer carries the value read back from the device.
         """
         peer = f"{request.client.host}:{request.client.port}" if request.client else "unknown peer"
+
+        def refuse(status: int, kind: str, text: str, headers: dict[str, str] | None = None) -> JSONResponse:
+            _log.warning("write %s/%s from api %s: refused (%d): %s", safe(asset, 80), safe(tag, 80), peer, status,
+                         safe(text, 500))  # fmt: skip
+            return JSONResponse({"detail": text, "error": kind}, status_code=status, headers=headers)
+
         refusal = _check_token(gw.cfg.api.token, request.headers.get("authorization"))
         if refusal is not None:
             status, text = refusal
-            _log.warning("write %s/%s from api %s: refused (%d): %s", asset, tag, peer, status, text)
-            return JSONResponse({"detail": text, "error": "unauthorized" if status == 401 else "forbidden"},
-                                status_code=status, headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
+            if status == 401:
+                return refuse(401, "unauthorized", text, {"WWW-Authenticate": "Bearer"})
+            return refuse(status, "forbidden", text)
+        data = await _read_capped(request, MAX_COMMAND_BYTES)
+        if data is None:
+            return refuse(413, "too_large", f"the body is larger than {MAX_COMMAND_BYTES} bytes")
         try:
-            body = json.loads(await request.body())
-        except ValueError:
+            body = decode_json(data)
+        except WriteFailed as exc:
+            if exc.kind != "malformed":
+                return refuse(exc.http_status, exc.kind, exc.message)
             body = None
         if not isinstance(body, dict) or "value" not in body or len(body) != 1:
-            text = 'the body must be a JSON object {"value": ...}'
-            _log.warning("write %s/%s from api %s: refused (400): %s", asset, tag, peer, text)
-            return JSONResponse({"detail": text, "error": "malformed"}, status_code=400)
+            return refuse(400, "malformed", 'the body must be a JSON object {"value": ...}')
         outcome = await perform(gw.assets, asset, tag, body["value"], origin=f"api {peer}")
         if not outcome.ok:
             return JSONResponse({"detail": outcome.error, "error": outcome.kind}, status_code=outcome.http_status)
@@ -278,6 +288,21 @@ def create_app(gw: "Gateway") -> FastAPI:
                              "requested": outcome.requested})
 
     return app
+
+
+async def _read_capped(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to be longer than ``limit`` bytes: from the
+    Content-Length header without reading anything, else after at most ``limit`` bytes plus one chunk."""
+    length = request.headers.get("content-length", "").strip()
+    if length.isdigit() and int(length) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _check_token(token: Any, header: str | None) -> tuple[int, str] | None:

@@ -72,6 +72,7 @@ class Gateway:
                 buffer_seconds=cfg.buffer.seconds,
                 on_state=self._asset_state_changed,
                 state_dir=cfg.gateway.state_dir,
+                log_summary_interval=cfg.gateway.log_summary_interval,
             )
             for a in cfg.assets
         }
@@ -111,8 +112,7 @@ class Gateway:
         if writable and (up.commands if up.commands is not None else index == 0):
             #: write commands on {namespace}/{asset}/cmd of this uplink's broker, answered on the same
             commands = MqttCommands(self.assets, self.namespace, uplink.publish)
-            for asset_id in self.assets:
-                uplink.subscribe(commands.topic(asset_id), commands.on_message)
+            uplink.subscribe(commands.topic_filter, commands.on_message)
         return North(up, uplink, delivery, publisher, commands)
 
     # -- the first uplink, for callers that know one (tests, the demo) --------------------------------

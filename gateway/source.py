@@ -17,6 +17,7 @@ import numpy as np
 
 from gateway.batch import Batch, Quality
 from gateway.driver import DeviceUnavailable, Driver
+from gateway.logsafe import ChangeLog, safe
 from gateway.reduce import integer_tags
 from gateway.ringbuffer import RingBuffer
 from gateway.status import AssetStatus, Backoff
@@ -43,6 +44,7 @@ class AssetRuntime:
         buffer_seconds: float,
         on_state: Callable[["AssetRuntime"], None] | None = None,
         state_dir: str | None = None,
+        log_summary_interval: float = 60.0,
     ) -> None:
         self.cfg = cfg
         self.id: str = cfg.id
@@ -63,6 +65,9 @@ class AssetRuntime:
         #: source config (e.g. ``mode: subscribe``) through its ``streaming`` attribute
         self.streaming = bool(getattr(self.driver, "streaming", False))
         self._on_state = on_state
+        #: state changes (tags bad / good again, down / up again) are rate-limited: a flapping device logs
+        #: its first changes and then one summary per ``gateway.log_summary_interval``
+        self.changes = ChangeLog(log, f"asset {self.id}", log_summary_interval)
         self._bad_texts: frozenset[str] = frozenset()
         #: a device that accepts connections but fails every poll must not be retried at poll rate nor
         #: logged per retry: the backoff resets, and recovery is logged, only after a good poll
@@ -85,12 +90,17 @@ class AssetRuntime:
         if self.status.set_state(state) and self._on_state:
             self._on_state(self)
 
-    def _went_down(self, exc: BaseException, *, during: str) -> None:
+    def _went_down(self, exc: BaseException, *, during: str, traceback: bool = False) -> None:
         text = _describe(exc)
         self.status.record_error(f"{during}: {text}")
         if self.status.state != "disconnected" and not self._failure_logged:
             self._failure_logged = True
-            log.warning("asset %s: %s failed (%s); retrying with backoff", self.id, during, text)
+            if traceback:
+                self.changes.change("driver error", logging.ERROR, "driver error during %s (%s); retrying with "
+                                    "backoff", during, safe(text), exc_info=True)  # fmt: skip
+            else:
+                self.changes.change("disconnected", logging.WARNING, "%s failed (%s); retrying with backoff",
+                                    during, safe(text))  # fmt: skip
             if self.ring.head.any():
                 self.ring.write(
                     Batch.all_bad(len(self.tags), time.time_ns(), ERR_DISCONNECTED, f"disconnected: {text}")
@@ -99,10 +109,7 @@ class AssetRuntime:
 
     def _failed(self, exc: Exception, *, during: str) -> None:
         """A connect or poll failed: a driver bug (not a connection error) gets its traceback, once."""
-        first = not self._failure_logged and self.status.state != "disconnected"
-        if first and not isinstance(exc, CONNECTION_ERRORS):
-            log.exception("asset %s: driver error during %s", self.id, during)
-        self._went_down(exc, during=during)
+        self._went_down(exc, during=during, traceback=not isinstance(exc, CONNECTION_ERRORS))
 
     # -- the task ------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -119,6 +126,7 @@ class AssetRuntime:
                     self._failed(exc, during="connect")
                     down_since = down_since or time.monotonic()
                     await self._close()
+                    self.changes.tick()
                     await asyncio.sleep(backoff.next())
                     continue
                 if down_since is not None:
@@ -252,23 +260,14 @@ class AssetRuntime:
         self.ring.write(batch)
         self._session_good = True
         if self._down_since is not None:
-            log.info("asset %s: connected again after %.1f s", self.id, time.monotonic() - self._down_since)
+            self.changes.change("connected again", logging.INFO, "connected again after %.1f s",
+                                time.monotonic() - self._down_since)  # fmt: skip
             self._down_since = None
         self._failure_logged = False
         bad = batch.quality == Quality.BAD
-        n_bad = int(np.count_nonzero(bad))
-        self.status.record_poll(latency, n_bad)
-        texts = frozenset(batch.error_text[c] for c in np.unique(batch.errors[bad]).tolist() if c in batch.error_text)
-        if texts != self._bad_texts:
-            if texts:
-                names = [self.tags[i].name for i in np.flatnonzero(bad)[:5].tolist()]
-                more = "" if n_bad <= 5 else f" and {n_bad - 5} more"
-                log.warning("asset %s: %d tag(s) bad (%s%s): %s", self.id, n_bad, ", ".join(names), more,
-                            "; ".join(sorted(texts)))
-                self.status.record_error("; ".join(sorted(texts)))
-            else:
-                log.info("asset %s: all tags good again", self.id)
-            self._bad_texts = texts
+        self.status.record_poll(latency, int(np.count_nonzero(bad)))
+        self._log_quality(batch, bad)
+        self.changes.tick()
         for listener in self.batch_listeners:
             try:
                 listener(self)
@@ -278,6 +277,31 @@ class AssetRuntime:
                 self._publish_failed = True
             else:
                 self._publish_failed = False
+
+    def _log_quality(self, batch: Batch, bad: np.ndarray) -> None:
+        """Log (rate-limited) when the set of reasons for bad tags changes, naming the tags by their plan names.
+
+        A subscription or stream batch (``index`` set) holds only some tags: the asset's state is then the
+        ring's newest quality of every tag, not the batch's.
+        """
+        errors, error_text = batch.errors, batch.error_text
+        if batch.index is not None:
+            _, _, quality, has = self.ring.last()
+            bad = has & (quality == Quality.BAD)
+            errors, error_text = self.ring.last_error, self.ring.error_text
+        n_bad = int(np.count_nonzero(bad))
+        texts = frozenset(error_text[c] for c in np.unique(errors[bad]).tolist() if c in error_text)
+        if texts != self._bad_texts:
+            if texts:
+                names = [self.tags[i].name for i in np.flatnonzero(bad)[:5].tolist()]
+                more = "" if n_bad <= 5 else f" and {n_bad - 5} more"
+                joined = "; ".join(sorted(texts))
+                self.changes.change("tags bad", logging.WARNING, "%d tag(s) bad (%s%s): %s", n_bad,
+                                    ", ".join(names), more, safe(joined, 500))  # fmt: skip
+                self.status.record_error(joined)
+            else:
+                self.changes.change("tags good", logging.INFO, "all tags good again")
+            self._bad_texts = texts
 
     async def _close(self) -> None:
         self._fail_writes("the connection was lost before the write's turn")

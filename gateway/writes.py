@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.driver import DeviceUnavailable, WriteError
+from gateway.logsafe import safe
 
 if TYPE_CHECKING:
     from gateway.config.common import TagBase
@@ -46,13 +47,22 @@ HTTP_STATUS: dict[str, int] = {
     "device": 502,  # the device refused the write, or read back another value
     "timeout": 504,  # no answer in time: the write may or may not have happened
     "unsupported": 501,  # the driver cannot write at all
-    "malformed": 400,  # an MQTT command that is not valid JSON or lacks fields
+    "malformed": 400,  # a body or MQTT command that is not valid JSON or lacks fields
+    "too_large": 413,  # a body or MQTT command larger than MAX_COMMAND_BYTES
+    # MQTT commands only:
+    "retained": 409,  # a retained command (a stale setpoint replayed by the broker)
+    "stale": 409,  # past its "expires", or its "ts" is further from now than cmd_max_age
 }
 
 #: longest text value accepted (Modbus strings are at most 250 characters)
 MAX_TEXT = 1024
-#: largest MQTT command payload accepted
+#: largest MQTT command payload and API write body accepted, in bytes
 MAX_COMMAND_BYTES = 65536
+#: integers with more digits are refused while parsing (the largest 64-bit value has 20 digits); a JSON
+#: integer of 10**400 must never reach a driver's float()
+MAX_INT_DIGITS = 24
+#: default of how old (``ts``) an MQTT command may be, in seconds
+CMD_MAX_AGE = 10.0
 
 
 class TagNotWritable(Exception):
@@ -94,6 +104,40 @@ class WriteOutcome:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (bool, int, float, str))
+
+
+@dataclass(frozen=True, slots=True)
+class HugeInteger:
+    """A JSON integer of more than :data:`MAX_INT_DIGITS` digits, kept as its length only: no tag can take it,
+    and ``int()`` of it (or ``float()`` in a driver) is slow or raises. Refused by :func:`check_value`."""
+
+    digits: int
+
+
+def _parse_int(text: str) -> int | HugeInteger:
+    digits = len(text.lstrip("-"))
+    return HugeInteger(digits) if digits > MAX_INT_DIGITS else int(text)
+
+
+def decode_json(data: bytes) -> Any:
+    """The JSON document of an API write body or an MQTT command.
+
+    Raises :class:`WriteFailed`: ``malformed`` when it is not JSON (or not UTF-8), ``invalid`` when it is
+    nested deeper than Python's recursion limit. Never anything else (no RecursionError, no traceback).
+    Integers of more than :data:`MAX_INT_DIGITS` digits become :class:`HugeInteger` (refused as a value,
+    while the rest of the document, e.g. a command's ``id``, can still be read).
+    """
+    try:
+        return json.loads(data, parse_int=_parse_int)
+    except RecursionError:
+        raise WriteFailed("invalid", "the JSON is nested too deeply (a value is a number, true/false or text)") \
+            from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise WriteFailed("malformed", f"not valid JSON ({safe(exc, 120)})") from None
 
 
 # ------------------------------------------------------------------ inverse scaling, shared by the drivers
@@ -173,8 +217,8 @@ def check_value(tag: TagBase, value: Any, asset: str) -> None:
         raise WriteFailed(
             "not_writable", f"tag {tag.name!r} of asset {asset!r} is not writable (set writable: true in its config)"
         )
-    if value is None or not isinstance(value, (bool, int, float, str)):
-        raise WriteFailed("invalid", f"value must be a number, true/false or text, not {_show(value)}")
+    if not _is_scalar(value):
+        raise WriteFailed("invalid", f"value must be a number, true/false or text, not {_kind_of(value)}")
     if isinstance(value, float) and not math.isfinite(value):
         raise WriteFailed("invalid", f"value must be a finite number, not {value!r}")
     if isinstance(value, str) and len(value) > MAX_TEXT:
@@ -206,7 +250,7 @@ def classify(exc: BaseException, *, asset: str, timeout: float) -> WriteFailed:
         )
     if isinstance(exc, TagNotWritable):
         return WriteFailed("not_writable", str(exc))
-    if isinstance(exc, (ValueError, TypeError)):
+    if isinstance(exc, (ValueError, TypeError, OverflowError)):
         return WriteFailed("invalid", str(exc))
     if isinstance(exc, WriteError):
         return WriteFailed("device", str(exc))
@@ -220,18 +264,34 @@ def classify(exc: BaseException, *, asset: str, timeout: float) -> WriteFailed:
 
 
 def _show(value: Any, limit: int = 80) -> str:
-    text = repr(value)
+    """A scalar as ``repr`` (quoted, escaped) cut to ``limit``; a container by its kind only (a deeply
+    nested list must not be walked by ``repr``)."""
+    if value is not None and not _is_scalar(value):
+        return _kind_of(value)
+    text = repr(value[: limit * 2] if isinstance(value, str) else value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _kind_of(value: Any) -> str:
+    if isinstance(value, HugeInteger):
+        return f"an integer of {value.digits} digits (out of range for every tag)"
+    names = {dict: "an object", list: "a list", type(None): "null"}
+    return names.get(type(value), f"a {type(value).__name__}")
+
+
 def log_outcome(outcome: WriteOutcome, origin: str) -> None:
-    """The one log line of a write: what, from where, and how it ended."""
-    what = f"write {outcome.asset}/{outcome.tag} = {_show(outcome.requested)} from {origin}"
+    """The one log line of a write: what, from where, and how it ended.
+
+    Every part that came from outside (asset, tag, origin, error text) goes through
+    :func:`gateway.logsafe.safe`: a newline in a tag name cannot start a line of its own.
+    """
+    requested = "" if outcome.requested is None else f" = {_show(outcome.requested)}"
+    what = f"write {safe(outcome.asset, 80)}/{safe(outcome.tag, 80) or '?'}{requested} from {safe(origin, 300)}"
     ms = outcome.elapsed_s * 1000.0
     if outcome.ok:
         log.info("%s: ok, read back %s (%.0f ms)", what, _show(outcome.value), ms)
     else:
-        log.warning("%s: refused (%s): %s (%.0f ms)", what, outcome.kind, outcome.error, ms)
+        log.warning("%s: refused (%s): %s (%.0f ms)", what, outcome.kind, safe(outcome.error, 500), ms)
 
 
 async def perform(
@@ -243,14 +303,15 @@ async def perform(
     ``mqtt acme/line1/press-3/cmd id=17``.
     """
     started = time.monotonic()
-    outcome = WriteOutcome(asset=asset, tag=tag, requested=value, ok=False)
+    # only a scalar is kept as "requested": a list or object is neither logged nor echoed
+    outcome = WriteOutcome(asset=asset, tag=tag, requested=value if _is_scalar(value) else None, ok=False)
     try:
         runtime = assets.get(asset)
         if runtime is None:
-            raise WriteFailed("unknown", f"unknown asset {asset!r}; known: {', '.join(assets)}")
+            raise WriteFailed("unknown", f"unknown asset {_show(asset)}; known: {', '.join(assets)}")
         position = runtime.tag_index.get(tag)
         if position is None:
-            raise WriteFailed("unknown", f"asset {asset!r} has no tag {tag!r}")
+            raise WriteFailed("unknown", f"asset {asset!r} has no tag {_show(tag)}")
         check_value(runtime.tags[position], value, asset)
         outcome.value = await runtime.write(tag, value)
         outcome.ok = True
@@ -268,49 +329,90 @@ async def perform(
 
 # -------------------------------------------------------------------------------------------- MQTT commands
 
+#: the fields of a command
+COMMAND_FIELDS = frozenset({"tag", "value", "id", "by", "ts", "expires"})
+#: longest ``id`` accepted, in characters
+MAX_ID = 128
+
 
 class BadCommand(ValueError):
-    """An MQTT command that cannot be executed; ``request_id`` is set when the payload carried one."""
+    """An MQTT command that cannot be executed; ``request_id`` is its ``id`` when one could be read.
 
-    def __init__(self, message: str, request_id: Any = None, has_id: bool = False) -> None:
+    ``kind`` is the result's ``code`` (a key of :data:`HTTP_STATUS`)."""
+
+    def __init__(self, message: str, request_id: Any = None, kind: str = "malformed") -> None:
         super().__init__(message)
-        self.request_id, self.has_id = request_id, has_id
+        self.request_id, self.kind = request_id, kind
 
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    request_id: Any  # str, int or None; echoed in the result
+    request_id: str | int  # echoed in the result
     tag: str
     value: Any
     by: str | None  # self-declared sender, logged (not verified)
+    ts: float | None = None  # when the sender sent it, ms since the epoch
+    expires: float | None = None  # ms since the epoch after which it must not be executed
+
+
+def _epoch_ms(doc: dict[str, Any], key: str, request_id: Any) -> float | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if not _is_number(value) or not math.isfinite(value):
+        raise BadCommand(f'"{key}" must be a number: milliseconds since 1970-01-01 UTC', request_id)
+    return float(value)
 
 
 def parse_command(payload: bytes) -> Command:
-    """``{"tag": ..., "value": ..., "id": ...}`` (``id`` optional, ``by`` optional) -> :class:`Command`."""
+    """``{"tag": ..., "value": ..., "id": ...}`` (``by``, ``ts``, ``expires`` optional) -> :class:`Command`.
+
+    Raises :class:`BadCommand` (with the ``id`` when it could be read) for anything else; never another
+    exception, whatever the payload (deep nesting, huge numbers, invalid UTF-8).
+    """
     if len(payload) > MAX_COMMAND_BYTES:
-        raise BadCommand(f"command of {len(payload)} bytes is larger than {MAX_COMMAND_BYTES}")
+        raise BadCommand(f"command of {len(payload)} bytes is larger than {MAX_COMMAND_BYTES}", kind="too_large")
     try:
-        doc = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadCommand(f"command is not valid JSON ({exc})") from None
+        doc = decode_json(payload)
+    except WriteFailed as exc:
+        raise BadCommand(f"command: {exc.message}", kind=exc.kind) from None
     if not isinstance(doc, dict):
         raise BadCommand('command must be a JSON object: {"tag": ..., "value": ..., "id": ...}')
-    has_id = "id" in doc
     request_id = doc.get("id")
-    if has_id and (isinstance(request_id, bool) or not isinstance(request_id, (str, int, type(None)))):
-        raise BadCommand("id must be a string or an integer", None, has_id=False)
-    if isinstance(request_id, str) and len(request_id) > 128:
-        raise BadCommand("id is longer than 128 characters", None, has_id=False)
+    if isinstance(request_id, bool) or not isinstance(request_id, (str, int)):
+        raise BadCommand('command needs "id": a string or an integer, echoed in the result')
+    if isinstance(request_id, str) and not 0 < len(request_id) <= MAX_ID:
+        raise BadCommand(f'"id" must be 1 to {MAX_ID} characters long')
+    if isinstance(request_id, int) and len(str(abs(request_id))) > 20:
+        raise BadCommand('"id" as an integer must fit in 64 bits')
     tag = doc.get("tag")
     if not isinstance(tag, str) or not tag:
-        raise BadCommand('command needs "tag": the name of the tag to write', request_id, has_id)
+        raise BadCommand('command needs "tag": the name of the tag to write', request_id)
     if "value" not in doc:
-        raise BadCommand('command needs "value": the value to write', request_id, has_id)
-    unknown = sorted(set(doc) - {"tag", "value", "id", "by"})
+        raise BadCommand('command needs "value": the value to write', request_id)
+    unknown = sorted(set(doc) - COMMAND_FIELDS)
     if unknown:
-        raise BadCommand(f"unknown field(s) {', '.join(unknown)}; a command has tag, value, id and by", request_id, has_id)
+        shown = ", ".join(_show(k, 40) for k in unknown[:5])
+        raise BadCommand(f"unknown field(s) {shown}; a command has {', '.join(sorted(COMMAND_FIELDS))}", request_id)
+    ts, expires = _epoch_ms(doc, "ts", request_id), _epoch_ms(doc, "expires", request_id)
     by = doc.get("by")
-    return Command(request_id, tag, doc["value"], str(by)[:64] if by is not None else None)
+    return Command(request_id, tag, doc["value"], str(by)[:64] if _is_scalar(by) else None, ts, expires)
+
+
+def check_fresh(cmd: Command, *, now_ms: float, max_age: float) -> None:
+    """Refuse (:class:`BadCommand`, kind ``stale``) a command past its ``expires``, or whose ``ts`` is more
+    than ``max_age`` seconds away from now (older, or in the future: a sender's clock that is off)."""
+    if cmd.expires is not None and now_ms > cmd.expires:
+        raise BadCommand(f"command expired {(now_ms - cmd.expires) / 1000:.1f} s ago (\"expires\")", cmd.request_id,
+                         kind="stale")  # fmt: skip
+    if cmd.ts is not None:
+        age = (now_ms - cmd.ts) / 1000.0
+        if age > max_age:
+            raise BadCommand(f"command is {age:.1f} s old (\"ts\"); older than cmd_max_age {max_age:g} s",
+                             cmd.request_id, kind="stale")  # fmt: skip
+        if -age > max_age:
+            raise BadCommand(f"command's \"ts\" is {-age:.1f} s in the future (more than cmd_max_age "
+                             f"{max_age:g} s): is the sender's clock right?", cmd.request_id, kind="stale")
 
 
 Publish = Callable[..., None]
@@ -320,49 +422,59 @@ class MqttCommands:
     """Executes write commands arriving on ``{namespace}/{asset}/cmd``; answers on ``.../cmd/result``.
 
     :meth:`on_message` is the uplink's message callback (runs on the event loop). Each command becomes a
-    task (tracked, cancelled by :meth:`close`). Retained commands are never executed: a stale setpoint must
-    not be replayed when the gateway reconnects. A command that cannot be parsed is answered with an error
-    when its ``id`` could be read, and only logged otherwise.
+    task (tracked, cancelled by :meth:`close`). Every command gets one result, also a refused one: with
+    its ``id`` when one could be read, else ``"id": null`` (an empty message, which clears a retained one,
+    is no command and gets none). Refused before anything is written:
+
+    - a command with the retain flag (MQTT 3.1.1 sets it only on messages the broker delivers because the
+      gateway subscribed, i.e. stale ones; see docs/write-back.md for what it cannot see);
+    - one past its ``expires``, or whose ``ts`` is more than ``max_age`` seconds from the gateway's clock;
+    - one that is not a JSON object of the known fields, or that names an unknown asset or tag.
     """
 
-    def __init__(self, assets: Mapping[str, AssetRuntime], namespace: str, publish: Publish) -> None:
+    def __init__(self, assets: Mapping[str, AssetRuntime], namespace: str, publish: Publish, *,
+                 max_age: float = CMD_MAX_AGE, clock: Callable[[], float] = time.time) -> None:
         self.assets = assets
         self.namespace = namespace
+        self.max_age = max_age
+        self._clock = clock
         self._publish = publish
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def topic(self, asset: str) -> str:
-        return f"{self.namespace}/{asset}/cmd"
+    @property
+    def topic_filter(self) -> str:
+        """The one topic filter to subscribe to, for every asset (``{namespace}/+/cmd``): a command to an
+        unknown asset is answered too."""
+        return f"{self.namespace}/+/cmd"
 
     def result_topic(self, asset: str) -> str:
         return f"{self.namespace}/{asset}/cmd/result"
 
     def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        if not payload:  # how a retained command is cleared (mosquitto_pub -r -n): not a command, no answer
+            return
         asset = topic.removeprefix(self.namespace + "/").removesuffix("/cmd")
+        origin, tag, value = f"mqtt {topic}", "", None
         try:
             cmd = parse_command(payload)
+            tag, value = cmd.tag, cmd.value if _is_scalar(cmd.value) else None
+            origin += f" id={cmd.request_id!r}" + (f" by {cmd.by!r} (unverified)" if cmd.by else "")
             if retained:
-                raise BadCommand(
-                    "retained commands are not executed (publish commands without the retain flag)",
-                    cmd.request_id, has_id=True,
-                )
+                raise BadCommand("retained commands are not executed (publish commands without the retain flag; "
+                                 "clear this one with an empty retained message)", cmd.request_id, kind="retained")
+            check_fresh(cmd, now_ms=self._clock() * 1000.0, max_age=self.max_age)
         except BadCommand as exc:
-            origin = f"mqtt {topic}" + (f" id={exc.request_id!r}" if exc.has_id else "")
-            if exc.has_id:
-                outcome = WriteOutcome(asset, "?", None, ok=False, kind="malformed", error=str(exc))
-                log_outcome(outcome, origin)
-                self._answer(asset, exc.request_id, outcome)
-            else:
-                log.warning("ignored MQTT command on %s (no id to answer to): %s", topic, exc)
+            if exc.request_id is not None and "id=" not in origin:
+                origin += f" id={exc.request_id!r}"
+            outcome = WriteOutcome(asset, tag, value, ok=False, kind=exc.kind, error=str(exc))
+            log_outcome(outcome, origin)
+            self._answer(asset, exc.request_id, outcome)
             return
-        task = asyncio.get_running_loop().create_task(self._execute(asset, topic, cmd), name=f"cmd:{asset}")
+        task = asyncio.get_running_loop().create_task(self._execute(asset, origin, cmd), name="cmd")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _execute(self, asset: str, topic: str, cmd: Command) -> None:
-        origin = f"mqtt {topic}" + (f" id={cmd.request_id!r}" if cmd.request_id is not None else "")
-        if cmd.by:
-            origin += f" by {cmd.by!r} (unverified)"
+    async def _execute(self, asset: str, origin: str, cmd: Command) -> None:
         outcome = await perform(self.assets, asset, cmd.tag, cmd.value, origin=origin)
         self._answer(asset, cmd.request_id, outcome)
 
@@ -371,7 +483,7 @@ class MqttCommands:
             "id": request_id,
             "ok": outcome.ok,
             "asset": asset,
-            "tag": outcome.tag,
+            "tag": outcome.tag or None,
             "value": outcome.value,
             "requested": outcome.requested,
             "error": outcome.error,

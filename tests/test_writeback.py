@@ -211,7 +211,7 @@ async def test_mqtt_commands_round_trip_and_bad_commands_are_answered(
         await connected(rg, "press", "oven")
         assert await rg.gw.uplink.wait_connected(10)
         rr = (await sub.next(result_of("r1"))).json()
-        assert rr["ok"] is False and rr["code"] == "malformed" and "retained" in rr["error"]
+        assert rr["ok"] is False and rr["code"] == "retained" and "retained" in rr["error"]
         assert struct.unpack(">I", regs(modbus_sim, 120, 2))[0] != 99
         await mqtt_command(mqtt_broker, "press", b"", retain=True)  # clear the retained message
 
@@ -235,8 +235,14 @@ async def test_mqtt_commands_round_trip_and_bad_commands_are_answered(
         r4 = (await sub.next(result_of("c4"))).json()
         assert r4["ok"] is False and r4["code"] == "invalid" and "above the maximum 100" in r4["error"]
 
-        # bad commands: answered when they carry an id, logged otherwise; the gateway keeps going
+        # bad commands: every one is answered (with its id when it could be read); the gateway keeps going
         await mqtt_command(mqtt_broker, "press", b"{not json")
+        bad = (await sub.next(result_of(None))).json()
+        assert bad["ok"] is False and bad["code"] == "malformed" and "not valid JSON" in bad["error"]
+        await mqtt_command(mqtt_broker, "press", {"tag": "u32", "value": 3})  # an id is required
+        no_id = (await sub.next(result_of(None))).json()
+        assert no_id["ok"] is False and no_id["code"] == "malformed" and 'needs "id"' in no_id["error"]
+        assert struct.unpack(">I", regs(modbus_sim, 120, 2))[0] != 3  # not executed
         await mqtt_command(mqtt_broker, "press", {"tag": "u32", "id": "m1"})
         await mqtt_command(mqtt_broker, "press", {"value": 1, "id": "m2"})
         await mqtt_command(mqtt_broker, "press", {"tag": "u32", "value": 1, "id": "m3", "extra": 1})
@@ -244,10 +250,10 @@ async def test_mqtt_commands_round_trip_and_bad_commands_are_answered(
         m1 = (await sub.next(result_of("m1"))).json()
         assert m1["ok"] is False and m1["code"] == "malformed" and '"value"' in m1["error"]
         assert "needs \"tag\"" in (await sub.next(result_of("m2"))).json()["error"]
-        assert "unknown field(s) extra" in (await sub.next(result_of("m3"))).json()["error"]
+        assert "unknown field(s) 'extra'" in (await sub.next(result_of("m3"))).json()["error"]
         m4 = (await sub.next(result_of("m4"))).json()
         assert m4["code"] == "unknown" and "has no tag 'nope'" in m4["error"]
-        assert "ignored MQTT command on acme/test/line1/press/cmd (no id to answer to): command is not valid JSON" \
+        assert "write press/? from mqtt acme/test/line1/press/cmd: refused (malformed): command: not valid JSON" \
             in caplog.text
 
         await mqtt_command(mqtt_broker, "press", {"tag": "u32", "value": 5, "id": "after"})

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+import asyncio
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException
 
 from drivers.modbus.base import ModbusDriverBase
 from drivers.modbus.config import ModbusTag, ModbusTcpSource
+
+
+@dataclass(slots=True)
+class TcpCounters:
+    """What the status API shows as ``driver_counters`` (monotonic since the driver was created)."""
+
+    bad_frames: int = 0  # answers pymodbus could not decode (the connection is dropped, the poll fails)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
 
 
 class ModbusTcpDriver(ModbusDriverBase):
@@ -24,12 +37,16 @@ class ModbusTcpDriver(ModbusDriverBase):
 
     source: ModbusTcpSource
 
+    def __init__(self, source: Any, tags: list[ModbusTag]) -> None:
+        super().__init__(source, tags)
+        self.counters = TcpCounters()
+
     @property
     def endpoint(self) -> str:
         return f"{self.source.host}:{self.source.port} unit {self.source.unit}"
 
     def _make_client(self) -> AsyncModbusTcpClient:
-        return AsyncModbusTcpClient(
+        client = AsyncModbusTcpClient(
             self.source.host,
             port=self.source.port,
             timeout=self.source.timeout,  # connect and per-request response timeout
@@ -39,3 +56,30 @@ class ModbusTcpDriver(ModbusDriverBase):
             trace_connect=self._on_connection_change,
             name=f"modbus_tcp {self.source.host}:{self.source.port}",
         )
+        self._count_bad_frames(client)
+        return client
+
+    def _count_bad_frames(self, client: AsyncModbusTcpClient) -> None:
+        """An answer pymodbus cannot decode raises out of its protocol's ``data_received``, which asyncio
+        logs as a ~20-line "Fatal error" traceback per frame. Count it instead, fail the request in flight
+        at once (the stream's framing is lost) and drop the connection: the engine reconnects as for any
+        lost connection, and logs that once."""
+        ctx = getattr(client, "ctx", None)  # pymodbus 3.16: the TransactionManager is the protocol
+        decode = getattr(ctx, "callback_data", None)
+        if decode is None:
+            return
+
+        def guarded(data: bytes, addr: tuple | None = None) -> int:
+            try:
+                return decode(data, addr=addr)
+            except ModbusException as exc:
+                self.counters.bad_frames += 1
+                pending = ctx.response_future
+                if isinstance(pending, asyncio.Future) and not pending.done():
+                    pending.set_exception(ConnectionException(f"undecodable answer from {self.endpoint} ({exc})"))
+                    pending.exception()
+                if ctx.transport is not None:
+                    ctx.transport.close()
+                return len(data)
+
+        ctx.callback_data = guarded  # type: ignore[method-assign]

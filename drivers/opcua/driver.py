@@ -28,6 +28,7 @@ from asyncua import Client, ua
 from asyncua.client.ua_client import UaClientState
 
 from drivers.opcua import address, decode, session, subscription
+from drivers.opcua.frames import OpcUaCounters, count_bad_frames
 from drivers.opcua.config import OpcUaSource, OpcUaTag
 from gateway.batch import Batch
 from gateway.driver import DeviceUnavailable
@@ -109,6 +110,8 @@ class OpcUaDriver:
         self._failures: list[tuple[np.ndarray, int, str]] = []
         self._max_monitored = 0
         self.streaming = source.mode == "subscribe"
+        #: shown by the status API as ``driver_counters`` (undecodable messages from the server)
+        self.counters = OpcUaCounters()
         self.state_dir: Path = Path("state")
         """Where the certificate store lives (``<state_dir>/pki``); the engine sets ``gateway.state_dir``."""
         self.node_ids: list[ua.NodeId | None] = []
@@ -134,6 +137,7 @@ class OpcUaDriver:
         except (TimeoutError, OSError, ua.UaError) as exc:
             raise DeviceUnavailable(f"OPC UA server {self.source.endpoint}: {_describe(exc)}") from exc
         self._client = client
+        count_bad_frames(client, self.counters)
         try:
             namespaces, limits = await self._read_server_info(client)
             read_limit, monitored_limit, translate_limit = limits

@@ -35,6 +35,9 @@ class GatewaySection(StrictModel):
     )
     state_dir: str = Field("state", description="Directory for the gateway's own state (spool, certificates)")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_summary_interval: Duration = Field(
+        60.0, gt=0, description="A flapping asset logs its first state changes, then one summary per interval"
+    )
 
     @field_validator("namespace")
     @classmethod
