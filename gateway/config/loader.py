@@ -18,6 +18,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from gateway.config.cross import CROSS_CHECK
 from gateway.config.errors import ConfigError, ConfigIssue
 from gateway.config.messages import readable
 from gateway.config.substitution import Substituted, SubstitutionError, substitute
@@ -314,7 +315,7 @@ def _duplicates(doc: _Document) -> list[ConfigIssue]:
 
 def _validation_issues(doc: _Document, error: ValidationError, model: type[BaseModel]) -> list[ConfigIssue]:
     issues: dict[tuple[Any, ...], ConfigIssue] = {}
-    for err in error.errors(include_url=False):
+    for err in _expanded(error.errors(include_url=False)):
         if err["type"] in _CHECKED_ON_TREE:
             continue
         err = _driver_error(doc, err)
@@ -336,6 +337,18 @@ def _validation_issues(doc: _Document, error: ValidationError, model: type[BaseM
             continue
         issues[key] = issue
     return list(issues.values())
+
+
+def _expanded(errors: list[Any]) -> list[Any]:
+    """The root model's cross checks (one pydantic error) as one error per conflict, at its own place."""
+    out = []
+    for err in errors:
+        if err["type"] == CROSS_CHECK:
+            out.extend({"type": CROSS_CHECK, "loc": tuple(loc), "msg": message, "input": None}
+                       for loc, message in (err.get("ctx") or {}).get("issues", ()))  # fmt: skip
+        else:
+            out.append(err)
+    return out
 
 
 def _driver_error(doc: _Document, err: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Tag
 from pydantic.fields import FieldInfo
 
 from gateway.config.common import NAME_PATTERN, NAME_RULE
+from gateway.config.cross import CROSS_CHECK
 
 _PREFIXES = ("Value error, ", "Assertion failed, ")
 #: Regular expressions of config fields, explained.
@@ -135,6 +136,8 @@ def readable(
             if close:
                 msg += f" — did you mean {close[0]!r}?"
             msg += f" (allowed: {', '.join(allowed)})"
+        show_input = False
+    elif kind == CROSS_CHECK:
         show_input = False
     elif kind == "missing":
         msg = f"required key {str(loc[-1])!r} is missing" if loc else "required value is missing"
