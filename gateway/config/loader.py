@@ -7,6 +7,7 @@ whose lines read ``config/plant.yaml:42: assets[2].tags[5].type: expected one of
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,9 +22,20 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from gateway.config.cross import CROSS_CHECK
 from gateway.config.errors import ConfigError, ConfigIssue
 from gateway.config.messages import readable
-from gateway.config.substitution import Substituted, SubstitutionError, substitute
+from gateway.config.secrets import is_secret_key, is_secret_path, literal_parts, redact, texts_in_yaml, texts_of
+from gateway.config.substitution import FORMS, Substituted, SubstitutionError, substitute
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+#: Largest config file read, in bytes (a plant's config with thousands of tags is about a megabyte).
+MAX_FILE_BYTES = 16 * 1024 * 1024
+#: Values that YAML aliases (``*anchor``, ``<<: *anchor``) may add to what the file spells out. Reusing a
+#: tag list across assets stays far below; a "billion laughs" (9 levels of 9 aliases) is refused at once.
+MAX_ALIAS_VALUES = 250_000
+#: Deepest nesting of mappings and lists (a config needs about 6).
+MAX_DEPTH = 64
+#: A value that is one ``${VAR}`` or ``${file:...}`` reference and nothing else
+_FLOW_CHARS = re.compile(r"""[\[\]{}\n'"#\\]""")
+_SINGLE_REFERENCE = re.compile(r"\$\{(?:[A-Za-z_]\w*(?::-[^}]*)?|file:[^}]*)\}")
 #: Errors of the model validators that :func:`_duplicates` already reports with better lines.
 _CHECKED_ON_TREE = frozenset({"duplicate_asset_id", "duplicate_tag_name"})
 
@@ -71,6 +83,8 @@ class _Document:
     substituted: dict[tuple[Any, ...], Substituted] = field(default_factory=dict)
     unresolved: set[tuple[Any, ...]] = field(default_factory=set)
     issues: list[ConfigIssue] = field(default_factory=list)
+    #: every text a secret key's value can show as (literal, substituted, as written); redacted from messages
+    secret_texts: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +113,7 @@ def load_config(
         model = config_model()
     file = os.fspath(path)
     try:
-        text = Path(file).read_text(encoding="utf-8")
+        text = _read_bounded(file)
     except UnicodeDecodeError as e:
         problem = f"not UTF-8 text ({e.reason} at byte {e.start})"
         raise ConfigError([ConfigIssue(file, None, None, "", problem)]) from None
@@ -123,15 +137,68 @@ def load_config(
         doc.issues.extend(_validation_issues(doc, e, model))
         config = None
     if doc.issues:
-        raise ConfigError(sorted(doc.issues, key=lambda i: (i.line or 0, i.column or 0)))
+        issues = sorted(doc.issues, key=lambda i: (i.line or 0, i.column or 0))
+        raise ConfigError(replace(i, message=redact(i.message, doc.secret_texts)) for i in issues)
     return config
+
+
+def _read_bounded(file: str) -> str:
+    """The file's text; a :class:`ConfigError` when it is larger than :data:`MAX_FILE_BYTES` (reads at most
+    that much, so ``/dev/zero`` or a runaway pipe cannot exhaust memory)."""
+    with open(file, "rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        problem = f"the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; is it really a config file?"
+        raise ConfigError([ConfigIssue(file, None, None, "", problem)])
+    return data.decode("utf-8")
+
+
+def _flow_depth(file: str, text: str) -> ConfigIssue | None:
+    """Brackets (``[``, ``{``) nested deeper than :data:`MAX_DEPTH`, found before the YAML scanner runs (its
+    cost grows with the square of the flow depth: 3000 levels take seconds). Quoted text and comments are
+    skipped; a stray bracket in a plain scalar only counts as one level."""
+    depth, line, quote, skip_to = 0, 1, "", -1
+    for m in _FLOW_CHARS.finditer(text):
+        i, c = m.start(), m.group()
+        if i < skip_to:
+            continue
+        if c == "\n":
+            line += 1
+        elif quote:
+            if c == "\\" and quote == '"':
+                skip_to = i + 2
+            elif c == quote:
+                quote = ""
+        elif c in "'\"" and (i == 0 or text[i - 1] in " \t\n[{,:"):
+            quote = c
+        elif c == "#" and (i == 0 or text[i - 1] in " \t\n"):
+            skip_to = text.find("\n", i)  # the newline itself is still counted
+            if skip_to < 0:
+                break
+        elif c in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return ConfigIssue(file, line, None, "", f"refused: nested deeper than {MAX_DEPTH} levels")
+        elif c in "]}":
+            depth = max(0, depth - 1)
+    return None
 
 
 def _parse(file: str, text: str) -> _Document:
     yaml = _yaml()
+    too_deep = _flow_depth(file, text)
+    if too_deep is not None:
+        raise ConfigError([too_deep])
     try:
-        issues = _duplicate_keys(file, yaml.compose(text))
-        return _Document(file, _yaml().load(text), issues=issues)
+        root = yaml.compose(text)
+        bounds = _bounds(file, root)
+        if bounds:
+            raise ConfigError(bounds)
+        issues = _duplicate_keys(file, root)
+        return _Document(file, _yaml().load(text), issues=issues, secret_texts=_secret_scalars(root))
+    except RecursionError:
+        problem = f"invalid YAML: nested too deeply (a config needs a handful of levels; at most {MAX_DEPTH})"
+        raise ConfigError([ConfigIssue(file, None, None, "", problem)]) from None
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         message = " ".join(str(e.problem or e.context or "invalid YAML").split())
@@ -141,9 +208,102 @@ def _parse(file: str, text: str) -> _Document:
         source_line = text.splitlines()[line - 1] if line is not None and line <= len(text.splitlines()) else ""
         if "${" in source_line and "flow" in f"{e.context} {e.problem}":
             message += '; a ${...} value inside {...} or [...] must be quoted: "${VAR}"'
+        message = redact(message, texts_in_yaml(text))
         raise ConfigError([ConfigIssue(file, line, col, "", f"invalid YAML: {message}")]) from None
     except YAMLError as e:
-        raise ConfigError([ConfigIssue(file, None, None, "", f"invalid YAML: {' '.join(str(e).split())}")]) from None
+        message = redact(" ".join(str(e).split()), texts_in_yaml(text))
+        raise ConfigError([ConfigIssue(file, None, None, "", f"invalid YAML: {message}")]) from None
+
+
+def _children(node: Any) -> list[Any]:
+    if isinstance(node, MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _bounds(file: str, root: Any) -> list[ConfigIssue]:
+    """Refuse, before anything expands them, documents whose aliases add more than :data:`MAX_ALIAS_VALUES`
+    values, that nest deeper than :data:`MAX_DEPTH`, or whose aliases refer to themselves.
+
+    Works on the composed node graph, where an alias is the anchored node itself: each node's expanded size
+    and height are computed once (post-order, no recursion), so the check costs the size of the file.
+    """
+    if root is None:
+        return []
+    size: dict[int, int] = {}
+    height: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if key in size:
+            continue
+        kids = _children(node)
+        if not done:
+            open_.add(key)
+            stack.append((node, True))
+            for kid in kids:
+                if id(kid) in open_:
+                    return [_bound_issue(file, kid, "an alias refers to the value that contains it (a loop)")]
+                if id(kid) not in size:
+                    stack.append((kid, False))
+            continue
+        open_.discard(key)
+        size[key] = 1 + sum(size[id(k)] for k in kids)
+        height[key] = 1 + max((height[id(k)] for k in kids), default=0)
+        if height[key] > MAX_DEPTH:
+            return [_bound_issue(file, node, f"nested deeper than {MAX_DEPTH} levels")]
+        if size[key] > MAX_ALIAS_VALUES:  # only then count what the file spells out below it
+            added = size[key] - _unique(node)
+            if added > MAX_ALIAS_VALUES:
+                return [_bound_issue(file, node, f"its aliases expand to {_count(size[key])} values, more than "
+                                     f"{MAX_ALIAS_VALUES:,} beyond what the file spells out (a YAML alias bomb?)")]
+    return []
+
+
+def _unique(root: Any) -> int:
+    """Distinct nodes below ``root`` (an alias counted once)."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) not in seen:
+            seen.add(id(node))
+            stack.extend(_children(node))
+    return len(seen)
+
+
+def _count(n: int) -> str:
+    return f"{n:,}" if n < 10**9 else f"about 10^{len(str(n)) - 1}"
+
+
+def _bound_issue(file: str, node: Any, problem: str) -> ConfigIssue:
+    mark = node.start_mark
+    return ConfigIssue(file, mark.line + 1, mark.column + 1, "", f"refused: {problem}")
+
+
+def _secret_scalars(root: Any) -> set[str]:
+    """The text, as written, of every scalar below a secret key (also when reached through an alias)."""
+    found: set[str] = set()
+    seen: set[tuple[int, bool]] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, secret = stack.pop()
+        if node is None or (id(node), secret) in seen:
+            continue
+        seen.add((id(node), secret))
+        if isinstance(node, MappingNode):
+            for key, value in node.value:
+                inner = secret or (isinstance(key, ScalarNode) and is_secret_key(key.value))
+                stack.append((value, inner))
+        elif isinstance(node, SequenceNode):
+            stack.extend((item, secret) for item in node.value)
+        elif secret and isinstance(node, ScalarNode) and node.value:
+            found |= literal_parts(str(node.value))
+    return found
 
 
 def _duplicate_keys(file: str, root: Any) -> list[ConfigIssue]:
@@ -191,26 +351,48 @@ def _plain(
         }
     if isinstance(node, CommentedSeq):
         return [_plain(doc, v, parts + (i,), tuple(node.lc.item(i)), env, base) for i, v in enumerate(node)]
+    secret = is_secret_path(parts)
     if isinstance(node, bool) or node is None or isinstance(node, YamlFloat):
-        return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    if isinstance(node, str):
-        text = str(node)
-        try:
-            result = substitute(text, env, base)
-        except SubstitutionError as e:
-            doc.unresolved.add(parts)
-            doc.issues.append(ConfigIssue(doc.file, pos[0] + 1, pos[1] + 1, format_path(parts), str(e)))
-            return text
-        if result is None:
-            return text
-        if result.sources:
-            doc.substituted[parts] = result
-        return result.value
-    return node
+        value: Any = node
+    elif isinstance(node, int):
+        value = int(node)
+    elif isinstance(node, float):
+        value = float(node)
+    elif isinstance(node, str):
+        value = _substituted(doc, str(node), parts, pos, env, base, secret)
+        if secret:
+            doc.secret_texts |= literal_parts(str(node))
+            if parts in doc.substituted:
+                doc.secret_texts.add(value)
+        return value
+    else:
+        value = node
+    if secret:
+        doc.secret_texts |= texts_of(value)
+    return value
+
+
+def _substituted(
+    doc: _Document, text: str, parts: tuple[Any, ...], pos: tuple[int, int], env: Mapping[str, str], base: Path,
+    secret: bool,
+) -> str:
+    """``text`` with its ``${...}`` resolved; an unresolvable one is an issue (saying nothing of a secret's
+    text unless the value is a single reference)."""
+    try:
+        result = substitute(text, env, base)
+    except SubstitutionError as e:
+        doc.unresolved.add(parts)
+        message = str(e)
+        if secret and _SINGLE_REFERENCE.fullmatch(text) is None:
+            message = (f"cannot resolve the ${{...}} in this secret value (not shown); expected {FORMS}, "
+                       "and $${ for a literal ${")
+        doc.issues.append(ConfigIssue(doc.file, pos[0] + 1, pos[1] + 1, format_path(parts), message))
+        return text
+    if result is None:
+        return text
+    if result.sources:
+        doc.substituted[parts] = result
+    return result.value
 
 
 def _plain_key(key: Any) -> Any:
@@ -327,7 +509,8 @@ def _validation_issues(doc: _Document, error: ValidationError, model: type[BaseM
             for parts, sub in doc.substituted.items():
                 if parts[: len(place.parts)] == place.parts:
                     secrets[sub.value] = ", ".join(sub.sources)
-        message = readable(err, model, secrets)
+        secret = is_secret_path(place.parts) or is_secret_path([p for p in err["loc"] if isinstance(p, str)])
+        message = readable(err, model, secrets, secret=secret)
         issue = ConfigIssue(doc.file, place.line, place.column, format_path(place.parts), message)
         key: tuple[Any, ...] = ("union", place.line, issue.path) if place.labels_dropped else ("one", len(issues))
         if key in issues:  # one value that fails every member of a union: one line
