@@ -55,9 +55,10 @@ class AssetRuntime:
             # a driver that keeps files (e.g. OPC UA certificates) declares ``state_dir``; it gets gateway.state_dir
             self.driver.state_dir = Path(state_dir)  # type: ignore[attr-defined]
         self.ring = RingBuffer.for_rate(len(self.tags), buffer_seconds, cfg.source.poll)
-        self.reducer = Reducer(
-            self.tags, self.ring, heartbeat=heartbeat, float32=getattr(self.driver, "float32_tags", None)
-        )
+        float32 = getattr(self.driver, "float32_tags", None)
+        self.reducer = Reducer(self.tags, self.ring, heartbeat=heartbeat, float32=float32)
+        if isinstance(float32, np.ndarray) and float32.dtype == np.bool_ and float32.shape == (len(self.tags),):
+            self.reducer.float32 = float32  # shared: a driver that learns types from the values (OPC UA) is followed
         self.status = AssetStatus()
         #: the driver pushes batches (``subscribe()``) instead of being polled; the driver decides from its
         #: source config (e.g. ``mode: subscribe``) through its ``streaming`` attribute
