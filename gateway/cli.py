@@ -58,7 +58,7 @@ async def run_gateway(cfg, stop: asyncio.Event | None = None) -> int:
             return EXIT_CONFIG
     try:
         gw = Gateway(cfg)
-    except (ValueError, TypeError) as exc:  # a config problem validate missed: a bug, but never a traceback loop
+    except (ValueError, TypeError, MemoryError) as exc:  # a config problem validate missed: a bug, not a traceback loop
         log.error("the gateway cannot start with this config: %s (validate should have said so: please report it)", exc)
         return EXIT_CONFIG
     try:

@@ -6,7 +6,8 @@ MQTT broker and the status API's listen address join them. :func:`conflicts` com
 ``validate`` reports, with a line, what ``run`` would otherwise only meet at start-up (two assets on one
 RS-485 port with different parity, a unit id twice on one bus, a serial port opened by two drivers, the
 API listening on the port an asset or the broker is at). :func:`tls_problems` loads ``mqtt.tls``'s files
-as the uplink will (an unreadable CA bundle is a config error, not a crash loop).
+as the uplink will (an unreadable CA bundle is a config error, not a crash loop). :func:`ring_memory` sizes the
+in-memory history (``buffer.seconds`` at each asset's ``poll``) before it is allocated.
 
 The root model (``GatewayConfig``) calls :func:`raise_conflicts`; the loader turns each
 ``(location, message)`` of the raised :data:`CROSS_CHECK` error into its own ``file:line`` line.
@@ -15,6 +16,7 @@ The root model (``GatewayConfig``) calls :func:`raise_conflicts`; the loader tur
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -157,9 +159,38 @@ def tls_problems(cfg: Any) -> list[tuple[tuple[Any, ...], str]]:
     return []
 
 
+#: Most RAM the ring buffers of all assets may take (a Raspberry Pi has 1 to 8 GiB)
+MAX_RING_BYTES = 2 * 1024**3
+#: Bytes per sample in a ring buffer: timestamp int64, value float64, quality uint8
+_SAMPLE_BYTES = 17
+
+
+def ring_memory(cfg: Any) -> list[tuple[tuple[Any, ...], str]]:
+    """The ring buffers ``run`` allocates (one slot per ``poll`` over ``buffer.seconds``, per tag, as
+    ``RingBuffer.for_rate`` sizes them): an error when they would take more than :data:`MAX_RING_BYTES`."""
+    seconds = cfg.buffer.seconds
+    per_asset = [(len(a.tags) * max(16, math.ceil(seconds / a.source.poll) + 1) * _SAMPLE_BYTES, a.id)
+                 for a in cfg.assets]  # fmt: skip
+    total = sum(b for b, _ in per_asset)
+    if total <= MAX_RING_BYTES:
+        return []
+    biggest, asset = max(per_asset)
+    text = (f"{seconds:g} s of history per tag needs {_size(total)} of RAM ({_size(biggest)} for asset {asset!r} "
+            f"alone), more than {_size(MAX_RING_BYTES)}; keep fewer seconds or poll less often")
+    return [(("buffer", "seconds"), text)]
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
 def raise_conflicts(cfg: Any) -> None:
     """Raise the :data:`CROSS_CHECK` error listing every conflict and start-up problem of ``cfg`` (none: nothing)."""
-    found = tls_problems(cfg) + conflicts(cfg)
+    found = tls_problems(cfg) + ring_memory(cfg) + conflicts(cfg)
     if found:
         text = "; ".join(f"{'.'.join(str(p) for p in loc)}: {message}" for loc, message in found)
         raise PydanticCustomError(CROSS_CHECK, "{text}", {"text": text, "issues": found})

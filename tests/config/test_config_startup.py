@@ -23,7 +23,7 @@ assets:
 """
 
 
-def rtu(asset: str, port: str, **source: object) -> str:
+def rtu(asset: str, port: object, **source: object) -> str:
     extra = "".join(f", {k}: {v}" for k, v in source.items())
     return (f"  - id: {asset}\n    source: {{driver: modbus_rtu, port: {port}{extra}}}\n"
             f"    tags: [{{name: t, address: 40001, type: int16}}]\n")  # fmt: skip
@@ -167,3 +167,19 @@ def test_every_conflict_is_reported_at_once(tmp_path):
     text = HEAD + rtu("a1", port, unit=1) + rtu("a2", port, unit=1, parity="N")
     errs = errors_of(text, tmp_path)
     assert sorted(e.split(": ")[1] for e in errs) == ["assets[1].source.parity", "assets[1].source.unit"]
+
+
+def test_a_history_buffer_larger_than_the_ram_limit_is_an_error(tmp_path):
+    """run allocated 7 TiB of ring buffer at start-up (MemoryError traceback) for this one."""
+    text = HEAD.replace("assets:", "buffer: {seconds: 1000000000}\nassets:") + rtu("a1", "/dev/ttyS9", poll="1ms")
+    (err,) = errors_of(text, tmp_path)
+    assert err.startswith(f"{line_of(text, 'buffer:')}: buffer.seconds: 1e+09 s of history per tag needs "), err
+    assert "for asset 'a1'" in err and "more than 2.0 GiB" in err
+
+
+def test_a_day_of_history_for_a_thousand_tags_at_one_second_is_fine(tmp_path):
+    tags = ", ".join(f"{{name: t{i}, address: {40001 + i}, type: int16}}" for i in range(1000))
+    text = HEAD.replace("assets:", "buffer: {seconds: 86400}\nassets:") + (
+        f"  - id: big\n    source: {{driver: modbus_tcp, host: 10.0.0.9, poll: 1s}}\n    tags: [{tags}]\n"
+    )
+    assert load_config(write(tmp_path, text), env={}).buffer.seconds == 86400
