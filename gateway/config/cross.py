@@ -9,7 +9,7 @@ API listening on the port an asset or the broker is at). :func:`tls_problems` lo
 as the uplink will (an unreadable CA bundle is a config error, not a crash loop). :func:`ring_memory` sizes the
 in-memory history (``buffer.seconds`` at each asset's ``poll``) before it is allocated.
 
-The root model (``GatewayConfig``) calls :func:`raise_conflicts`; the loader turns each
+The root model (``GatewayConfig``) calls :func:`raise_startup_problems`; the loader turns each
 ``(location, message)`` of the raised :data:`CROSS_CHECK` error into its own ``file:line`` line.
 """
 
@@ -188,7 +188,7 @@ def _size(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def raise_conflicts(cfg: Any) -> None:
+def raise_startup_problems(cfg: Any) -> None:
     """Raise the :data:`CROSS_CHECK` error listing every conflict and start-up problem of ``cfg`` (none: nothing)."""
     found = tls_problems(cfg) + ring_memory(cfg) + conflicts(cfg)
     if found:

@@ -19,6 +19,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from gateway.config.bounds import MAX_DEPTH, flow_depth, graph_bounds, read_bounded
 from gateway.config.cross import CROSS_CHECK
 from gateway.config.errors import ConfigError, ConfigIssue
 from gateway.config.messages import readable
@@ -26,15 +27,7 @@ from gateway.config.secrets import is_secret_key, is_secret_path, literal_parts,
 from gateway.config.substitution import FORMS, Substituted, SubstitutionError, substitute
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-#: Largest config file read, in bytes (a plant's config with thousands of tags is about a megabyte).
-MAX_FILE_BYTES = 16 * 1024 * 1024
-#: Values that YAML aliases (``*anchor``, ``<<: *anchor``) may add to what the file spells out. Reusing a
-#: tag list across assets stays far below; a "billion laughs" (9 levels of 9 aliases) is refused at once.
-MAX_ALIAS_VALUES = 250_000
-#: Deepest nesting of mappings and lists (a config needs about 6).
-MAX_DEPTH = 64
 #: A value that is one ``${VAR}`` or ``${file:...}`` reference and nothing else
-_FLOW_CHARS = re.compile(r"""[\[\]{}\n'"#\\]""")
 _SINGLE_REFERENCE = re.compile(r"\$\{(?:[A-Za-z_]\w*(?::-[^}]*)?|file:[^}]*)\}")
 #: Errors of the model validators that :func:`_duplicates` already reports with better lines.
 _CHECKED_ON_TREE = frozenset({"duplicate_asset_id", "duplicate_tag_name"})
@@ -113,7 +106,7 @@ def load_config(
         model = config_model()
     file = os.fspath(path)
     try:
-        text = _read_bounded(file)
+        text = read_bounded(file)
     except UnicodeDecodeError as e:
         problem = f"not UTF-8 text ({e.reason} at byte {e.start})"
         raise ConfigError([ConfigIssue(file, None, None, "", problem)]) from None
@@ -142,56 +135,14 @@ def load_config(
     return config
 
 
-def _read_bounded(file: str) -> str:
-    """The file's text; a :class:`ConfigError` when it is larger than :data:`MAX_FILE_BYTES` (reads at most
-    that much, so ``/dev/zero`` or a runaway pipe cannot exhaust memory)."""
-    with open(file, "rb") as f:
-        data = f.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:
-        problem = f"the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; is it really a config file?"
-        raise ConfigError([ConfigIssue(file, None, None, "", problem)])
-    return data.decode("utf-8")
-
-
-def _flow_depth(file: str, text: str) -> ConfigIssue | None:
-    """Brackets (``[``, ``{``) nested deeper than :data:`MAX_DEPTH`, found before the YAML scanner runs (its
-    cost grows with the square of the flow depth: 3000 levels take seconds). Quoted text and comments are
-    skipped; a stray bracket in a plain scalar only counts as one level."""
-    depth, line, quote, skip_to = 0, 1, "", -1
-    for m in _FLOW_CHARS.finditer(text):
-        i, c = m.start(), m.group()
-        if i < skip_to:
-            continue
-        if c == "\n":
-            line += 1
-        elif quote:
-            if c == "\\" and quote == '"':
-                skip_to = i + 2
-            elif c == quote:
-                quote = ""
-        elif c in "'\"" and (i == 0 or text[i - 1] in " \t\n[{,:"):
-            quote = c
-        elif c == "#" and (i == 0 or text[i - 1] in " \t\n"):
-            skip_to = text.find("\n", i)  # the newline itself is still counted
-            if skip_to < 0:
-                break
-        elif c in "[{":
-            depth += 1
-            if depth > MAX_DEPTH:
-                return ConfigIssue(file, line, None, "", f"refused: nested deeper than {MAX_DEPTH} levels")
-        elif c in "]}":
-            depth = max(0, depth - 1)
-    return None
-
-
 def _parse(file: str, text: str) -> _Document:
     yaml = _yaml()
-    too_deep = _flow_depth(file, text)
+    too_deep = flow_depth(file, text)
     if too_deep is not None:
         raise ConfigError([too_deep])
     try:
         root = yaml.compose(text)
-        bounds = _bounds(file, root)
+        bounds = graph_bounds(file, root)
         if bounds:
             raise ConfigError(bounds)
         issues = _duplicate_keys(file, root)
@@ -213,76 +164,6 @@ def _parse(file: str, text: str) -> _Document:
     except YAMLError as e:
         message = redact(" ".join(str(e).split()), texts_in_yaml(text))
         raise ConfigError([ConfigIssue(file, None, None, "", f"invalid YAML: {message}")]) from None
-
-
-def _children(node: Any) -> list[Any]:
-    if isinstance(node, MappingNode):
-        return [n for pair in node.value for n in pair]
-    if isinstance(node, SequenceNode):
-        return list(node.value)
-    return []
-
-
-def _bounds(file: str, root: Any) -> list[ConfigIssue]:
-    """Refuse, before anything expands them, documents whose aliases add more than :data:`MAX_ALIAS_VALUES`
-    values, that nest deeper than :data:`MAX_DEPTH`, or whose aliases refer to themselves.
-
-    Works on the composed node graph, where an alias is the anchored node itself: each node's expanded size
-    and height are computed once (post-order, no recursion), so the check costs the size of the file.
-    """
-    if root is None:
-        return []
-    size: dict[int, int] = {}
-    height: dict[int, int] = {}
-    open_: set[int] = set()
-    stack: list[tuple[Any, bool]] = [(root, False)]
-    while stack:
-        node, done = stack.pop()
-        key = id(node)
-        if key in size:
-            continue
-        kids = _children(node)
-        if not done:
-            open_.add(key)
-            stack.append((node, True))
-            for kid in kids:
-                if id(kid) in open_:
-                    return [_bound_issue(file, kid, "an alias refers to the value that contains it (a loop)")]
-                if id(kid) not in size:
-                    stack.append((kid, False))
-            continue
-        open_.discard(key)
-        size[key] = 1 + sum(size[id(k)] for k in kids)
-        height[key] = 1 + max((height[id(k)] for k in kids), default=0)
-        if height[key] > MAX_DEPTH:
-            return [_bound_issue(file, node, f"nested deeper than {MAX_DEPTH} levels")]
-        if size[key] > MAX_ALIAS_VALUES:  # only then count what the file spells out below it
-            added = size[key] - _unique(node)
-            if added > MAX_ALIAS_VALUES:
-                return [_bound_issue(file, node, f"its aliases expand to {_count(size[key])} values, more than "
-                                     f"{MAX_ALIAS_VALUES:,} beyond what the file spells out (a YAML alias bomb?)")]
-    return []
-
-
-def _unique(root: Any) -> int:
-    """Distinct nodes below ``root`` (an alias counted once)."""
-    seen: set[int] = set()
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if id(node) not in seen:
-            seen.add(id(node))
-            stack.extend(_children(node))
-    return len(seen)
-
-
-def _count(n: int) -> str:
-    return f"{n:,}" if n < 10**9 else f"about 10^{len(str(n)) - 1}"
-
-
-def _bound_issue(file: str, node: Any, problem: str) -> ConfigIssue:
-    mark = node.start_mark
-    return ConfigIssue(file, mark.line + 1, mark.column + 1, "", f"refused: {problem}")
 
 
 def _secret_scalars(root: Any) -> set[str]:

@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from gateway.config.common import Duration, Name, ReduceProfile, StrictModel
-from gateway.config.cross import raise_conflicts
+from gateway.config.cross import raise_startup_problems
 from gateway.driver import registry
 
 
@@ -270,8 +270,8 @@ def config_model() -> type[StrictModel]:
             return self
 
         @model_validator(mode="after")
-        def _no_conflicts(self) -> "GatewayConfig":
-            raise_conflicts(self)  # ports, serial lines, unit ids across assets (gateway/config/cross.py)
+        def _startup_checks(self) -> "GatewayConfig":
+            raise_startup_problems(self)  # ports, serial lines, unit ids, TLS files, RAM (gateway/config/cross.py)
             return self
 
     return GatewayConfig

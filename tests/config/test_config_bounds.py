@@ -11,7 +11,7 @@ import tracemalloc
 import pytest
 from config_helpers import BASE, line_of, write
 
-from gateway.config import ConfigError, load_config, loader, substitution
+from gateway.config import ConfigError, bounds, load_config, substitution
 from gateway.config.cli import cmd_validate
 
 
@@ -40,14 +40,14 @@ def test_the_billion_laughs_is_refused_at_its_line_without_expanding(tmp_path, c
         tracemalloc.stop()
     assert code == 2
     err = capsys.readouterr().err
-    first_big = next(i for i in range(9) if 10 * 9**i > loader.MAX_ALIAS_VALUES)
+    first_big = next(i for i in range(9) if 10 * 9**i > bounds.MAX_ALIAS_VALUES)
     assert err.startswith(f"{path}:{line_of(text, f'l{first_big}: &l{first_big}')}:"), err
     assert "aliases expand to" in err and "alias bomb" in err
     assert peak < 20 * 1024 * 1024, peak  # nothing was expanded (the tester saw 530 MB)
 
 
 def test_many_moderate_aliases_that_add_too_much_are_refused_too(tmp_path, monkeypatch):
-    monkeypatch.setattr(loader, "MAX_ALIAS_VALUES", 1000)
+    monkeypatch.setattr(bounds, "MAX_ALIAS_VALUES", 1000)
     lines = ["defaults: &d [" + ", ".join(["x"] * 50) + "]"] + [f"k{i}: *d" for i in range(30)]
     (err,) = errors_of(write(tmp_path, "\n".join(lines) + "\n"))
     assert err.line == 1 and "aliases expand to 1,6" in err.message  # the whole file: 31 x 51 + 1
@@ -80,7 +80,7 @@ def test_deep_nesting_is_refused(tmp_path, depth):
 
 
 def test_a_file_larger_than_the_limit_is_refused_after_reading_only_the_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(loader, "MAX_FILE_BYTES", 4096)
+    monkeypatch.setattr(bounds, "MAX_FILE_BYTES", 4096)
     path = write(tmp_path, BASE + "#" * 5000 + "\n")
     (err,) = errors_of(path)
     assert err.line is None and "larger than" in err.message
