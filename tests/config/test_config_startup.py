@@ -7,6 +7,9 @@ the status API on an address the gateway connects to, an unreadable TLS file.
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import pytest
 from config_helpers import line_of, write
 
@@ -30,10 +33,16 @@ def rtu(asset: str, port: object, **source: object) -> str:
 
 
 def errors_of(text: str, tmp_path) -> list[str]:
+    """What ``validate`` prints for ``text`` (it must exit 2), each line without its ``file:`` prefix."""
     path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as info:
-        load_config(path, env={})
-    return [str(e).removeprefix(f"{path}:") for e in info.value.errors]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert cmd_validate(str(path)) == 2
+    lines = err.getvalue().splitlines()
+    assert lines and all(line.startswith(f"{path}:") for line in lines), lines
+    with pytest.raises(ConfigError):  # run loads the config the same way
+        load_config(path)
+    return [line.removeprefix(f"{path}:") for line in lines]
 
 
 @pytest.mark.parametrize(
