@@ -29,8 +29,13 @@ _FLOW_CHARS = re.compile(r"""[\[\]{}\n'"#\\]""")
 def read_bounded(file: str) -> str:
     """The file's text; a :class:`ConfigError` when it is larger than :data:`MAX_FILE_BYTES` (reads at most
     that much, so ``/dev/zero`` or a runaway pipe cannot exhaust memory)."""
-    with open(file, "rb") as f:
-        data = f.read(MAX_FILE_BYTES + 1)
+    chunks: list[bytes] = []
+    size = 0
+    with open(file, "rb") as f:  # in chunks: read(n) would reserve n bytes even for a 1 KB file
+        while size <= MAX_FILE_BYTES and (chunk := f.read(64 * 1024)):
+            chunks.append(chunk)
+            size += len(chunk)
+    data = b"".join(chunks)
     if len(data) > MAX_FILE_BYTES:
         problem = f"the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; is it really a config file?"
         raise ConfigError([ConfigIssue(file, None, None, "", problem)])

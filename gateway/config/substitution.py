@@ -92,7 +92,7 @@ def _read_file(name: str, base_dir: Path, sources: list[str], problems: list[str
     path = base_dir / Path(name.strip()).expanduser()
     try:
         with path.open("rb") as f:
-            data = f.read(MAX_SECRET_FILE_BYTES + 1)
+            data = f.read(MAX_SECRET_FILE_BYTES + 1)  # 64 KiB at most
         if len(data) > MAX_SECRET_FILE_BYTES:
             problems.append(f"{ref}: the file is larger than {MAX_SECRET_FILE_BYTES // 1024} KiB; is it the secret?")
             return ref
