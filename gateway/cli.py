@@ -59,11 +59,15 @@ async def run_gateway(cfg, stop: asyncio.Event | None = None) -> int:
             except UplinkConfigError as exc:
                 log.error("uplink %s: %s", up.name, exc)
                 return EXIT_CONFIG
-    gw = Gateway(cfg)
+    try:
+        gw = Gateway(cfg)
+    except (ValueError, TypeError, MemoryError) as exc:  # a config problem validate missed: a bug, not a traceback loop
+        log.error("the gateway cannot start with this config: %s (validate should have said so: please report it)", exc)
+        return EXIT_CONFIG
     try:
         sock = gw.bind_api()
     except OSError as exc:
-        log.error("cannot serve the status API on %s: %s", cfg.api.listen, exc.strerror)
+        log.error("cannot serve the status API on %s: %s", cfg.api.listen, exc.strerror or exc)
         return 1
     if stop is None:
         stop = asyncio.Event()

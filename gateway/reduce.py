@@ -223,7 +223,8 @@ class Reducer:
         self.names = [t.name for t in tags]
         self.ring = ring
         self.default_heartbeat = heartbeat
-        self.float32 = np.zeros(n, dtype=bool) if float32 is None else float32.astype(bool)
+        #: shared with the asset (not copied): a driver that learns types from the values (OPC UA) is followed
+        self.float32 = np.zeros(n, dtype=bool) if float32 is None else np.asarray(float32, dtype=bool)
         self.integer = integer_tags(tags) if integer is None else integer.astype(bool)
         self.cursor = np.zeros(n, dtype=np.int64)
         self.sent = _Sent(

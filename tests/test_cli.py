@@ -136,7 +136,26 @@ async def test_run_with_an_unreadable_tls_ca_file_exits_2_before_starting(tmp_pa
             "  publish_interval: 1s\n", f"  publish_interval: 1s\n  tls: {{ca_file: {tmp_path}/nope.pem}}\n"
         )
     )
-    code, _, err = await run_cli("run", str(cfg), timeout=30)
-    assert code == 2
-    assert f"mqtt.tls.ca_file '{tmp_path}/nope.pem': cannot load CA bundle" in err
-    assert "starting" not in err  # nothing was started
+    for command in ("validate", "run"):  # validate runs the check run does before starting
+        code, _, err = await run_cli(command, str(cfg), timeout=30)
+        assert code == 2, (command, err)
+        assert f"{cfg}:" in err and f"mqtt.tls.ca_file: '{tmp_path}/nope.pem': cannot load CA bundle" in err, err
+        assert "starting" not in err  # nothing was started
+
+
+async def test_two_assets_on_one_serial_port_with_different_parity_exit_2_without_a_traceback(tmp_path):
+    """Found by a tester: validate said OK, run crashed with a traceback (a restart every 5 s under systemd)."""
+    port = tmp_path / "ttyRS485"
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(
+        "gateway: {id: gw, namespace: acme/site}\nmqtt: {host: 127.0.0.1, port: 1}\napi: {enabled: false}\nassets:\n"
+        f"  - id: a\n    source: {{driver: modbus_rtu, port: {port}, parity: E, unit: 1}}\n"
+        "    tags: [{name: t, address: 40001, type: int16}]\n"
+        f"  - id: b\n    source: {{driver: modbus_rtu, port: {port}, parity: N, unit: 2}}\n"
+        "    tags: [{name: t, address: 40001, type: int16}]\n"
+    )
+    for command in ("validate", "run"):
+        code, _, err = await run_cli(command, str(cfg), timeout=30)
+        assert code == 2, (command, err)
+        assert err.startswith(f"{cfg}:9: assets[1].source.parity: parity 'N' differs from asset 'a'"), err
+        assert "Traceback" not in err

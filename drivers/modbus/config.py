@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, PrivateAttr, WithJsonSchema, model_validator
 
 from drivers.modbus.address import MAX_OFFSET, ModbusAddress, Table, address_text, parse_address
-from gateway.config.common import SourceBase, TagBase
+from gateway.config.common import Claim, SourceBase, TagBase, tcp_resource
 
 DataType = Literal["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bool", "bit", "string"]
 ByteOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
@@ -80,6 +80,10 @@ class ModbusTcpSource(ModbusReadLimits):
     host: str = Field(min_length=1, description="Host name or IP address of the device")
     port: int = Field(502, ge=1, le=65535)
     unit: int = Field(1, ge=0, le=247, description="Modbus unit id (slave / device id)")
+
+    def claims(self) -> tuple[Claim, ...]:
+        """The device's TCP address: shared with other Modbus TCP assets (units behind one gateway)."""
+        return (Claim(tcp_resource(self.host, self.port), "Modbus TCP", "host"),)
 
 
 class ModbusTag(TagBase):

@@ -6,12 +6,13 @@ byte order). Several assets naming the same ``port`` share one bus; their line s
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from drivers.modbus.config import ModbusReadLimits
-from gateway.config.common import Duration
+from gateway.config.common import Claim, Duration, tcp_resource
 
 
 class _RtuCommon(ModbusReadLimits):
@@ -60,6 +61,12 @@ class ModbusRtuSource(_RtuCommon):
             raise ValueError(f"Modbus RTU needs 8 data bits (bytesize {value} is Modbus ASCII, not supported)")
         return value
 
+    def claims(self) -> tuple[Claim, ...]:
+        """The serial port (by its real path, as the bus arbiter keys it): one line, one unit id per slave."""
+        line = (("baudrate", self.baudrate), ("parity", self.parity), ("stopbits", self.stopbits),
+                ("bytesize", self.bytesize))  # fmt: skip
+        return (Claim("serial:" + os.path.realpath(self.port), "Modbus RTU bus", "port", True, line, ("unit", self.unit)),)
+
 
 class ModbusRtuTcpSource(_RtuCommon):
     """Modbus RTU frames over TCP: a serial-to-Ethernet converter in transparent mode (not a Modbus TCP gateway)."""
@@ -67,3 +74,7 @@ class ModbusRtuTcpSource(_RtuCommon):
     driver: Literal["modbus_rtu_tcp"]
     host: str = Field(min_length=1, description="Host name or IP address of the converter")
     port: int = Field(ge=1, le=65535, description="TCP port of the converter's serial channel (often 4001, 502 or 8899)")
+
+    def claims(self) -> tuple[Claim, ...]:
+        """The converter's TCP channel: one RTU bus, one unit id per slave."""
+        return (Claim(tcp_resource(self.host, self.port), "Modbus RTU over TCP", "host", True, (), ("unit", self.unit)),)

@@ -18,7 +18,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 
 from drivers.opcua.browsepath import BrowsePath, parse_browse_path
 from drivers.opcua.nodeid import ACCEPTED_FORMS, NodeRef, parse_node_id
-from gateway.config.common import Duration, SourceBase, TagBase
+from gateway.config.common import Claim, Duration, SourceBase, TagBase, tcp_resource
 
 SecurityPolicyName = Literal[
     "None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss", "Basic128Rsa15", "Basic256"
@@ -135,6 +135,11 @@ class OpcUaSource(SourceBase):
     def secured(self) -> bool:
         """True when the channel uses a security policy (the gateway then needs its own certificate)."""
         return self.security_policy != "None"
+
+    def claims(self) -> tuple[Claim, ...]:
+        """The server's TCP address: shared with other OPC UA assets on the same server."""
+        url = urlparse(self.endpoint)
+        return (Claim(tcp_resource(url.hostname or "", url.port or 0), "OPC UA", "endpoint"),)
 
 
 class OpcUaTag(TagBase):

@@ -98,17 +98,20 @@ def _type_name(kind: int) -> str:
         return f"VariantType {code}"
 
 
-def fill(batch: Batch, positions: np.ndarray, dvs: Sequence[ua.DataValue], now_ns: int) -> None:
+def fill(batch: Batch, positions: np.ndarray, dvs: Sequence[ua.DataValue], now_ns: int) -> np.ndarray:
     """Write the DataValues ``dvs`` into ``batch`` at plan ``positions`` (one DataValue per position).
 
     Values stay raw (no scale/offset). ``quality`` follows the status code's severity (top two bits:
     00 good, 01 uncertain, 10/11 bad). Bad values are NaN. Strings and LocalizedTexts go to
     ``batch.strings`` (value NaN). Arrays and other types are marked bad with a driver code.
     ``ts`` is the SourceTimestamp, else the ServerTimestamp, else ``now_ns``.
+
+    Returns each value's VariantType code (``| 0x100`` for an array, Null without a value), for
+    :func:`mark_float32`.
     """
     n = len(dvs)
     if n == 0:
-        return
+        return np.zeros(0, dtype=np.int32)
     variants = [dv.Value for dv in dvs]
     status = np.fromiter(map(_status, dvs), dtype=np.uint32, count=n)
     kind = np.fromiter(map(_kind, variants), dtype=np.int32, count=n)
@@ -154,3 +157,15 @@ def fill(batch: Batch, positions: np.ndarray, dvs: Sequence[ua.DataValue], now_n
     plan_pos = positions.tolist()
     for i in np.flatnonzero(text).tolist():
         batch.strings[plan_pos[i]] = _text(variants[i].Value)
+    return kind
+
+
+def mark_float32(float32: np.ndarray, tags: np.ndarray, kind: np.ndarray) -> None:
+    """Declare which of ``tags`` (plan positions) hold a Float: ``float32[tags]`` is True for a scalar
+    Float value, False for any other value; tags that came without a value (Null) keep their flag.
+
+    The driver's ``float32_tags`` is this array: the gateway publishes those tags as the shortest decimal
+    that reads back as the same float32 (``1.4669616``, not ``1.46696162223816``), like Modbus float32.
+    """
+    known = kind != int(ua.VariantType.Null)
+    float32[tags[known]] = kind[known] == int(ua.VariantType.Float)

@@ -165,11 +165,13 @@ def split_bursts(handles: np.ndarray) -> list[np.ndarray]:
 
 
 def to_batches(
-    items: Sequence[ua.MonitoredItemNotification], scale: np.ndarray, offset: np.ndarray
+    items: Sequence[ua.MonitoredItemNotification], scale: np.ndarray, offset: np.ndarray,
+    float32: np.ndarray | None = None,
 ) -> list[Batch]:
     """Batches (with ``index``) of one DataChangeNotification; scale/offset applied, as in a poll.
 
-    ``Batch.strings`` is keyed by position in the batch, as :meth:`RingBuffer.write` reads it."""
+    ``Batch.strings`` is keyed by position in the batch, as :meth:`RingBuffer.write` reads it. ``float32``
+    (the driver's ``float32_tags``) is updated from the values' types (:func:`decode.mark_float32`)."""
     now_ns = time.time_ns()
     handles = np.fromiter((it.ClientHandle for it in items), dtype=np.intp, count=len(items))
     batches = []
@@ -177,7 +179,9 @@ def to_batches(
         index = handles[sel]
         dvs = [items[i].Value for i in sel.tolist()]
         batch = Batch.empty(len(sel), now_ns)
-        decode.fill(batch, np.arange(len(sel)), dvs, now_ns)
+        kind = decode.fill(batch, np.arange(len(sel)), dvs, now_ns)
+        if float32 is not None:
+            decode.mark_float32(float32, index, kind)
         batch.values *= scale[index]
         batch.values += offset[index]
         batch.index = index

@@ -1,9 +1,11 @@
 """``iiot-gateway browse`` and ``iiot-gateway trust``: OPC UA discovery and the certificate trust folder.
 
 ``browse`` prints the address space below Objects as YAML an integrator pastes under ``tags:``: every
-variable as ``- {name: ..., node: "..."}`` with its data type and browse path in a comment, every
-object (folder) as a comment line. Levels are browsed breadth-first, one Browse call (and one Read of
-the data types) per level.
+variable as ``- {name: ..., node: "nsu=<namespace uri>;s=..."}`` with its data type, ``writable`` when the
+server lets this user write it, and its browse path in a comment; every object (folder) as a comment line.
+Node ids are printed in the ``nsu=`` form (namespace URI, not index), so the pasted config survives a
+server that renumbers its namespaces. Levels are browsed breadth-first, one Browse call (and one Read of
+the data types and access levels) per level.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from asyncua import ua
@@ -23,6 +26,21 @@ from drivers.opcua.pki import CertificateError
 from drivers.opcua.session import SessionError, close_quietly, open_session, pki_for
 
 _MASK = ua.NodeClass.Object | ua.NodeClass.Variable
+_CURRENT_WRITE = 1 << ua.AccessLevel.CurrentWrite.value
+_NAMESPACE_ARRAY = ua.NodeId(ua.ObjectIds.Server_NamespaceArray, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One node found by :func:`browse_tree`. ``data_type`` and ``writable`` (the server's UserAccessLevel
+    has CurrentWrite) are for variables only."""
+
+    level: int
+    path: list[str]
+    node_id: ua.NodeId
+    node_class: int
+    data_type: str = ""
+    writable: bool = False
 
 
 def _source(args: argparse.Namespace) -> OpcUaSource:
@@ -53,12 +71,54 @@ def _escape(name: str) -> str:
     return name.replace("&", "&&").replace("/", "&/").replace(":", "&:")
 
 
-async def browse_tree(client, depth: int, include_ns0: bool) -> list[tuple[int, list[str], ua.NodeId, int, str]]:
-    """``(level, path elements, node id, node class, data type)`` of everything below Objects, in tree order."""
+async def read_namespaces(client) -> list[str]:
+    """The server's NamespaceArray (index -> URI)."""
+    rp = ua.ReadParameters()
+    rv = ua.ReadValueId()
+    rv.NodeId = _NAMESPACE_ARRAY
+    rv.AttributeId = ua.AttributeIds.Value
+    rp.NodesToRead.append(rv)
+    (dv,) = await client.uaclient.read(rp)
+    ok = dv.StatusCode is None or dv.StatusCode.is_good()
+    return [str(uri) for uri in (dv.Value.Value or [])] if ok and dv.Value is not None else []
+
+
+def node_text(node_id: ua.NodeId, namespaces: list[str]) -> str:
+    """``nsu=<uri>;s=...`` for a node outside namespace 0 whose URI is known, else asyncua's ``ns=`` form."""
+    text = node_id.to_string()
+    ns = node_id.NamespaceIndex
+    if ns == 0 or ns >= len(namespaces) or not namespaces[ns] or ";" in namespaces[ns]:
+        return text
+    return f"nsu={namespaces[ns]};{text.split(';', 1)[1]}"
+
+
+async def _variable_info(client, variables: list[ua.NodeId]) -> dict[ua.NodeId, tuple[str, bool]]:
+    """DataType name and whether this user may write it, per variable: one Read of two attributes each."""
+    rp = ua.ReadParameters()
+    for nid in variables:
+        for attribute in (ua.AttributeIds.DataType, ua.AttributeIds.UserAccessLevel):
+            rv = ua.ReadValueId()
+            rv.NodeId = nid
+            rv.AttributeId = attribute
+            rp.NodesToRead.append(rv)
+    dvs = await client.uaclient.read(rp)
+    out = {}
+    for k, nid in enumerate(variables):
+        dtype, access = dvs[2 * k], dvs[2 * k + 1]
+        ok = dtype.StatusCode is None or dtype.StatusCode.is_good()
+        name = _type_name(dtype.Value.Value) if ok and dtype.Value and dtype.Value.Value else "?"
+        ok = access.StatusCode is None or access.StatusCode.is_good()
+        level = access.Value.Value if ok and access.Value is not None else 0
+        out[nid] = (name, isinstance(level, int) and bool(level & _CURRENT_WRITE))
+    return out
+
+
+async def browse_tree(client, depth: int, include_ns0: bool) -> list[Row]:
+    """Everything below Objects, in tree order (see :class:`Row`)."""
     objects = ua.NodeId(ua.ObjectIds.ObjectsFolder, 0)
     children: dict[ua.NodeId, list[tuple[list[str], ua.NodeId, int]]] = {}
     level = [(["Objects"], objects)]
-    types: dict[ua.NodeId, str] = {}
+    info: dict[ua.NodeId, tuple[str, bool]] = {}
     for _ in range(depth):
         if not level:
             break
@@ -94,38 +154,39 @@ async def browse_tree(client, depth: int, include_ns0: bool) -> list[tuple[int, 
                 kids.append((cpath, child, int(ref.NodeClass)))
                 nxt.append((cpath, child))
             children[nid] = kids
-        variables = [k for kids in (children.get(n, []) for _, n in level) for k in kids if k[2] == ua.NodeClass.Variable]
+        variables = [k[1] for kids in (children.get(n, []) for _, n in level) for k in kids
+                     if k[2] == ua.NodeClass.Variable]  # fmt: skip
         if variables:
-            rp = ua.ReadParameters()
-            for _, nid, _ in variables:
-                rv = ua.ReadValueId()
-                rv.NodeId = nid
-                rv.AttributeId = ua.AttributeIds.DataType
-                rp.NodesToRead.append(rv)
-            for (_, nid, _), dv in zip(variables, await client.uaclient.read(rp)):
-                ok = dv.StatusCode is None or dv.StatusCode.is_good()
-                types[nid] = _type_name(dv.Value.Value) if ok and dv.Value and dv.Value.Value else "?"
+            info.update(await _variable_info(client, variables))
         level = nxt
-    out: list[tuple[int, list[str], ua.NodeId, int, str]] = []
+    out: list[Row] = []
 
     def walk(nid: ua.NodeId, lvl: int) -> None:
         for path, child, cls in children.get(nid, []):
-            out.append((lvl, path, child, cls, types.get(child, "")))
+            dtype, writable = info.get(child, ("", False))
+            out.append(Row(lvl, path, child, cls, dtype, writable))
             walk(child, lvl + 1)
 
     walk(objects, 0)
     return out
 
 
-def format_tree(rows: list[tuple[int, list[str], ua.NodeId, int, str]]) -> list[str]:
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def format_tree(rows: list[Row], namespaces: list[str]) -> list[str]:
+    """The lines ``browse`` prints: a YAML tag line per variable, a comment line per object."""
     lines = []
-    for lvl, path, nid, cls, dtype in rows:
-        pad = "  " * lvl
-        text_path = "/" + "/".join(path)
-        if cls == ua.NodeClass.Variable:
-            lines.append(f'{pad}- {{name: {_tag_name(path)}, node: "{nid.to_string()}"}}  # {dtype}  path: {text_path}')
+    for row in rows:
+        pad = "  " * row.level
+        text_path = "/" + "/".join(row.path)
+        node = node_text(row.node_id, namespaces)
+        if row.node_class == ua.NodeClass.Variable:
+            kind = f"{row.data_type}, writable" if row.writable else row.data_type
+            lines.append(f"{pad}- {{name: {_tag_name(row.path)}, node: {_quoted(node)}}}  # {kind}  path: {text_path}")
         else:
-            lines.append(f"{pad}# {text_path}  (Object, {nid.to_string()})")
+            lines.append(f"{pad}# {text_path}  (Object, {node})")
     return lines
 
 
@@ -144,12 +205,14 @@ async def _browse(args: argparse.Namespace) -> int:
         print(f"{args.endpoint}: cannot connect: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
     try:
+        namespaces = await read_namespaces(client)
         rows = await browse_tree(client, args.depth, args.all)
     finally:
         await close_quietly(client, source.timeout)
-    print(f"# {args.endpoint}: {sum(r[3] == ua.NodeClass.Variable for r in rows)} variable(s); paste the "
+    print(f"# {args.endpoint}: {sum(r.node_class == ua.NodeClass.Variable for r in rows)} variable(s); paste the "
           f"lines you need under an asset's tags: (a path: /... works instead of node:)")
-    print("\n".join(format_tree(rows)))
+    print("# 'writable': the server lets this user write the node; add writable: true to a tag to allow writes")
+    print("\n".join(format_tree(rows, namespaces)))
     return 0
 
 

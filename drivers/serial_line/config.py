@@ -8,6 +8,7 @@ not (single quotes, plain), so ``'P\\r\\n'``, ``"P\\r\\n"`` and ``P\\r\\n`` all 
 from __future__ import annotations
 
 import codecs
+import os
 import re
 import warnings
 from typing import Any, Literal
@@ -21,7 +22,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from gateway.config.common import Duration, SourceBase, StrictModel, TagBase
+from gateway.config.common import Claim, Duration, SourceBase, StrictModel, TagBase
 
 ChecksumKind = Literal["xor8", "sum8", "lrc", "crc16_modbus", "crc16_ccitt"]
 TagType = Literal["number", "int", "string", "bool"]
@@ -185,6 +186,10 @@ class SerialLineSource(SourceBase):
     @property
     def command_bytes(self) -> bytes | None:
         return None if self.command is None else control_bytes(self.command)
+
+    def claims(self) -> tuple[Claim, ...]:
+        """The serial port, opened exclusively: no other asset may name it."""
+        return (Claim("serial:" + os.path.realpath(self.port), "serial instrument", "port", shared=False),)
 
 
 class SerialLineTag(TagBase):

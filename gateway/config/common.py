@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
@@ -128,3 +129,36 @@ class SourceBase(StrictModel):
     poll: Duration = Field(1.0, gt=0, description="Poll interval")
     timeout: Duration = Field(2.0, gt=0, description="Timeout of one connect or read")
     retry_max: Duration = Field(30.0, gt=0, description="Longest wait between reconnect attempts (backoff cap)")
+
+    def claims(self) -> tuple[Claim, ...]:
+        """The ports and addresses this source uses (see :class:`Claim`); none by default."""
+        return ()
+
+
+def tcp_resource(host: str, port: int) -> str:
+    """The resource name of a TCP address in :class:`Claim`: ``tcp:<host lower case>:<port>``."""
+    return f"tcp:{host.strip('[]').lower()}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Something a source uses that other parts of the same config may share or clash on.
+
+    A source lists its claims in :meth:`SourceBase.claims`; ``validate`` (the root model) compares every
+    claim of every asset, so that a conflict ``run`` would only meet at start-up is a config error with a
+    line. Two claims on one ``resource`` (``serial:/dev/ttyUSB0`` by its real path, ``tcp:host:port``):
+
+    - clash when their ``user`` differs (a Modbus RTU bus and a serial instrument cannot share a port) or
+      when ``shared`` is false (a port opened exclusively by one asset);
+    - must have equal ``settings`` (``(field, value)`` pairs, e.g. baudrate and parity of one RS-485 line);
+    - must have different ``member`` values when set (``("unit", 3)``: one unit id once per bus).
+
+    ``field`` is the source field that names the resource (where a clash is reported).
+    """
+
+    resource: str
+    user: str
+    field: str
+    shared: bool = True
+    settings: tuple[tuple[str, Any], ...] = ()
+    member: tuple[str, Any] | None = None

@@ -7,6 +7,7 @@ whose lines read ``config/plant.yaml:42: assets[2].tags[5].type: expected one of
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,11 +19,16 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from gateway.config.bounds import MAX_DEPTH, flow_depth, graph_bounds, read_bounded
+from gateway.config.cross import CROSS_CHECK
 from gateway.config.errors import ConfigError, ConfigIssue
 from gateway.config.messages import readable
-from gateway.config.substitution import Substituted, SubstitutionError, substitute
+from gateway.config.secrets import is_secret_key, is_secret_path, literal_parts, redact, texts_in_yaml, texts_of
+from gateway.config.substitution import FORMS, Substituted, SubstitutionError, substitute
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+#: A value that is one ``${VAR}`` or ``${file:...}`` reference and nothing else
+_SINGLE_REFERENCE = re.compile(r"\$\{(?:[A-Za-z_]\w*(?::-[^}]*)?|file:[^}]*)\}")
 #: Errors of the model validators that :func:`_duplicates` already reports with better lines.
 _CHECKED_ON_TREE = frozenset({"duplicate_asset_id", "duplicate_tag_name"})
 
@@ -70,6 +76,8 @@ class _Document:
     substituted: dict[tuple[Any, ...], Substituted] = field(default_factory=dict)
     unresolved: set[tuple[Any, ...]] = field(default_factory=set)
     issues: list[ConfigIssue] = field(default_factory=list)
+    #: every text a secret key's value can show as (literal, substituted, as written); redacted from messages
+    secret_texts: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +106,7 @@ def load_config(
         model = config_model()
     file = os.fspath(path)
     try:
-        text = Path(file).read_text(encoding="utf-8")
+        text = read_bounded(file)
     except UnicodeDecodeError as e:
         problem = f"not UTF-8 text ({e.reason} at byte {e.start})"
         raise ConfigError([ConfigIssue(file, None, None, "", problem)]) from None
@@ -122,15 +130,26 @@ def load_config(
         doc.issues.extend(_validation_issues(doc, e, model))
         config = None
     if doc.issues:
-        raise ConfigError(sorted(doc.issues, key=lambda i: (i.line or 0, i.column or 0)))
+        issues = sorted(doc.issues, key=lambda i: (i.line or 0, i.column or 0))
+        raise ConfigError(replace(i, message=redact(i.message, doc.secret_texts)) for i in issues)
     return config
 
 
 def _parse(file: str, text: str) -> _Document:
     yaml = _yaml()
+    too_deep = flow_depth(file, text)
+    if too_deep is not None:
+        raise ConfigError([too_deep])
     try:
-        issues = _duplicate_keys(file, yaml.compose(text))
-        return _Document(file, _yaml().load(text), issues=issues)
+        root = yaml.compose(text)
+        bounds = graph_bounds(file, root)
+        if bounds:
+            raise ConfigError(bounds)
+        issues = _duplicate_keys(file, root)
+        return _Document(file, _yaml().load(text), issues=issues, secret_texts=_secret_scalars(root))
+    except RecursionError:
+        problem = f"invalid YAML: nested too deeply (a config needs a handful of levels; at most {MAX_DEPTH})"
+        raise ConfigError([ConfigIssue(file, None, None, "", problem)]) from None
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         message = " ".join(str(e.problem or e.context or "invalid YAML").split())
@@ -140,9 +159,32 @@ def _parse(file: str, text: str) -> _Document:
         source_line = text.splitlines()[line - 1] if line is not None and line <= len(text.splitlines()) else ""
         if "${" in source_line and "flow" in f"{e.context} {e.problem}":
             message += '; a ${...} value inside {...} or [...] must be quoted: "${VAR}"'
+        message = redact(message, texts_in_yaml(text))
         raise ConfigError([ConfigIssue(file, line, col, "", f"invalid YAML: {message}")]) from None
     except YAMLError as e:
-        raise ConfigError([ConfigIssue(file, None, None, "", f"invalid YAML: {' '.join(str(e).split())}")]) from None
+        message = redact(" ".join(str(e).split()), texts_in_yaml(text))
+        raise ConfigError([ConfigIssue(file, None, None, "", f"invalid YAML: {message}")]) from None
+
+
+def _secret_scalars(root: Any) -> set[str]:
+    """The text, as written, of every scalar below a secret key (also when reached through an alias)."""
+    found: set[str] = set()
+    seen: set[tuple[int, bool]] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, secret = stack.pop()
+        if node is None or (id(node), secret) in seen:
+            continue
+        seen.add((id(node), secret))
+        if isinstance(node, MappingNode):
+            for key, value in node.value:
+                inner = secret or (isinstance(key, ScalarNode) and is_secret_key(key.value))
+                stack.append((value, inner))
+        elif isinstance(node, SequenceNode):
+            stack.extend((item, secret) for item in node.value)
+        elif secret and isinstance(node, ScalarNode) and node.value:
+            found |= literal_parts(str(node.value))
+    return found
 
 
 def _duplicate_keys(file: str, root: Any) -> list[ConfigIssue]:
@@ -190,26 +232,48 @@ def _plain(
         }
     if isinstance(node, CommentedSeq):
         return [_plain(doc, v, parts + (i,), tuple(node.lc.item(i)), env, base) for i, v in enumerate(node)]
+    secret = is_secret_path(parts)
     if isinstance(node, bool) or node is None or isinstance(node, YamlFloat):
-        return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    if isinstance(node, str):
-        text = str(node)
-        try:
-            result = substitute(text, env, base)
-        except SubstitutionError as e:
-            doc.unresolved.add(parts)
-            doc.issues.append(ConfigIssue(doc.file, pos[0] + 1, pos[1] + 1, format_path(parts), str(e)))
-            return text
-        if result is None:
-            return text
-        if result.sources:
-            doc.substituted[parts] = result
-        return result.value
-    return node
+        value: Any = node
+    elif isinstance(node, int):
+        value = int(node)
+    elif isinstance(node, float):
+        value = float(node)
+    elif isinstance(node, str):
+        value = _substituted(doc, str(node), parts, pos, env, base, secret)
+        if secret:
+            doc.secret_texts |= literal_parts(str(node))
+            if parts in doc.substituted:
+                doc.secret_texts.add(value)
+        return value
+    else:
+        value = node
+    if secret:
+        doc.secret_texts |= texts_of(value)
+    return value
+
+
+def _substituted(
+    doc: _Document, text: str, parts: tuple[Any, ...], pos: tuple[int, int], env: Mapping[str, str], base: Path,
+    secret: bool,
+) -> str:
+    """``text`` with its ``${...}`` resolved; an unresolvable one is an issue (saying nothing of a secret's
+    text unless the value is a single reference)."""
+    try:
+        result = substitute(text, env, base)
+    except SubstitutionError as e:
+        doc.unresolved.add(parts)
+        message = str(e)
+        if secret and _SINGLE_REFERENCE.fullmatch(text) is None:
+            message = (f"cannot resolve the ${{...}} in this secret value (not shown); expected {FORMS}, "
+                       "and $${ for a literal ${")
+        doc.issues.append(ConfigIssue(doc.file, pos[0] + 1, pos[1] + 1, format_path(parts), message))
+        return text
+    if result is None:
+        return text
+    if result.sources:
+        doc.substituted[parts] = result
+    return result.value
 
 
 def _plain_key(key: Any) -> Any:
@@ -314,7 +378,7 @@ def _duplicates(doc: _Document) -> list[ConfigIssue]:
 
 def _validation_issues(doc: _Document, error: ValidationError, model: type[BaseModel]) -> list[ConfigIssue]:
     issues: dict[tuple[Any, ...], ConfigIssue] = {}
-    for err in error.errors(include_url=False):
+    for err in _expanded(error.errors(include_url=False)):
         if err["type"] in _CHECKED_ON_TREE:
             continue
         err = _driver_error(doc, err)
@@ -326,7 +390,8 @@ def _validation_issues(doc: _Document, error: ValidationError, model: type[BaseM
             for parts, sub in doc.substituted.items():
                 if parts[: len(place.parts)] == place.parts:
                     secrets[sub.value] = ", ".join(sub.sources)
-        message = readable(err, model, secrets)
+        secret = is_secret_path(place.parts) or is_secret_path([p for p in err["loc"] if isinstance(p, str)])
+        message = readable(err, model, secrets, secret=secret)
         issue = ConfigIssue(doc.file, place.line, place.column, format_path(place.parts), message)
         key: tuple[Any, ...] = ("union", place.line, issue.path) if place.labels_dropped else ("one", len(issues))
         if key in issues:  # one value that fails every member of a union: one line
@@ -336,6 +401,18 @@ def _validation_issues(doc: _Document, error: ValidationError, model: type[BaseM
             continue
         issues[key] = issue
     return list(issues.values())
+
+
+def _expanded(errors: list[Any]) -> list[Any]:
+    """The root model's cross checks (one pydantic error) as one error per conflict, at its own place."""
+    out = []
+    for err in errors:
+        if err["type"] == CROSS_CHECK:
+            out.extend({"type": CROSS_CHECK, "loc": tuple(loc), "msg": message, "input": None}
+                       for loc, message in (err.get("ctx") or {}).get("issues", ()))  # fmt: skip
+        else:
+            out.append(err)
+    return out
 
 
 def _driver_error(doc: _Document, err: dict[str, Any]) -> dict[str, Any]:

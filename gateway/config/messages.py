@@ -18,6 +18,7 @@ from pydantic import BaseModel, Tag
 from pydantic.fields import FieldInfo
 
 from gateway.config.common import NAME_PATTERN, NAME_RULE
+from gateway.config.cross import CROSS_CHECK
 
 _PREFIXES = ("Value error, ", "Assertion failed, ")
 #: Regular expressions of config fields, explained.
@@ -110,11 +111,14 @@ def readable(
     error: dict[str, Any],
     root: type[BaseModel],
     secrets: dict[str, str],
+    *,
+    secret: bool = False,
 ) -> str:
     """One line saying what is wrong with the value at ``error["loc"]``.
 
     ``secrets`` maps each substituted value inside the erroneous value to where it came from
-    (``${VAR}``); those values are redacted and the input is not echoed.
+    (``${VAR}``); those values are redacted and the input is not echoed. ``secret``: the location is a
+    secret key's value (:mod:`gateway.config.secrets`): the input is never echoed nor matched to choices.
     """
     kind = error["type"]
     msg = str(error["msg"])
@@ -123,7 +127,7 @@ def readable(
             msg = msg[len(prefix) :]
     loc = tuple(error["loc"])
     value = error.get("input")
-    show_input = True
+    show_input = not secret
 
     if kind == "extra_forbidden":
         key = str(loc[-1])
@@ -136,6 +140,8 @@ def readable(
                 msg += f" — did you mean {close[0]!r}?"
             msg += f" (allowed: {', '.join(allowed)})"
         show_input = False
+    elif kind == CROSS_CHECK:
+        show_input = False
     elif kind == "missing":
         msg = f"required key {str(loc[-1])!r} is missing" if loc else "required value is missing"
         show_input = False
@@ -146,7 +152,7 @@ def readable(
     elif kind in ("literal_error", "enum"):
         options = _QUOTED.findall(str((error.get("ctx") or {}).get("expected", "")))
         msg = f"expected one of: {', '.join(options)}" if options else msg
-        if isinstance(value, str) and options and not secrets:
+        if isinstance(value, str) and options and not secrets and not secret:
             close = difflib.get_close_matches(value, options, n=1, cutoff=0.6)
             if close:
                 msg += f" — did you mean {close[0]!r}?"
@@ -161,6 +167,8 @@ def readable(
             field = field_at(root, loc)
             if field is not None and field.description:
                 msg = f"{msg}: {field.description}"
+    elif kind == "string_type" and secret and isinstance(value, (int, float)):
+        msg = f"{msg}: a secret is text; quote it (\"...\") so that YAML does not read it as a number"
     msg = " ".join(msg.split())
 
     if secrets:

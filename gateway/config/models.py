@@ -8,6 +8,8 @@ asset union from the driver registry, discriminated on ``source.driver``.
 from __future__ import annotations
 
 import functools
+import ipaddress
+import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -22,6 +24,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from gateway.config.common import Duration, Name, ReduceProfile, StrictModel
+from gateway.config.cross import raise_startup_problems
 from gateway.driver import registry
 
 
@@ -218,8 +221,9 @@ class ApiSection(StrictModel):
     @classmethod
     def _host_port(cls, v: str) -> str:
         host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not (0 <= int(port) <= 65535):
-            raise ValueError("expected host:port, e.g. 127.0.0.1:8080 or 0.0.0.0:8080")
+        if not sep or not host or not port.isdigit() or not (1 <= int(port) <= 65535) or not _bindable(host):
+            raise ValueError("expected host:port, e.g. 127.0.0.1:8080, 0.0.0.0:8080 or [::1]:8080 (an IP address "
+                             "or a host name of letters, digits, '-' and '.', and a port 1..65535)")
         return v
 
     @property
@@ -229,6 +233,19 @@ class ApiSection(StrictModel):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+
+def _bindable(host: str) -> bool:
+    """An IP address (IPv6 in brackets or bare) or an ASCII host name: what a socket can be bound to."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(bare)
+        return True
+    except ValueError:
+        return bare == host and len(host) <= 253 and all(_HOST_LABEL.fullmatch(p) for p in host.split("."))
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
 class SpoolSection(StrictModel):
@@ -372,6 +389,11 @@ def config_model() -> type[StrictModel]:
                 if asset.id in seen:
                     raise PydanticCustomError("duplicate_asset_id", "duplicate asset id '{id}'", {"id": asset.id})
                 seen.add(asset.id)
+            return self
+
+        @model_validator(mode="after")
+        def _startup_checks(self) -> "GatewayConfig":
+            raise_startup_problems(self)  # ports, serial lines, unit ids, TLS files, RAM (gateway/config/cross.py)
             return self
 
     return GatewayConfig

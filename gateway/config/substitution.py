@@ -5,7 +5,8 @@ Forms (in any string value, anywhere in the string):
 - ``${VAR}``: the environment variable ``VAR``; an error when it is not set (set but empty gives ``""``).
 - ``${VAR:-default}``: ``default`` when ``VAR`` is unset *or empty*, as in the shell.
 - ``${file:/run/secrets/x}``: the content of that file, trailing newlines stripped; a relative path is
-  relative to the config file's directory. An error when the file cannot be read.
+  relative to the config file's directory. An error when the file cannot be read or is larger than
+  :data:`MAX_SECRET_FILE_BYTES` (so ``${file:/dev/zero}`` cannot exhaust memory).
 - ``$${`` is a literal ``${``.
 
 The result is always a string, even when it looks like a number; pydantic converts where a number is
@@ -22,6 +23,8 @@ from pathlib import Path
 _TOKEN = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _VAR = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 FORMS = "${VAR}, ${VAR:-default} or ${file:/path/to/secret}"
+#: Largest secret file read by ``${file:...}`` (a password, token or PEM key is a few KiB)
+MAX_SECRET_FILE_BYTES = 64 * 1024
 
 
 class SubstitutionError(ValueError):
@@ -88,7 +91,12 @@ def _read_file(name: str, base_dir: Path, sources: list[str], problems: list[str
     sources.append(ref)
     path = base_dir / Path(name.strip()).expanduser()
     try:
-        content = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            data = f.read(MAX_SECRET_FILE_BYTES + 1)  # 64 KiB at most
+        if len(data) > MAX_SECRET_FILE_BYTES:
+            problems.append(f"{ref}: the file is larger than {MAX_SECRET_FILE_BYTES // 1024} KiB; is it the secret?")
+            return ref
+        content = data.decode("utf-8")
     except UnicodeDecodeError:
         problems.append(f"{ref}: the file is not UTF-8 text")
         return ref

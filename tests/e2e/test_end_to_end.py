@@ -271,10 +271,13 @@ async def test_a_failing_uplink_stops_the_daemon_in_order_instead_of_hanging(tmp
     from gateway.engine import Gateway
     from gateway.uplink.tls import UplinkConfigError
 
+    from gateway.config import TlsSection
+
     cfg_path = write_config(tmp_path, mqtt_broker, api_port=free_port(),
-                            assets_yaml=PRESS.format(port=modbus_sim.port),
-                            extra_mqtt=f"tls: {{ca_file: {tmp_path / 'missing-ca.pem'}}}\n")
-    gw = Gateway(load_config(cfg_path))
+                            assets_yaml=PRESS.format(port=modbus_sim.port))
+    cfg = load_config(cfg_path)  # validate loads mqtt.tls files too: the CA file goes missing after it
+    cfg.mqtt.tls = TlsSection(ca_file=str(tmp_path / "missing-ca.pem"))
+    gw = Gateway(cfg)
     sock = gw.bind_api()
     port = sock.getsockname()[1]
     with pytest.raises(UplinkConfigError, match="cannot load CA bundle"):

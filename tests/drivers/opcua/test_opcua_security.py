@@ -156,7 +156,7 @@ async def test_browse_command_lists_variables_as_yaml(secured, tmp_path) -> None
     trust_each_other(secured, tmp_path)
     code, out, err = await _browse_with_env(secured, tmp_path)
     assert code == 0, err
-    line = next(ln for ln in out.splitlines() if '"ns=2;s=Oven1.Zone1.Temperature"' in ln)
+    line = next(ln for ln in out.splitlines() if '"nsu=urn:acme:oven;s=Oven1.Zone1.Temperature"' in ln)
     assert line.strip().startswith("- {name: Zone1_Temperature, node: ")
     assert "Double" in line and "path: /Objects/2:Oven1/2:Zone1/2:Temperature" in line
     assert "# /Objects/2:Oven1  (Object" in out
