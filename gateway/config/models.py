@@ -136,7 +136,7 @@ class MqttSection(StrictModel):
     )
     payload: PayloadShape = Field(
         "full", description="full: every tag as {ts, v, q}; compact: a bare value where quality is good and ts "
-        "is the message's (docs/payload.md)"
+        "is the message's (README: Compact payload)"
     )
     compact_ts_tolerance: Duration = Field(
         0.05, ge=0, le=10, description="compact: a good value sampled at most this long before the message's ts "

@@ -17,6 +17,8 @@ from opcua_testserver import free_port
 
 from drivers.opcua.config import OpcUaSource, OpcUaTag
 from drivers.opcua.driver import OpcUaDriver
+from gateway.encoders.json import tags_object
+from gateway.reduce import Reducer
 from gateway.source import AssetRuntime
 from simulators.opcua_sim import OpcUaSimulator
 
@@ -41,13 +43,14 @@ async def test_float_values_are_published_at_float32_precision(tmp_path, mode) -
         sim.set("b_double", 1.46696162223816)
         source = OpcUaSource(driver="opcua", endpoint=sim.endpoint, mode=mode, poll="100ms", timeout="2s")
         cfg = SimpleNamespace(id="oven", source=source, tags=TAGS)
-        asset = AssetRuntime(cfg, OpcUaDriver, buffer_seconds=60, heartbeat=60, state_dir=str(tmp_path))
+        asset = AssetRuntime(cfg, OpcUaDriver, buffer_seconds=60, state_dir=str(tmp_path))
         task = asyncio.create_task(asset.run())
         try:
             await wait_for(lambda: bool((asset.ring.head > 0).all()))
             assert asset.ring.values[0, 0] == float(np.float32(1.4669616))  # the ring keeps what was read
             assert asset.driver.float32_tags.tolist() == [True, False, True, False]
-            out = asset.reducer.reduce(time.monotonic())
+            reducer = Reducer(asset.tags, asset.ring, heartbeat=60, float32=asset.float32)  # as a publisher's
+            out = tags_object(reducer.reduce(time.monotonic()))
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
