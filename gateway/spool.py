@@ -95,8 +95,9 @@ class Decoded:
     """What :func:`decode_records` found in a buffer: ``records`` as ``(offset, next_offset, record)``.
 
     ``dropped``: records marked dropped in place (:data:`DROPPED_MAGIC`), same shape; they are intact but no
-    longer held. ``crc_checks`` and ``crc_bytes`` count the work done (every byte of a damaged stretch is
-    searched once for the magic; a CRC is computed only where a magic and a plausible length are found).
+    longer held. ``searched_bytes``, ``crc_checks`` and ``crc_bytes`` count the work done: every byte of a
+    damaged stretch is searched once for the magic; a CRC is computed only where a magic and a plausible
+    length are found, over that length.
     """
 
     records: list[tuple[int, int, SpoolRecord]] = field(default_factory=list)
@@ -104,6 +105,7 @@ class Decoded:
     damaged_records: int = 0
     damaged_bytes: int = 0
     end: int = 0  # offset just after the last intact record (or where an incomplete one starts)
+    searched_bytes: int = 0
     crc_checks: int = 0
     crc_bytes: int = 0
 
@@ -169,7 +171,9 @@ def decode_records(buf: bytes | memoryview, *, final: bool = True, limit: int | 
         if bad_from is None:
             bad_from = i
         found = _ANY_MAGIC.search(buf, i + 1)
-        i = n if found is None else found.start()
+        nxt = n if found is None else found.start()
+        out.searched_bytes += nxt - i
+        i = nxt
     if bad_from is not None:
         damaged_until(i)
         out.end = i
