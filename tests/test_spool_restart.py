@@ -244,7 +244,7 @@ def test_a_spool_with_a_damaged_megabyte_opens_with_every_intact_record(tmp_path
     placed = s.append(_recs(20_000, size=80))
     s.close()
     untouched = [rec.seq for rec, a, b in placed if b <= 100_000 or a >= 1_100_000]
-    seg = sorted(tmp_path.glob("*.seg"))[0]
+    seg = min(tmp_path.glob("*.seg"))
     data = bytearray(seg.read_bytes())
     data[100_000:1_100_000] = random.Random(1).randbytes(1_000_000)
     seg.write_bytes(bytes(data))
