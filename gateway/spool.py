@@ -3,14 +3,19 @@
 Layout of a spool directory
     ``<start>.seg``  append-only segment files; ``<start>`` (20 digits) is the segment's first byte as an
                      offset in the spool's endless byte stream, so a record's *position* is one integer.
-    ``head``         the position of the oldest record not yet acknowledged (16 bytes: u64 + CRC32).
+    ``head``         the position of the oldest record not yet done, how many records of its segment are done,
+                     and the drop counters per reason: one record written at once, in two CRC'd slots used in
+                     turn (a torn write leaves the previous one). The 16-byte form of older versions is read.
+    ``index``        per sealed segment: its size, how many messages and samples it held, its seq range.
     ``lock``         held with ``flock`` while a gateway has the spool open (a second process gets an error).
 
 Record format (little endian)
     ``magic "\\xa5SP1" | u32 body length | u32 CRC32 of (length field + body) | body``, the body being
     ``u64 seq | i64 created (ns since the epoch) | u8 flags (bit 0 QoS 1, bit 1 retain) | u32 samples |
     u16 topic length | topic (UTF-8) | payload``. The CRC covers the length, so a damaged length is caught
-    too; after a damaged stretch the reader resynchronises on the next magic whose record checks out.
+    too; after a damaged stretch the reader resynchronises on the next magic whose record checks out,
+    searching forward only (linear in the damaged length). A record dropped while one before it is still in
+    flight gets the magic :data:`DROPPED_MAGIC` in place (its CRC still checks out): it is skipped, not held.
 
 Guarantees (what :class:`Spool` promises its caller)
     - :meth:`Spool.open` never needs a manual repair: damaged stretches are skipped and counted
@@ -22,6 +27,14 @@ Guarantees (what :class:`Spool` promises its caller)
       the files may exceed it by less than one segment until the head leaves that segment.
       When an append does not fit, ``drop_oldest`` drops the oldest records not in flight and
       ``drop_newest`` refuses the new record; either way exactly those records are counted.
+    - The drop counters (``dropped_messages``, ``dropped_samples``, :meth:`dropped_by_reason`) are totals
+      since the directory was created. They are written with the head in one write at :meth:`commit`, so
+      after a crash the records a restart holds again and the counters agree: a SIGKILL at any point loses
+      at most the counts of the drops made since the last :meth:`commit` (and, for ``drop_oldest`` with
+      nothing in flight, not even those: the dropped records come back as held).
+    - A sealed segment found missing, emptied, cut short or damaged at :meth:`open`: its records that were not
+      done before are counted once as dropped for reason ``lost`` and logged once (``lost_segments``,
+      ``lost_ranges``); exact as long as its ``index`` entry exists.
     - Nothing here is thread-safe: one thread (the delivery's I/O thread) calls every method; the counters
       may be read from another thread for display.
 """
@@ -43,8 +56,9 @@ from pathlib import Path
 log = logging.getLogger("gateway.spool")
 
 MAGIC = b"\xa5SP1"
-DROPPED_MAGIC = b"\xa5SPd"  # a record dropped in place (quota) after the head: intact, no longer held
-_ANY_MAGIC = re.compile(re.escape(MAGIC[:3]) + b"[1d]")
+DROPPED_MAGIC = bytes(b ^ 0xFF for b in MAGIC)  # a record dropped in place: intact, no longer held
+# (every byte differs from MAGIC, so no single damaged byte turns a held record into a dropped one)
+_ANY_MAGIC = re.compile(re.escape(MAGIC) + b"|" + re.escape(DROPPED_MAGIC))
 _HDR = struct.Struct("<4sII")
 _BODY = struct.Struct("<QqBIH")
 _HEAD = struct.Struct("<QI")  # the head file before drop counters were kept in it (still read)
@@ -261,6 +275,7 @@ class Spool:
         self._segments: list[int] = []  # start offsets, ascending
         self._index: dict[int, SegmentInfo] = {}  # sealed segments still on disk
         self._index_stale = 0
+        self._index_dirty = False
         self._active = SegmentInfo(0, 0)  # what the newest segment holds, for its index entry
         self._out: deque[_Out] = deque()
         self._requeued: deque[_Out] = deque()
@@ -517,6 +532,8 @@ class Spool:
             with contextlib.suppress(OSError):
                 self.commit(sync=True)
                 os.fsync(self._fd)
+                if self._index_fd >= 0:
+                    os.fsync(self._index_fd)
             os.close(self._fd)
             self._fd = -1
         for name in ("_head_fd", "_index_fd", "_lock_fd"):
@@ -578,11 +595,13 @@ class Spool:
         sealed.size = start - sealed.start
         self._index[sealed.start] = sealed
         os.write(self._index_fd, sealed.encode())
+        self._index_dirty = True
         self._active = SegmentInfo(start, 0)
         self._segments.append(start)
         self._fd = os.open(self.path / self._name(start), os.O_WRONLY | os.O_APPEND)
         if sync:
             os.fsync(self._index_fd)
+            self._index_dirty = False
             dfd = os.open(self.path, os.O_RDONLY)
             try:
                 os.fsync(dfd)
@@ -607,8 +626,9 @@ class Spool:
         """``fsync`` the newest segment and the index, write the head and the counters."""
         if self._fd >= 0:
             os.fsync(self._fd)
-        if self._index_fd >= 0:
+        if self._index_fd >= 0 and self._index_dirty:
             os.fsync(self._index_fd)
+            self._index_dirty = False
         self.commit(sync=True)
 
     # ------------------------------------------------------------------------------------------- reading

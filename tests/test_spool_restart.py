@@ -238,6 +238,20 @@ def test_resync_over_a_damaged_megabyte_examines_each_byte_once(tmp_path):
     assert d.crc_bytes <= len(buf)
 
 
+def test_no_single_damaged_byte_of_a_magic_turns_a_held_record_into_a_dropped_one():
+    """The in-place drop mark differs from the magic in every byte: one damaged byte is damage, counted."""
+    recs = _recs(3)
+    buf = b"".join(encode_record(r) for r in recs)
+    second = len(encode_record(recs[0]))
+    for k in range(4):
+        for x in range(1, 256):
+            bad = bytearray(buf)
+            bad[second + k] ^= x
+            d = decode_records(bytes(bad))
+            assert not d.dropped and d.damaged_records == 1
+            assert [r.seq for _, _, r in d.records] == [1, 3]
+
+
 def test_a_spool_with_a_damaged_megabyte_opens_with_every_intact_record(tmp_path):
     s = Spool(tmp_path, max_bytes=1 << 24, segment_bytes=4 << 20)
     s.open()
