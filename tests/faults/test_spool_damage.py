@@ -1,5 +1,5 @@
-"""A spool damaged by power loss (cut or corrupted at a random point): the gateway starts, replays every
-intact record and counts the damaged ones on its status API."""
+"""A spool damaged by power loss (cut or corrupted at a random point) or missing a segment: the gateway starts,
+replays every intact record and counts the damaged or lost ones on its status API."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from fakes import FakeModbus
 from faultkit import NS, InProcess, data_messages, gateway_yaml
-from gateway.spool import Spool, SpoolRecord
+from gateway.spool import Spool, SpoolRecord, decode_records
 from helpers import free_port, wait_until
 
 
@@ -55,3 +55,38 @@ async def test_gateway_starts_on_a_damaged_spool_and_keeps_every_intact_record(
     assert status["spool"]["damaged_records"] == 1 and status["spool"]["damaged_bytes"] > 0
     new = [m["seq"] for m in data_messages(sub) if m["asset"] == "press"]
     assert min(new) > max(intact)  # numbering continues after what the spool holds
+
+
+async def test_a_middle_segment_deleted_before_start_is_counted_as_dropped(tmp_path, mqtt_broker, mqtt_subscriber):
+    """Someone (or a broken SD card) removed a segment from the middle of the backlog: the rest is replayed,
+    and the status API counts the messages that were in it as dropped (reason lost), with their seq range."""
+    spool_dir = tmp_path / "state" / "spool" / "backlog"
+    s = Spool(spool_dir, max_bytes=1 << 24, segment_bytes=4096)
+    s.open()
+    body = lambda seq: json.dumps({"seq": seq, "ts": 0, "asset": "old", "tags": {"x": {"v": seq}}}).encode()  # noqa: E731
+    s.append([SpoolRecord(q, f"{NS}/old/data", body(q), 1, q) for q in range(1, 121)])
+    s.close()
+    segs = sorted(spool_dir.glob("*.seg"))
+    assert len(segs) >= 4
+    gone = {rec.seq for _, _, rec in decode_records(segs[1].read_bytes()).records}
+    segs[1].unlink()
+    kept = set(range(1, 121)) - gone
+
+    dev = await FakeModbus().start()
+    api_port = free_port()
+    cfg = gateway_yaml(tmp_path, mqtt_port=mqtt_broker.port, devices=[("press", dev.port)], api_port=api_port,
+                       spool="spool:\n  replay_rate: 500\n")
+    sub = await mqtt_subscriber(f"{NS}/+/data")
+    try:
+        async with InProcess(cfg) as gw:
+            assert await wait_until(lambda: kept <= {m["seq"] for m in data_messages(sub)}, timeout=20)
+            async with httpx.AsyncClient() as client:
+                status = (await client.get(f"http://127.0.0.1:{api_port}/api/v1/gateway")).json()
+            backlog = gw.delivery.backlog
+            assert backlog.lost_messages == len(gone) and backlog.lost_segments == 1
+            assert backlog.lost_ranges == [(min(gone), max(gone))]
+    finally:
+        await dev.stop()
+    assert not gone & {m["seq"] for m in data_messages(sub)}
+    assert status["dropped_messages"] == status["spool"]["dropped_messages"] == len(gone)
+    assert status["spool"]["damaged_records"] == 0
