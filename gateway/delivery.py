@@ -146,6 +146,7 @@ class Delivery:
 
     def _open_sync(self) -> None:
         self.backlog.open()
+        self._dropped_seen = self.backlog.dropped_messages  # drops from before this start were logged then
         if self.wal is not None:
             self.wal.open()
             left = self.wal.take(self.wal.messages)
@@ -449,10 +450,14 @@ class Delivery:
             "replayed": self.replayed,
             "dropped_messages": b.dropped_messages,
             "dropped_samples": b.dropped_samples,
+            "dropped_by_reason": b.dropped_by_reason(),
+            "lost_segments": b.lost_segments,
+            "lost_messages": b.lost_messages,
             "damaged_records": b.damaged_records,
             "damaged_bytes": b.damaged_bytes,
             "next_seq": self.seq.next,
             "seq_gap": list(self.seq.gap) if self.seq.gap else None,
+            "seq_unsure": list(self.seq.unsure) if self.seq.unsure else None,
         }
 
 

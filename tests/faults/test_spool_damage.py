@@ -88,5 +88,5 @@ async def test_a_middle_segment_deleted_before_start_is_counted_as_dropped(tmp_p
     finally:
         await dev.stop()
     assert not gone & {m["seq"] for m in data_messages(sub)}
-    assert status["dropped_messages"] == status["spool"]["dropped_messages"] == len(gone)
+    assert status["spool"]["dropped_messages"] == len(gone)
     assert status["spool"]["damaged_records"] == 0
