@@ -1,13 +1,14 @@
-"""Modbus TCP driver (``driver: modbus_tcp``): pymodbus ``AsyncModbusTcpClient`` under the shared Modbus base."""
+"""Modbus TCP driver (``driver: modbus_tcp``): :class:`~drivers.modbus.tcp_client.MbapClient` under the shared base."""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from pymodbus.client import AsyncModbusTcpClient
+from typing import Any
 
 from drivers.modbus.base import ModbusDriverBase
 from drivers.modbus.config import ModbusTag, ModbusTcpSource
+from drivers.modbus.tcp_client import MbapClient, TcpCounters
 
 
 class ModbusTcpDriver(ModbusDriverBase):
@@ -15,7 +16,8 @@ class ModbusTcpDriver(ModbusDriverBase):
 
     ``ModbusTcpDriver(source, tags)`` compiles the tags into ``self.plan`` once; see
     :class:`~drivers.modbus.base.ModbusDriverBase` for ``connect / read / write / close``.
-    pymodbus's own reconnects and retries are disabled: the engine owns reconnect, backoff and timeouts.
+    The engine owns reconnect, backoff and timeouts; the client checks that every answer belongs to its
+    request (see :mod:`drivers.modbus.tcp_client`) and counts what it saw in ``self.counters``.
     """
 
     name: ClassVar[str] = "modbus_tcp"
@@ -24,18 +26,20 @@ class ModbusTcpDriver(ModbusDriverBase):
 
     source: ModbusTcpSource
 
+    def __init__(self, source: Any, tags: list[ModbusTag]) -> None:
+        super().__init__(source, tags)
+        #: requests, answers, timeouts, mismatched and stale answers, for the status API (kept across reconnects)
+        self.counters = TcpCounters()
+
     @property
     def endpoint(self) -> str:
         return f"{self.source.host}:{self.source.port} unit {self.source.unit}"
 
-    def _make_client(self) -> AsyncModbusTcpClient:
-        return AsyncModbusTcpClient(
+    def _make_client(self) -> MbapClient:
+        return MbapClient(
             self.source.host,
-            port=self.source.port,
+            self.source.port,
             timeout=self.source.timeout,  # connect and per-request response timeout
-            retries=0,
-            reconnect_delay=0,  # 0 disables pymodbus's background reconnect task
-            reconnect_delay_max=0,
-            trace_connect=self._on_connection_change,
-            name=f"modbus_tcp {self.source.host}:{self.source.port}",
+            counters=self.counters,
+            name=f"{self.source.host}:{self.source.port}",
         )
