@@ -280,8 +280,8 @@ class BusArbiter:
         A request without a usable answer is sent again up to ``policy.retries`` times (not the one probe a
         demoted slave is let through every ``slow_retry``: it is known to be silent); the bus is released
         between tries, so the other slaves' requests queued meanwhile go first. After a timeout nothing is sent
-        until ``policy.silent_after_timeout`` after the timed-out request. Raises :class:`DeviceUnavailable` when the slave is
-        demoted, the last try got no answer within ``policy.response_timeout`` or the link broke;
+        until ``policy.silent_after_timeout`` after the timed-out request. Raises :class:`DeviceUnavailable`
+        when the slave is demoted, the last try got no answer within ``policy.response_timeout`` or the link broke;
         :class:`~drivers.modbus.base.BadResponse` when the last try's answer is unusable (CRC error,
         truncated, malformed). Either counts as one failure toward demotion; any usable answer (an exception
         answer too) resets the count.

@@ -174,7 +174,8 @@ class MbapClient(ModbusClientMixin):  # type: ignore[type-arg]
             future.set_result(answer)
             return
         self.counters.mismatched_answers += 1
-        future.set_exception(BadResponse(MISMATCHED_ANSWER, f"answer from {self.name} does not match its request: {why}"))
+        text = f"answer from {self.name} does not match its request: {why}"
+        future.set_exception(BadResponse(MISMATCHED_ANSWER, text))
 
     def _lost(self, exc: Exception | None) -> None:
         self._transport = None

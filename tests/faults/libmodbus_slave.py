@@ -8,12 +8,15 @@ libmodbus-dev is missing the tests that need it are skipped, except under ``CI=t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from simulators.pty_pair import PtyPair
 
 SOURCE = Path(__file__).with_name("libmodbus_slave.c")
 
@@ -56,3 +59,26 @@ async def stop_slave(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         proc.terminate()
         await proc.wait()
+
+
+class PtyRelay:
+    """Two pty pairs joined like a null-modem cable: the gateway opens ``path``, the slave ``far_path``."""
+
+    def __init__(self) -> None:
+        self.near, self.far = PtyPair(), PtyPair()
+        self.path, self.far_path = self.near.path, self.far.path
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.near.master_fd, self._copy, self.near.master_fd, self.far.master_fd)
+        loop.add_reader(self.far.master_fd, self._copy, self.far.master_fd, self.near.master_fd)
+
+    @staticmethod
+    def _copy(src: int, dst: int) -> None:
+        with contextlib.suppress(OSError):
+            data = os.read(src, 4096)
+            os.write(dst, data)
+
+    def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for pair in (self.near, self.far):
+            loop.remove_reader(pair.master_fd)
+            pair.close()

@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from libmodbus_slave import slave_binary, start_slave, stop_slave
+from libmodbus_slave import PtyRelay, slave_binary, start_slave, stop_slave
 
 from drivers.modbus.config import ModbusTag
 from drivers.modbus.rtu import ModbusRtuDriver
@@ -29,34 +28,10 @@ from gateway.batch import Quality
 from gateway.driver import DeviceUnavailable
 from gateway.status import Backoff
 from simulators.modbus_rtu_sim import ModbusRtuSimulator, RtuSlave
-from simulators.pty_pair import PtyPair
 
 HEALTHY, DEAD = 7, 9
 TAGS = [ModbusTag(name="a", address="hr:0", type="uint16"), ModbusTag(name="b", address="hr:1", type="uint16")]
 EXPECTED = [1000.0, 1001.0]  # what both slaves hold at hr:0..1
-
-
-class PtyRelay:
-    """Two pty pairs joined like a null-modem cable: the gateway opens ``path``, the slave ``far_path``."""
-
-    def __init__(self) -> None:
-        self.near, self.far = PtyPair(), PtyPair()
-        self.path, self.far_path = self.near.path, self.far.path
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self.near.master_fd, self._copy, self.near.master_fd, self.far.master_fd)
-        loop.add_reader(self.far.master_fd, self._copy, self.far.master_fd, self.near.master_fd)
-
-    @staticmethod
-    def _copy(src: int, dst: int) -> None:
-        with contextlib.suppress(OSError):
-            data = os.read(src, 4096)
-            os.write(dst, data)
-
-    def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        for pair in (self.near, self.far):
-            loop.remove_reader(pair.master_fd)
-            pair.close()
 
 
 @pytest.fixture(scope="module")
