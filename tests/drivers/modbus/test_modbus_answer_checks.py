@@ -178,3 +178,32 @@ def _free_port() -> int:
     from helpers import free_port
 
     return free_port()
+
+
+async def test_mismatched_answers_are_counted_on_the_status_api(tmp_path: Path, mqtt_broker) -> None:
+    """What an integrator sees: the tags bad with the mismatch text, the count under driver_counters."""
+    from e2e.harness import running_gateway, write_config
+    from helpers import free_port
+
+    sim = ModbusSimulator(plant(tmp_path), port=_free_port(), answer_fault="other_function")
+    assets = f"""\
+        - id: press-1
+          source: {{driver: modbus_tcp, host: 127.0.0.1, port: {sim.port}, unit: 1, poll: 100ms, timeout: 1s}}
+          tags:
+            - {{name: hr_a, address: "hr:0", type: uint16}}
+            - {{name: co_a, address: "co:0", type: bool}}
+        """
+    api_port = free_port()
+    async with sim:
+        path = write_config(tmp_path, mqtt_broker, assets, api_port=api_port)
+        async with running_gateway(path) as gw:
+            for _ in range(100):  # until the asset has polled a few times
+                detail = (await gw.api.get("/api/v1/assets/press-1")).json()
+                if (detail.get("driver_counters") or {}).get("mismatched_answers", 0) >= 4:
+                    break
+                await asyncio.sleep(0.1)
+    assert detail["state"] == "connected"  # a mismatched answer is not a lost device
+    counters = detail["driver_counters"]
+    assert counters["mismatched_answers"] >= 4 and counters["answers"] == 0
+    assert {tag["name"]: tag["quality"] for tag in detail["tag_values"]} == {"hr_a": "bad", "co_a": "bad"}
+    assert all("does not match its request" in tag["error"] for tag in detail["tag_values"])
