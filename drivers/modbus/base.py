@@ -22,7 +22,6 @@ from pymodbus.pdu.register_message import (
 )
 
 from drivers.modbus.address import Table
-from drivers.modbus.check import MISMATCHED_ANSWER
 from drivers.modbus.config import ModbusTag
 from drivers.modbus.decode import apply_scaling, decode_bits, decode_poll
 from drivers.modbus.plan import ReadPlan, ReadRequest, compile_plan
@@ -287,10 +286,9 @@ class ModbusDriverBase(ABC):
                     decode_bits(request, bits, batch)
             else:
                 registers = answer.registers
-                if len(registers) != request.count:  # the transports check this too; never take a slice of it
-                    short = len(registers) < request.count
-                    text = f"{'short' if short else 'long'} response: {len(registers)} of {request.count} registers"
-                    failed.append((request, SHORT_RESPONSE if short else MISMATCHED_ANSWER, text))
+                if len(registers) < request.count:  # a longer answer never gets here: the transports reject it
+                    text = f"short response: {len(registers)} of {request.count} registers"
+                    failed.append((request, SHORT_RESPONSE, text))
                     words[offset : offset + request.count] = 0
                 else:
                     words[offset : offset + request.count] = registers[: request.count]
