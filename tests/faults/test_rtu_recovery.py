@@ -131,3 +131,47 @@ def test_every_backoff_is_jittered_also_when_limited_to_the_poll_interval() -> N
     pairs = [(a.next(), b.next()) for _ in range(6)]
     assert all(x != y for x, y in pairs)
     assert 24 <= pairs[-1][0] <= 36  # capped at 30 s, jittered
+
+
+async def test_with_the_engine_the_healthy_unit_never_goes_disconnected(line: str) -> None:
+    """The issue's setup under the real source tasks: unit 7 and a dead unit 9, response_timeout 300 ms.
+
+    Counted, not timed: the run lasts until unit 9 was demoted (three failed connects, each with its retry)
+    and tried once more after slow_retry; meanwhile unit 7 must not fail a single poll.
+    """
+    from types import SimpleNamespace
+
+    from gateway.source import AssetRuntime
+
+    def runtime(unit: int, **extra: object) -> AssetRuntime:
+        cfg = SimpleNamespace(id=f"unit-{unit}", source=source(line, unit, 0.3, poll=0.1, retry_max=1, **extra),
+                              tags=TAGS)
+        return AssetRuntime(cfg, ModbusRtuDriver, buffer_seconds=60, heartbeat=60)
+
+    healthy, dead = runtime(HEALTHY), runtime(DEAD, slow_retry=1.5)
+    states: list[str] = []
+    healthy._on_state = lambda a: states.append(a.status.state)
+    tasks = [asyncio.create_task(healthy.run())]
+    for _ in range(100):
+        if healthy.status.polls:
+            break
+        await asyncio.sleep(0.05)
+    tasks.append(asyncio.create_task(dead.run()))
+    try:
+        arbiter = healthy.driver.arbiter
+        for _ in range(400):
+            stats = arbiter.stats.per_unit.get(DEAD, {})
+            if arbiter.health(DEAD).demoted_until is not None and stats.get("demoted_skips", 0) and \
+                    dead.status.connect_failures >= 5:
+                break
+            await asyncio.sleep(0.05)
+        assert arbiter.health(DEAD).demoted_until is not None and dead.status.connect_failures >= 5
+        assert healthy.status.poll_errors == 0 and healthy.status.tag_errors == 0
+        assert states == ["connected"]  # never disconnected
+        assert healthy.status.polls > 10
+        _ts, values, quality, _has = healthy.ring.last()
+        assert quality.tolist() == [Quality.GOOD, Quality.GOOD] and values.tolist() == EXPECTED
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
