@@ -279,11 +279,11 @@ class BusArbiter:
 
         A request without a usable answer is sent again up to ``policy.retries`` times (not the one probe a
         demoted slave is let through every ``slow_retry``: it is known to be silent); the bus is released
-        between tries, so the other slaves' requests queued meanwhile go first. After a timeout nothing is sent
-        until ``policy.silent_after_timeout`` after the timed-out request. Raises :class:`DeviceUnavailable`
-        when the slave is demoted, the last try got no answer within ``policy.response_timeout`` or the link broke;
-        :class:`~drivers.modbus.base.BadResponse` when the last try's answer is unusable (CRC error,
-        truncated, malformed). Either counts as one failure toward demotion; any usable answer (an exception
+        between tries, so the other slaves' requests queued meanwhile go first. After a timeout (or a poll
+        cancelled while waiting for the answer) nothing is sent until ``policy.silent_after_timeout`` after
+        that request. Raises :class:`DeviceUnavailable` when the slave is demoted, the last try got no
+        answer within ``policy.response_timeout`` or the link broke; :class:`~drivers.modbus.base.BadResponse`
+        when the last try's answer is unusable (CRC error, truncated, malformed). Either counts as one failure toward demotion; any usable answer (an exception
         answer too) resets the count.
         """
         error: Exception | None = None
@@ -315,11 +315,13 @@ class BusArbiter:
                 raise DeviceUnavailable(link.broken if link is not None else f"{self.name} is not open")
             self._check_demoted(unit)  # another asset on the same unit may have demoted it while we queued
             scan = None
+            sent_before = self._sent_at
             try:
                 scan = await self._exchange(link, unit, pdu, policy.response_timeout)
             finally:
                 self._idle_at = max(time.monotonic(), link.last_rx) + self.t35
-                if scan is not None and scan.outcome is Outcome.NOTHING:
+                unanswered = scan.outcome is Outcome.NOTHING if scan is not None else self._sent_at != sent_before
+                if unanswered:  # timed out, or cancelled while waiting: slaves may still wait for the answer
                     self._idle_at = max(self._idle_at, self._sent_at + policy.silent_after_timeout)
         self.stats.count(unit, "transactions")
         if scan.outcome is Outcome.FOUND:
