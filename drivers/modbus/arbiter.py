@@ -283,8 +283,8 @@ class BusArbiter:
         cancelled while waiting for the answer) nothing is sent until ``policy.silent_after_timeout`` after
         that request. Raises :class:`DeviceUnavailable` when the slave is demoted, the last try got no
         answer within ``policy.response_timeout`` or the link broke; :class:`~drivers.modbus.base.BadResponse`
-        when the last try's answer is unusable (CRC error, truncated, malformed). Either counts as one failure toward demotion; any usable answer (an exception
-        answer too) resets the count.
+        when the last try's answer is unusable (CRC error, truncated, malformed). Either counts as one failure
+        toward demotion; any usable answer (an exception answer too) resets the count.
         """
         error: Exception | None = None
         tries = 1 if self.health(unit).demoted_until is not None else policy.retries + 1  # a probe: one try
