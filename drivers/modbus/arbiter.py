@@ -7,7 +7,9 @@ Several slaves on one RS-485 line are configured as separate assets (one ``unit`
   closes; a broken link (adapter unplugged) is reopened by the next connect;
 - **one transaction on the wire at a time**, first come first served, with the 3.5-character silent
   interval (t3.5) kept between the end of one frame and the start of the next;
-- **a per-slave timeout**: a silent slave holds the bus for its own ``response_timeout`` only;
+- **a per-slave timeout**: a silent slave holds the bus for its own ``response_timeout`` only, then the bus
+  stays quiet until ``silent_after_timeout`` after that request (libmodbus slaves ignore the frame after a
+  request for another unit while they wait for its answer); a request is tried ``1 + retries`` times;
 - **demotion**: a slave that failed ``demote_after`` transactions in a row is *demoted*: its requests fail at
   once, without touching the wire, until ``slow_retry`` seconds after its last failure; then one request is
   let through. The other slaves keep their poll rates.
@@ -16,7 +18,7 @@ How this fits the engine (``gateway/source.py``): a silent or demoted slave rais
 :class:`~gateway.driver.DeviceUnavailable`, so the engine marks that asset disconnected, logs it once and
 reconnects with its capped backoff. The driver's ``connect()`` sends one probe request through the arbiter,
 so while a slave is demoted every reconnect attempt fails immediately (no bus time, no log line) and the
-probe that is let through every ``slow_retry`` is the only traffic the dead slave costs. The engine's
+probe that is let through every ``slow_retry`` (one try, no retries) is the only traffic the dead slave costs. The engine's
 ``retry_max`` bounds how late after ``slow_retry`` that probe happens.
 
 The arbiter also estimates the bus load of all registered slaves when the port is opened and logs one
