@@ -18,8 +18,8 @@ How this fits the engine (``gateway/source.py``): a silent or demoted slave rais
 :class:`~gateway.driver.DeviceUnavailable`, so the engine marks that asset disconnected, logs it once and
 reconnects with its capped backoff. The driver's ``connect()`` sends one probe request through the arbiter,
 so while a slave is demoted every reconnect attempt fails immediately (no bus time, no log line) and the
-probe that is let through every ``slow_retry`` (one try, no retries) is the only traffic the dead slave costs. The engine's
-``retry_max`` bounds how late after ``slow_retry`` that probe happens.
+probe that is let through every ``slow_retry`` (one try, no retries) is the only traffic the dead slave
+costs. The engine's ``retry_max`` bounds how late after ``slow_retry`` that probe happens.
 
 The arbiter also estimates the bus load of all registered slaves when the port is opened and logs one
 WARNING when the configured poll rates need more time on the wire than there is (see :class:`BusLoad`).
