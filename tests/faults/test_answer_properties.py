@@ -82,7 +82,7 @@ class Device:
         self.turn += 1
         function = pdu[0]
         start, count = struct.unpack(">HH", pdu[1:5])
-        data = served(function, start, count)
+        data = correct = served(function, start, count)
         if r["kind"] == "random":
             out = r["random"]
         else:
@@ -93,6 +93,8 @@ class Device:
                     data = r["extra"] + data  # a marker before the data: more than asked for
                 if r["cut"] is not None:
                     data = data[: -r["cut"]]
+                if len(data) == len(correct):  # a marker and a cut of the same size: a well-formed answer
+                    data = correct  # with other values, which no check can tell from the device's own
                 bc = len(data) if r["byte_count"] is None else r["byte_count"]
                 unit = unit if r["unit"] is None else r["unit"]
                 if r["tid"] is not None:
