@@ -149,7 +149,7 @@ class AssetRuntime:
                 await self._close()
                 if self._session_good:  # it worked for a while: retry at once, then back off
                     backoff.reset()
-                    await asyncio.sleep(min(backoff.next(), self.source.poll))
+                    await asyncio.sleep(backoff.next(limit=self.source.poll))
                 else:  # connects but never polls: capped exponential backoff like a refused connect
                     await asyncio.sleep(backoff.next())
         finally:

@@ -50,17 +50,24 @@ class AssetStatus:
 
 
 class Backoff:
-    """Capped exponential backoff with jitter: 1 s, 2 s, 4 s ... up to ``cap`` (±20 %)."""
+    """Capped exponential backoff with jitter: 1 s, 2 s, 4 s ... up to ``cap``, each drawn ±20 %.
+
+    The jitter is applied to every delay :meth:`next` returns, after ``limit``: sources that failed together
+    (two slaves on one bus, every asset of a switched-off PLC) must not retry in lockstep.
+    """
+
+    JITTER = 0.2
 
     def __init__(self, cap: float, initial: float = 1.0) -> None:
         self.cap = cap
         self.initial = min(initial, cap)
         self._next = self.initial
 
-    def next(self) -> float:
-        delay = self._next
+    def next(self, limit: float | None = None) -> float:
+        """The next delay in seconds (at most ``limit`` before jitter, when given), then double it."""
+        delay = self._next if limit is None else min(self._next, limit)
         self._next = min(self._next * 2, self.cap)
-        return delay * float(np.random.uniform(0.8, 1.2))
+        return delay * float(np.random.uniform(1 - self.JITTER, 1 + self.JITTER))
 
     def reset(self) -> None:
         self._next = self.initial

@@ -200,8 +200,23 @@ class ModbusPoint(_Bound):
         return self
 
 
+#: Kinds of answers that do not match their request, served by ``modbus.answer_fault`` (see modbus_sim.py).
+ANSWER_FAULTS = ("other_function", "transaction_id_zero", "wrong_unit", "extra_register", "odd_byte_count",
+                 "bits_byte_count_high", "bits_byte_count_low")
+
+
 class ModbusSection(_Strict):
     unit: int = Field(1, ge=0, le=255, description="Unit id (slave id) the PLC answers")
+    answer_fault: Literal[ANSWER_FAULTS] | None = Field(  # type: ignore[valid-type]
+        None,
+        description=(
+            "Test knob: answer reads with a frame that does not match the request: other_function (the "
+            "other table's values under its function code: FC4 for FC3, FC2 for FC1 and back), "
+            "transaction_id_zero (with marker values), wrong_unit, extra_register (a marker word first), "
+            "odd_byte_count, bits_byte_count_high (a marker byte first), bits_byte_count_low"
+        ),
+    )
+    answer_fault_rate: float = Field(1.0, ge=0, le=1, description="Fraction of read answers answer_fault changes")
     tables: dict[Literal["hr", "ir", "co", "di"], int] = Field(
         default_factory=dict,
         description="Size of each table (registers or bits); default: just past the last mapped address",

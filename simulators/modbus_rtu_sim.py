@@ -8,7 +8,10 @@ or for unit ids it does not play, like real slaves on a shared line.
 Fault knobs, per unit, changeable while running (:class:`Faults`): ``silent`` (never answers), ``crc_errors``
 (fraction of answers whose CRC is corrupted), ``stray`` (bytes sent just before each answer), ``delay``
 (seconds before answering), ``truncate`` (fraction of answers cut short), ``exception`` (answer every request
-with this exception code). Fractions use a seeded random generator, so a run is repeatable.
+with this exception code), ``ignore_after_other`` (seconds; behave like a libmodbus slave: after a request for
+another unit that no slave on the line answers, the next frame that arrives within this window is taken for
+that answer and ignored, even a request for this unit; libmodbus's default window is its 0.5 s response
+timeout). Fractions use a seeded random generator, so a run is repeatable.
 
 Slaves are plain arrays (:meth:`RtuSlave.blank`) for the tests, or the point map of a plant file
 (:meth:`RtuSlave.from_plant`) for ``iiot-gateway simulate --rtu``.
@@ -21,6 +24,7 @@ import logging
 import os
 import random
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -57,6 +61,7 @@ class Faults:
     delay: float = 0.0
     truncate: float = 0.0
     exception: int | None = None
+    ignore_after_other: float = 0.0
 
 
 class RtuSlave:
@@ -98,6 +103,10 @@ class ModbusRtuSimulator:
         self.slaves = slaves
         self.faults: dict[int, Faults] = {unit: Faults() for unit in slaves}
         self.requests: dict[int, int] = {unit: 0 for unit in slaves}
+        #: requests a slave with ``ignore_after_other`` ignored because it still waited for another unit's answer
+        self.ignored: dict[int, int] = {unit: 0 for unit in slaves}
+        #: unit -> monotonic time until which it takes the next frame for another unit's answer
+        self._confirm_until: dict[int, float] = {}
         self.bad_requests = 0
         self._rng = random.Random(seed)
         self._link = link
@@ -201,9 +210,36 @@ class ModbusRtuSimulator:
                 continue
             del buffer[:size]
             unit = request[0]
+            if self._waiting_slaves_take(unit):
+                continue
             if unit in self.slaves:
                 self.requests[unit] += 1
                 self._answer(unit, request[1:-2], send)
+
+    def _waiting_slaves_take(self, unit: int) -> bool:
+        """libmodbus-style slaves see a request for ``unit``: True when the one it is for ignores it.
+
+        A slave that waits for another unit's answer takes this frame for it (and ignores it); the answer of
+        another slave to that frame then looks like a request for another unit, so it waits again. A slave
+        that does not wait starts waiting when the request is for another unit that no slave here answers.
+        """
+        now = time.monotonic()
+        answered = unit in self.slaves and not self.faults[unit].silent
+        ignored = False
+        for other, faults in self.faults.items():
+            if faults.ignore_after_other <= 0:
+                continue
+            until = self._confirm_until.pop(other, None)
+            if until is not None and now < until:
+                if other == unit:
+                    self.ignored[unit] += 1
+                    ignored = True
+                elif answered:  # out of step: it will take that unit's answer for a request, and wait again
+                    self._confirm_until[other] = now + faults.ignore_after_other
+                continue
+            if other != unit and not answered:
+                self._confirm_until[other] = now + faults.ignore_after_other
+        return ignored
 
     def _answer(self, unit: int, pdu: bytes, send: Callable[[bytes], object]) -> None:
         faults = self.faults[unit]

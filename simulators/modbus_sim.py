@@ -11,6 +11,18 @@ exception 2 (illegal data address) like a real PLC. Its ``action`` hook runs on 
 the requested range from the image into pymodbus' block (reads) or client writes into the image (writes),
 so the image is the single source of truth.
 
+Fault knob ``answer_fault`` (plant file ``modbus.answer_fault``, or the attribute, changeable while running):
+read answers leave the server changed so that they no longer match their request, for the driver's answer
+checks; ``answer_fault_rate`` is the fraction of read answers changed (seeded by the plant's ``seed``):
+
+- ``other_function``: the other table's contents with its function code (FC4 for FC3, FC3 for FC4, FC2 for
+  FC1, FC1 for FC2), as a server that mixes up the tables sends;
+- ``transaction_id_zero``: MBAP transaction id 0 and marker values (0xDEAD words, 0x5A bit bytes), like
+  a foreign or stale answer; ``wrong_unit``: unit id + 1;
+- ``extra_register``: a marker word 0xDEAD before the registers (one register more than asked for);
+- ``odd_byte_count``: the last byte of a register answer dropped;
+- ``bits_byte_count_high``: a marker byte 0x5A before the bits; ``bits_byte_count_low``: the last byte dropped.
+
 Writes from clients or :meth:`ModbusSimulator.write_registers` land in the image and stay until the point's
 signal produces a different value (constants: until :meth:`ModbusSimulator.set`). To pin a point, use
 ``set(name, value)``; ``release(name)`` makes it follow its signal again.
@@ -19,6 +31,8 @@ signal produces a different value (constants: until :meth:`ModbusSimulator.set`)
 from __future__ import annotations
 
 import logging
+import random
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,11 +75,19 @@ class ModbusSimulator:
         host: str = "127.0.0.1",
         port: int = 5020,
         unit: int | None = None,
+        answer_fault: str | None = None,
     ) -> None:
         self.plant = plant if isinstance(plant, Plant) else Plant.load(plant)
         section = self.plant.config.modbus or ModbusSection()
         self.host, self.port = host, port
         self.unit = section.unit if unit is None else unit
+        #: kind of mismatched read answer to serve (see the module docstring); ``None``: answer correctly
+        self.answer_fault: str | None = answer_fault if answer_fault is not None else section.answer_fault
+        self.answer_fault_rate: float = section.answer_fault_rate
+        #: read answers changed by ``answer_fault`` so far
+        self.faulted_answers = 0
+        self._rng = random.Random(self.plant.config.seed)
+        self._reads: dict[int, tuple[int, int]] = {}  # transaction id -> (start, count) of a read in flight
         self._regs = {t: np.zeros(section.table_size(t), dtype=np.uint16) for t in ("hr", "ir")}
         self._bits = {t: np.zeros(section.table_size(t), dtype=np.bool_) for t in ("co", "di")}
         self._points = {p.name: _Point(p, p.signal) for p in section.points}
@@ -93,7 +115,7 @@ class ModbusSimulator:
             ),
             action=self._on_request,
         )
-        server = ModbusTcpServer(device, address=(self.host, self.port))
+        server = ModbusTcpServer(device, address=(self.host, self.port), trace_packet=self._outgoing)
         try:
             await server.serve_forever(background=True)
         except RuntimeError as exc:
@@ -236,6 +258,50 @@ class ModbusSimulator:
         if table not in self._bits:
             raise ValueError(f"read_bits needs table 'co' or 'di', not {table!r}")
         return self._table(table, address0, count)[address0 : address0 + count].tolist()
+
+    # -- answer faults --------------------------------------------------------------------------------------
+
+    def _outgoing(self, sending: bool, packet: bytes) -> bytes:
+        """pymodbus's ``trace_packet``: note read requests, change their answers as ``answer_fault`` says."""
+        if len(packet) < 9 or packet[7] not in (1, 2, 3, 4):
+            return packet
+        tid, _pid, _length, unit, function = struct.unpack_from(">HHHBB", packet)
+        if not sending:
+            if len(packet) >= 12:
+                self._reads[tid] = struct.unpack_from(">HH", packet, 8)
+            return packet
+        read = self._reads.pop(tid, None)
+        fault = self.answer_fault
+        if fault is None or (self.answer_fault_rate < 1.0 and self._rng.random() >= self.answer_fault_rate):
+            return packet
+        data = packet[9:]
+        bits = function in (1, 2)
+        if fault == "other_function" and read is not None:
+            function = {1: 2, 2: 1, 3: 4, 4: 3}[function]
+            start, count = read
+            if bits:  # the other bit table's contents: what a server that mixed up the tables sends
+                other = self._bits["di" if function == 2 else "co"]
+                data = np.packbits(np.resize(other[start:], count), bitorder="little").tobytes()
+            else:
+                other = self._regs["ir" if function == 4 else "hr"]
+                data = np.resize(other[start:], count).astype(">u2").tobytes()
+        elif fault == "transaction_id_zero":
+            tid = 0
+            data = bytes((0x5A,)) * len(data) if bits else b"\xde\xad" * (len(data) // 2)
+        elif fault == "wrong_unit":
+            unit = (unit + 1) % 256
+        elif fault == "extra_register" and not bits:
+            data = b"\xde\xad" + data
+        elif fault == "odd_byte_count" and not bits:
+            data = data[:-1]
+        elif fault == "bits_byte_count_high" and bits:
+            data = b"\x5a" + data
+        elif fault == "bits_byte_count_low" and bits:
+            data = data[:-1]
+        else:
+            return packet  # this fault does not apply to this table
+        self.faulted_answers += 1
+        return struct.pack(">HHHBBB", tid, 0, len(data) + 3, unit, function, len(data)) + data
 
     # -- pymodbus hook --------------------------------------------------------------------------------------
 

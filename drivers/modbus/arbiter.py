@@ -7,7 +7,9 @@ Several slaves on one RS-485 line are configured as separate assets (one ``unit`
   closes; a broken link (adapter unplugged) is reopened by the next connect;
 - **one transaction on the wire at a time**, first come first served, with the 3.5-character silent
   interval (t3.5) kept between the end of one frame and the start of the next;
-- **a per-slave timeout**: a silent slave holds the bus for its own ``response_timeout`` only;
+- **a per-slave timeout**: a silent slave holds the bus for its own ``response_timeout`` only, then the bus
+  stays quiet until ``silent_after_timeout`` after that request (libmodbus slaves ignore the frame after a
+  request for another unit while they wait for its answer); a request is tried ``1 + retries`` times;
 - **demotion**: a slave that failed ``demote_after`` transactions in a row is *demoted*: its requests fail at
   once, without touching the wire, until ``slow_retry`` seconds after its last failure; then one request is
   let through. The other slaves keep their poll rates.
@@ -16,8 +18,8 @@ How this fits the engine (``gateway/source.py``): a silent or demoted slave rais
 :class:`~gateway.driver.DeviceUnavailable`, so the engine marks that asset disconnected, logs it once and
 reconnects with its capped backoff. The driver's ``connect()`` sends one probe request through the arbiter,
 so while a slave is demoted every reconnect attempt fails immediately (no bus time, no log line) and the
-probe that is let through every ``slow_retry`` is the only traffic the dead slave costs. The engine's
-``retry_max`` bounds how late after ``slow_retry`` that probe happens.
+probe that is let through every ``slow_retry`` (one try, no retries) is the only traffic the dead slave
+costs. The engine's ``retry_max`` bounds how late after ``slow_retry`` that probe happens.
 
 The arbiter also estimates the bus load of all registered slaves when the port is opened and logs one
 WARNING when the configured poll rates need more time on the wire than there is (see :class:`BusLoad`).
@@ -54,12 +56,18 @@ RX_SILENCE_FLOOR = 0.02
 
 @dataclass(frozen=True, slots=True)
 class SlavePolicy:
-    """Per-slave timing of an asset: wait ``response_timeout`` for an answer, demote after
-    ``demote_after`` failures in a row, then let one request through every ``slow_retry`` seconds."""
+    """Per-slave timing of an asset: wait ``response_timeout`` for an answer, send a request up to
+    ``retries`` more times when no usable answer came, send nothing until ``silent_after_timeout`` after a
+    request that timed out, demote after ``demote_after`` failed requests in a row, then let one request through every
+    ``slow_retry`` seconds."""
 
     response_timeout: float
     demote_after: int
     slow_retry: float
+    #: sends of a request again after no usable answer (timeout, CRC error, truncated, garbage)
+    retries: int = 0
+    #: bus silence after a timed-out request, so slaves that still wait for that answer are ready again
+    silent_after_timeout: float = 0.0
 
 
 @dataclass(slots=True)
@@ -90,6 +98,8 @@ class BusStats:
     crc_errors: int = 0
     truncated: int = 0
     malformed: int = 0
+    mismatched_answers: int = 0
+    retries: int = 0
     stray_bytes: int = 0
     demoted_skips: int = 0
     per_unit: dict[int, dict[str, int]] = field(default_factory=dict)
@@ -109,7 +119,8 @@ class UnitCounters:
 
     def as_dict(self) -> dict[str, int]:
         mine = self.stats.per_unit.get(self.unit, {})
-        fields = ("transactions", "answers", "timeouts", "crc_errors", "truncated", "malformed", "demoted_skips")
+        fields = ("transactions", "answers", "timeouts", "crc_errors", "truncated", "malformed", "mismatched_answers",
+                  "retries", "demoted_skips")
         out = {k: mine.get(k, 0) for k in fields}
         out["bus_stray_bytes"] = self.stats.stray_bytes
         return out
@@ -181,6 +192,7 @@ class BusArbiter:
         self._bus: asyncio.Lock | None = None
         self._opening: asyncio.Lock | None = None
         self._idle_at = 0.0
+        self._sent_at = 0.0  # when the last request frame was written
         self._load_checked = False
 
     # -- registration and the shared link ----------------------------------------------------------------
@@ -267,11 +279,35 @@ class BusArbiter:
     async def transact(self, unit: int, pdu: bytes, policy: SlavePolicy) -> bytes:
         """Send ``pdu`` (function code + data) to ``unit`` and return its answer's PDU.
 
-        Raises :class:`DeviceUnavailable` when the slave is demoted, does not answer within
-        ``policy.response_timeout`` or the link broke; :class:`~drivers.modbus.base.BadResponse` when an
-        answer arrived but is unusable (CRC error, truncated, malformed). Either counts as a failure toward
-        demotion; any usable answer (an exception answer too) resets the count.
+        A request without a usable answer is sent again up to ``policy.retries`` times (not the one probe a
+        demoted slave is let through every ``slow_retry``: it is known to be silent); the bus is released
+        between tries, so the other slaves' requests queued meanwhile go first. After a timeout (or a poll
+        cancelled while waiting for the answer) nothing is sent until ``policy.silent_after_timeout`` after
+        that request. Raises :class:`DeviceUnavailable` when the slave is demoted, the last try got no
+        answer within ``policy.response_timeout`` or the link broke; :class:`~drivers.modbus.base.BadResponse`
+        when the last try's answer is unusable (CRC error, truncated, malformed). Either counts as one failure
+        toward demotion; any usable answer (an exception answer too) resets the count.
         """
+        error: Exception | None = None
+        tries = 1 if self.health(unit).demoted_until is not None else policy.retries + 1  # a probe: one try
+        try:
+            for attempt in range(tries):
+                if attempt:
+                    self.stats.count(unit, "retries")
+                result = await self._try(unit, pdu, policy)
+                if isinstance(result, bytes):
+                    return result
+                error = result
+        except asyncio.CancelledError:  # the poll's timeout ended the retries: the failed tries still count
+            if error is not None:
+                self._failed(unit, policy, str(error))
+            raise
+        assert error is not None
+        self._failed(unit, policy, error.text if isinstance(error, BadResponse) else str(error))
+        raise error
+
+    async def _try(self, unit: int, pdu: bytes, policy: SlavePolicy) -> bytes | Exception:
+        """One transaction on the wire: the answer's PDU, or the exception its failure would raise."""
         self._check_demoted(unit)
         if self._bus is None or not self.link_ok:
             raise DeviceUnavailable(f"{self.name} is not open")
@@ -280,18 +316,21 @@ class BusArbiter:
             if link is None or link.broken is not None:
                 raise DeviceUnavailable(link.broken if link is not None else f"{self.name} is not open")
             self._check_demoted(unit)  # another asset on the same unit may have demoted it while we queued
+            scan = None
+            sent_before = self._sent_at
             try:
                 scan = await self._exchange(link, unit, pdu, policy.response_timeout)
             finally:
                 self._idle_at = max(time.monotonic(), link.last_rx) + self.t35
+                unanswered = scan.outcome is Outcome.NOTHING if scan is not None else self._sent_at != sent_before
+                if unanswered:  # timed out, or cancelled while waiting: slaves may still wait for the answer
+                    self._idle_at = max(self._idle_at, self._sent_at + policy.silent_after_timeout)
         self.stats.count(unit, "transactions")
         if scan.outcome is Outcome.FOUND:
             self.stats.count(unit, "answers")
             self._succeeded(unit)
             return scan.pdu
-        error = self._classify(unit, scan.outcome, policy)
-        self._failed(unit, policy, error.text if isinstance(error, BadResponse) else str(error))
-        raise error
+        return self._classify(unit, scan.outcome, policy)
 
     async def _exchange(self, link: Link, unit: int, pdu: bytes, timeout: float) -> Any:
         now = time.monotonic()
@@ -305,7 +344,8 @@ class BusArbiter:
             await link.send(frame(unit, pdu))
         except OSError as exc:
             raise DeviceUnavailable(str(exc)) from exc
-        deadline = time.monotonic() + timeout
+        self._sent_at = time.monotonic()
+        deadline = self._sent_at + timeout
         silence = max(3 * self.t35, RX_SILENCE_FLOOR)
         function = pdu[0]
         while True:

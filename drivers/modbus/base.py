@@ -1,21 +1,20 @@
 """The transport-independent part of the Modbus drivers: plan, poll, error mapping.
 
-A concrete driver (TCP here; RTU and RTU-over-TCP later) only says how to build its pymodbus async
-client and how to name its endpoint in messages. Everything else — issuing the plan's requests one
+A concrete driver (TCP, RTU, RTU over TCP) only says how to build its client (pymodbus's client API over
+the driver's own framing, which checks every answer against its request: :mod:`drivers.modbus.check`) and
+how to name its endpoint in messages. Everything else — issuing the plan's requests one
 after another on the one connection, turning exception responses into bad tags and lost connections
 into :class:`~gateway.driver.DeviceUnavailable` — lives here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
-from pymodbus.client.base import ModbusBaseClient
-from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU
 from pymodbus.pdu.register_message import (
     ReadHoldingRegistersResponse,
@@ -109,7 +108,7 @@ class ModbusDriverBase(ABC):
         self.plan: ReadPlan = self._compile(source, self.tags)
         #: float32 tags are published at float32 precision (123.4, not 123.40000152587891)
         self.float32_tags = np.array([t.type == "float32" for t in self.tags], dtype=bool)
-        self._client: ModbusBaseClient | None = None
+        self._client: Any = None
         #: the poll buffer: every register response of a poll, at ``plan.word_offset`` (reused every poll)
         self._words = np.zeros(self.plan.register_words, dtype=np.uint16)
 
@@ -133,25 +132,11 @@ class ModbusDriverBase(ABC):
         """Where the device is, for messages (``host:port unit 1``)."""
 
     @abstractmethod
-    def _make_client(self) -> ModbusBaseClient:
-        """A new, unconnected pymodbus async client with its own retries and reconnects disabled.
-
-        It must pass :meth:`_on_connection_change` as pymodbus's ``trace_connect`` so that a connection
-        closed by the device fails the request in flight at once instead of at its timeout.
-        """
-
-    def _on_connection_change(self, connected: bool) -> None:
-        """pymodbus's ``trace_connect``: a closed connection fails the request in flight at once.
-
-        pymodbus 3.16 only notices a lost connection at the request's timeout; its in-flight request is
-        the transaction manager's ``response_future``, which is failed here (no per-request task needed).
-        """
-        if connected:
-            return
-        pending = getattr(getattr(self._client, "ctx", None), "response_future", None)
-        if isinstance(pending, asyncio.Future) and not pending.done():
-            pending.set_exception(ConnectionException(f"connection to {self.endpoint} was closed"))
-            pending.exception()  # no "never retrieved" warning when no request was waiting on it
+    def _make_client(self) -> Any:
+        """A new, unconnected client offering pymodbus's async client API (``connect``, ``close``,
+        ``connected``, ``register``, ``read_holding_registers(...)`` ...), with no retries or reconnects of its
+        own, that fails the request in flight at once when the connection is lost and raises
+        :class:`BadResponse` for an answer that does not belong to its request."""
 
     @property
     def request_count(self) -> int:
@@ -301,7 +286,7 @@ class ModbusDriverBase(ABC):
                     decode_bits(request, bits, batch)
             else:
                 registers = answer.registers
-                if len(registers) < request.count:
+                if len(registers) < request.count:  # a longer answer never gets here: the transports reject it
                     text = f"short response: {len(registers)} of {request.count} registers"
                     failed.append((request, SHORT_RESPONSE, text))
                     words[offset : offset + request.count] = 0
@@ -316,14 +301,14 @@ class ModbusDriverBase(ABC):
                     batch.strings.pop(pos, None)
         apply_scaling(plan, batch)
 
-    def _failure_text(self, client: ModbusBaseClient, request: ReadRequest, exc: ModbusException) -> str:
+    def _failure_text(self, client: Any, request: ReadRequest, exc: ModbusException) -> str:
         if not client.connected:
             return f"connection to {self.endpoint} was closed while reading {request}"
         if "No response" in str(exc):  # pymodbus's wording for a request that timed out
             return f"no response from {self.endpoint} within {self.source.timeout:g}s to a read of {request}"
         return f"invalid response from {self.endpoint} to a read of {request}: {exc}"
 
-    async def _send(self, client: ModbusBaseClient, request: ReadRequest) -> ModbusPDU:
+    async def _send(self, client: Any, request: ReadRequest) -> ModbusPDU:
         unit = self.source.unit
         if request.table is Table.HOLDING_REGISTER:
             return await client.read_holding_registers(request.start, count=request.count, device_id=unit)

@@ -14,14 +14,17 @@ timeout, and its retry / reconnect logic would fight the engine's. The PDU layer
 from __future__ import annotations
 
 import os
+import struct
 from typing import Any, ClassVar
 
 from pymodbus.client.mixin import ModbusClientMixin
+from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU
 from pymodbus.pdu.decoders import DecodePDU
 
 from drivers.modbus.arbiter import BusArbiter, SlaveLoad, SlavePolicy, UnitCounters, arbiter_for
 from drivers.modbus.base import BadResponse, ModbusDriverBase
+from drivers.modbus.check import MISMATCHED_ANSWER, answer_mismatch
 from drivers.modbus.config import ModbusTag
 from drivers.modbus.rtu_config import ModbusRtuSource, ModbusRtuTcpSource
 from drivers.modbus.rtu_frame import MALFORMED_FRAME, bits_per_char, silent_interval
@@ -69,7 +72,15 @@ class RtuClient(ModbusClientMixin):  # type: ignore[type-arg]
             raise NotImplementedError("broadcast requests (no response expected) are not supported over RTU")
         pdu = bytes((request.function_code,)) + request.encode()
         answer = await self.arbiter.transact(self.unit, pdu, self.policy)
-        response = self._decoder.decode(answer)
+        why = answer_mismatch(pdu, answer)
+        if why is not None:
+            self.arbiter.stats.count(self.unit, "mismatched_answers")
+            raise BadResponse(MISMATCHED_ANSWER, f"answer of unit {self.unit} on {self.arbiter.name} does not match "
+                                                 f"its request: {why}")
+        try:
+            response = self._decoder.decode(answer)
+        except (ModbusException, ValueError, IndexError, struct.error):
+            response = None
         if response is None:
             raise BadResponse(MALFORMED_FRAME, f"answer of unit {self.unit} on {self.arbiter.name} cannot be decoded")
         return response
@@ -82,7 +93,8 @@ class _RtuDriverBase(ModbusDriverBase):
 
     def __init__(self, source: Any, tags: list[ModbusTag]) -> None:
         super().__init__(source, tags)
-        self.policy = SlavePolicy(source.response_timeout, source.demote_after, source.slow_retry)
+        self.policy = SlavePolicy(source.response_timeout, source.demote_after, source.slow_retry,
+                                  retries=source.retries, silent_after_timeout=source.silent_after_timeout)
         self.arbiter = self._arbiter()
         self.arbiter.register(self, SlaveLoad(source.unit, source.poll, self._frames()))
         #: this slave's bus counters (CRC errors, timeouts, stray bytes ...) for the status API

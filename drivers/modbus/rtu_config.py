@@ -25,6 +25,25 @@ class _RtuCommon(ModbusReadLimits):
             "It is the bus time a dead slave costs; `timeout` covers a whole poll including waiting for the bus."
         ),
     )
+    retries: int = Field(
+        1,
+        ge=0,
+        le=5,
+        description=(
+            "How often a request that got no usable answer (timeout, CRC error, truncated frame) is sent again "
+            "before its poll fails; a slave that is busy once does not drop out of the poll"
+        ),
+    )
+    silent_after_timeout: Duration = Field(
+        0.6,
+        ge=0,
+        description=(
+            "After a request of this slave that timed out, nothing is sent on the bus until this long after that "
+            "request (so the pause is silent_after_timeout - response_timeout, none if that is negative). Slaves "
+            "built on libmodbus wait up to their own response timeout (0.5 s by default) for the answer to a "
+            "request for another unit and ignore the next frame meanwhile; 0 turns the pause off"
+        ),
+    )
     demote_after: int = Field(
         3, ge=1, le=100, description="Failed requests in a row after which the slave is demoted to slow_retry"
     )
