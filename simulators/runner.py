@@ -117,7 +117,6 @@ def _rtu_units(text: str | None) -> tuple[int, ...]:
     if not all(1 <= u <= 247 for u in units):
         raise SystemExit(f"--rtu: unit ids are 1..247, not {text!r}")
     return units
-    add_instrument_arguments(parser)
 
 
 async def _serve_until_signal(ns: argparse.Namespace) -> None:
