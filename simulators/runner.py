@@ -22,7 +22,7 @@ from simulators.modbus_sim import ModbusSimulator
 from simulators.opcua_security import SimulatorSecurity
 from simulators.opcua_sim import OpcUaSimulator
 from simulators.plant import Plant
-from simulators.serial_instrument import add_instrument_arguments, instrument_from_args, start_and_announce
+from simulators.serial_instrument import instrument_from_args, start_and_announce
 
 log = logging.getLogger(__name__)
 
