@@ -431,10 +431,14 @@ def test_state_messages_of_a_primary_host():
 def test_bad_config_and_out_of_range_values_do_not_crash(tmp_path, tahu):
     with pytest.raises(ValueError):
         EdgeNode("a/b", "gw", {}, tmp_path)
-    tags = [Tag(name="small", type="int8"), Tag(name="u", type="uint16")]
-    ring = RingBuffer(2, 4)
-    _write(ring, [1000.0, -1.0], ts_ns=T0_NS)  # a misconfigured type: the value cannot be that datatype
+    tags = [Tag(name="small", type="int8"), Tag(name="u", type="uint16"), Tag(name="u64", type="uint64"),
+            Tag(name="top", type="uint64")]
+    ring = RingBuffer(4, 4)
+    # a misconfigured type: the value cannot be that datatype; 2**63 is a valid UInt64 beyond int64
+    _write(ring, [1000.0, -1.0, 2.0**64, 2.0**63], ts_ns=T0_NS)
     node = _node(tmp_path, {"a": SimpleNamespace(tags=tags)})
-    _, payload = node.ddata("a", snapshot(ring, ["small", "u"], np.zeros(2, bool), integer_tags(tags)))
+    _, payload = node.ddata("a", snapshot(ring, [t.name for t in tags], np.zeros(4, bool), integer_tags(tags)))
     (d,) = tahu.decode(payload)
-    assert [m["value"] for m in d["metrics"]] == [None, None]
+    assert [m["value"] for m in d["metrics"]] == [None, None, None, str(2**63)]
+    with pytest.raises(ValueError):
+        stamp(b"\xff\xff not protobuf", 1, True)

@@ -117,14 +117,15 @@ _FIELD_KIND = {
     DataType.UInt16: _INT, DataType.UInt32: _LONG, DataType.Int64: _LONG, DataType.UInt64: _LONG,
     DataType.Float: _FLOAT, DataType.Double: _DOUBLE, DataType.Boolean: _BOOL, DataType.String: _STRING,
 }  # fmt: skip
-#: lookups indexed by datatype value: the field kind, the lowest / highest value of integer types
+#: lookups indexed by datatype value: the field kind; the lowest value and the first value above the range
+#: of integer types (exact as floats, also 2**63 and 2**64)
 _KIND_OF = np.full(13, _DOUBLE, dtype=np.int64)
 _LO_OF = np.full(13, -np.inf)
-_HI_OF = np.full(13, np.inf)
+_ABOVE_OF = np.full(13, np.inf)
 for _dt, _kind in _FIELD_KIND.items():
     _KIND_OF[_dt] = _kind
 for _dt, (_lo, _hi) in _RANGE.items():
-    _LO_OF[_dt], _HI_OF[_dt] = _lo, _hi
+    _LO_OF[_dt], _ABOVE_OF[_dt] = _lo, _hi + 1
 
 
 def datatype_of(tag: TagBase) -> DataType:
@@ -181,8 +182,11 @@ def parse_state(topic_name: str, payload: bytes) -> HostState | None:
 
 def stamp(payload: bytes, seq: int, historical: bool, ts_ms: int | None = None) -> bytes:
     """A stored payload as sent: its ``seq`` set (0..255), ``is_historical = true`` on every metric when
-    ``historical`` (a spool replay), the payload timestamp set to ``ts_ms`` (send time) when given."""
-    p = Payload.FromString(payload)
+    ``historical`` (a spool replay), the payload timestamp set to ``ts_ms`` (send time) when given.
+    Raises ``ValueError`` when ``payload`` is not a Sparkplug B payload."""
+    p = _parse(payload)
+    if p is None:
+        raise ValueError("not a Sparkplug B payload")
     p.seq = seq & 0xFF
     if ts_ms is not None:
         p.timestamp = ts_ms
@@ -305,7 +309,7 @@ def _set_values(p: Any, aliases: list[int], datatypes: np.ndarray, ts: list[int]
     with np.errstate(invalid="ignore"):
         null = null | (~np.isfinite(values) & (kinds != _STRING))
         if integer.any():
-            null |= integer & ((values < _LO_OF[datatypes]) | (values > _HI_OF[datatypes]))
+            null |= integer & ((values < _LO_OF[datatypes]) | (values >= _ABOVE_OF[datatypes]))
         big = integer & ~null & (values >= 2.0**63)  # UInt64 beyond int64: exact from the float, below
     safe = np.where(null | ~integer | big, 0.0, values)
     ints = np.round(safe).astype(np.int64)
