@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pytest
@@ -73,7 +73,7 @@ class Tahu:
         return [base64.b64decode(o["b64"]) for o in self._run([{"encode": obj} for obj in objects])]
 
 
-def _unavailable(why: str) -> None:
+def _unavailable(why: str) -> NoReturn:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"CI=true: {why} (.ci/run installs nodejs and npm)")
     pytest.skip(why)
@@ -91,7 +91,7 @@ def tahu() -> Tahu:
                               capture_output=True, text=True, timeout=600, check=False)
         if done.returncode != 0:
             _unavailable(f"npm ci of sparkplug-payload@{TAHU_VERSION} failed: {done.stderr[-500:]}")
-    return Tahu(node)  # type: ignore[arg-type]
+    return Tahu(node)
 
 
 # -- our side ---------------------------------------------------------------------------------------------

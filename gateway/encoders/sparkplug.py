@@ -269,7 +269,7 @@ class _Device:
         self.id = asset_id
         self.tags = list(tags)
         self.names = [t.name for t in tags]
-        self.units = [getattr(t, "unit", None) for t in tags]
+        self.units: list[str] = [getattr(t, "unit", None) or "" for t in tags]
         self.datatype = np.array([datatypes.get(t.name, datatype_of(t)) for t in tags], dtype=np.int64)
         self.alias = aliases.value(asset_id)
         self.agg_alias = {k: aliases.aggregate(asset_id, k) for k in AGGREGATES}
@@ -705,12 +705,10 @@ def _command_value(m: Any, dt: DataType) -> tuple[Any, str | None]:
             return str(raw), None
         return None, f"{which} is not a String value"
     if which in ("float_value", "double_value", "int_value", "long_value"):
-        v = float(raw)
-        if which == "float_value":
-            v = float(str(np.float32(v)))
-        if not math.isfinite(v):
+        x = float(str(np.float32(raw))) if which == "float_value" else float(raw)
+        if not math.isfinite(x):
             return None, "not a finite number"
-        return v, None
+        return x, None
     return None, f"{which} is not a {dt.name} value"
 
 
