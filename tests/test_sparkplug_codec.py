@@ -442,3 +442,19 @@ def test_bad_config_and_out_of_range_values_do_not_crash(tmp_path, tahu):
     assert [m["value"] for m in d["metrics"]] == [None, None, None, str(2**63)]
     with pytest.raises(ValueError):
         stamp(b"\xff\xff not protobuf", 1, True)
+
+
+def test_aliases_do_not_depend_on_the_link_profile_so_spooled_data_keeps_its_meaning(tmp_path, tahu):
+    tags = [Tag(name="a"), Tag(name="b")]
+    assets = {"m1": SimpleNamespace(tags=tags), "m2": SimpleNamespace(tags=[Tag(name="c")])}
+    ring = RingBuffer(2, 8)
+    _write(ring, [1.0, 2.0], ts_ns=T0_NS)
+    node = _node(tmp_path, assets)  # made while on a link without aggregates...
+    _, spooled = node.ddata("m1", snapshot(ring, ["a", "b"], np.zeros(2, bool), np.zeros(2, bool)))
+    node.use_profile(ReduceProfile(aggregate=["min", "mean"]))  # ...replayed after the births of another
+    node.will()
+    births = [node.nbirth()[1], node.dbirth("m1", None)[1], node.dbirth("m2", None)[1]]
+    *decoded, data = tahu.decode(*births, stamp(spooled, 3, True))
+    name_of = {_int(m["alias"]): m["name"] for d in decoded for m in d["metrics"]}
+    assert len(name_of) == sum(len(d["metrics"]) for d in decoded) == 2 + 3 + 3 * 2  # unique per node
+    assert [(name_of[_int(m["alias"])], m["value"]) for m in data["metrics"]] == [("a", 1.0), ("b", 2.0)]

@@ -234,31 +234,21 @@ class Aliases:
 
     def __init__(self, assets: Mapping[str, HasTags]) -> None:
         self.first: dict[str, int] = {}
+        self.count: dict[str, int] = {}
         n = 0
         for asset_id, asset in assets.items():
-            self.first[asset_id] = n
+            self.first[asset_id], self.count[asset_id] = n, len(asset.tags)
             n += len(asset.tags)
         self.total = n
 
     def value(self, asset_id: str) -> np.ndarray:
         """Per tag of the asset: the alias of its value metric."""
-        return self._range(asset_id, 3)
+        return 3 + self.first[asset_id] + np.arange(self.count[asset_id], dtype=np.int64)
 
     def aggregate(self, asset_id: str, key: str) -> np.ndarray:
         """Per tag of the asset: the alias of its ``/<key>`` aggregate metric."""
-        k = AGGREGATES.index(key)
-        return self._range(asset_id, 3 + self.total + k, step=3)
-
-    def _range(self, asset_id: str, base: int, step: int = 1) -> np.ndarray:
-        start = self.first[asset_id]
-        n = self._count(asset_id)
-        return base + step * np.arange(start, start + n, dtype=np.int64)
-
-    def _count(self, asset_id: str) -> int:
-        ids = list(self.first)
-        i = ids.index(asset_id)
-        end = self.first[ids[i + 1]] if i + 1 < len(ids) else self.total
-        return end - self.first[asset_id]
+        tag = self.first[asset_id] + np.arange(self.count[asset_id], dtype=np.int64)
+        return 3 + self.total + 3 * tag + AGGREGATES.index(key)
 
 
 class _Device:
