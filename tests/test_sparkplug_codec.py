@@ -72,6 +72,10 @@ class Tahu:
     def encode(self, *objects: dict[str, Any]) -> list[bytes]:
         return [base64.b64decode(o["b64"]) for o in self._run([{"encode": obj} for obj in objects])]
 
+    def encode_raw(self, *objects: dict[str, Any]) -> list[bytes]:
+        """protobufjs's encoding of the protobuf fields as given (camelCase), bypassing Tahu's mapping."""
+        return [base64.b64decode(o["b64"]) for o in self._run([{"encode_raw": obj} for obj in objects])]
+
 
 def _unavailable(why: str) -> NoReturn:
     if os.environ.get("CI", "").lower() == "true":
@@ -400,6 +404,23 @@ def test_dcmd_encoded_by_tahu_parses_to_writes_with_the_birth_datatypes(tmp_path
     assert len(errors) == 4 and "nope" in errors[0] and "f64/max" in errors[1] and "null" in errors[2]
     assert "out of the Int8 range" in errors[3]
     assert node.parse_dcmd("press1", b"\xff\xff garbage") == ([], ["not a Sparkplug B payload"])
+
+
+def test_dcmd_in_the_specification_wire_forms_tahu_does_not_send(tmp_path, tahu):
+    tags = [Tag(name="u32", type="uint32"), Tag(name="i16", type="int16"), Tag(name="i64", type="int64"),
+            Tag(name="f", type="float64")]
+    node = _node(tmp_path, {"d": SimpleNamespace(tags=tags)})
+    (payload,) = tahu.encode_raw({"timestamp": T0_MS, "metrics": [
+        {"name": "u32", "datatype": 7, "intValue": 4_000_000_000},  # UInt32 in uint32, as the spec says
+        {"name": "i16", "datatype": 2, "longValue": str(2**64 - 5)},  # a signed value in the uint64 field
+        {"name": "i64", "datatype": 4, "longValue": str(2**64 - 1)},
+        {"name": "f", "datatype": 10, "intValue": 3},  # a host writing an integer to a Double
+        {"name": "i16", "datatype": 2, "isNull": True},
+    ]})
+    writes, errors = node.parse_dcmd("d", payload)
+    assert writes == [Write("d", "u32", 4_000_000_000), Write("d", "i16", -5), Write("d", "i64", -1),
+                      Write("d", "f", 3.0)]
+    assert errors == ["i16: null value"]
 
 
 def test_ncmd_rebirth_by_name_or_alias(tmp_path, tahu):

@@ -3,6 +3,9 @@
 // stdin: one JSON request per line, stdout: one JSON answer per line, in order.
 //   {"decode": "<base64 payload>"}  -> {"tahu": decodePayload(...), "raw": the protobuf fields as decoded}
 //   {"encode": {<Tahu payload object>}} -> {"b64": "<base64 of encodePayload(...)>"}
+//   {"encode_raw": {<protobuf fields>}} -> {"b64": ...}: protobufjs's own encoding of the fields as given
+//     (camelCase names, e.g. {"metrics": [{"name": "x", "datatype": 7, "intValue": 5}]}), for the wire
+//     forms other hosts send that Tahu's encodePayload does not (UInt32 in int_value, per the spec)
 //   a request that throws -> {"error": "<message>"}
 // 64-bit integers (Long) are written as decimal strings, bytes as base64. In "encode" input, a 64-bit
 // value may be given as a decimal string.
@@ -31,6 +34,10 @@ function answer(request) {
   }
   if (request.encode !== undefined) {
     return { b64: Buffer.from(codec.encodePayload(request.encode)).toString("base64") };
+  }
+  if (request.encode_raw !== undefined) {
+    const message = Payload.fromObject(request.encode_raw);
+    return { b64: Buffer.from(Payload.encode(message).finish()).toString("base64") };
   }
   throw new Error("unknown request");
 }
