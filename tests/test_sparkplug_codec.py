@@ -8,6 +8,7 @@ node/npm the tests are skipped, except under ``CI=true`` where that is a failure
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -479,3 +480,36 @@ def test_aliases_do_not_depend_on_the_link_profile_so_spooled_data_keeps_its_mea
     name_of = {_int(m["alias"]): m["name"] for d in decoded for m in d["metrics"]}
     assert len(name_of) == sum(len(d["metrics"]) for d in decoded) == 2 + 3 + 3 * 2  # unique per node
     assert [(name_of[_int(m["alias"])], m["value"]) for m in data["metrics"]] == [("a", 1.0), ("b", 2.0)]
+
+
+async def test_on_a_real_broker_the_will_fires_with_the_nbirth_bdseq_and_a_restart_increments_it(
+        tmp_path, tahu, mqtt_broker, mqtt_subscriber):
+    """An edge client (plain paho) connects through a TCP proxy with the node's will, publishes NBIRTH; the
+    proxy cuts the link, so the broker publishes the NDEATH. Then a restarted node does the same."""
+    import paho.mqtt.client as paho
+    from helpers import TcpProxy
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    sub = await mqtt_subscriber("spBv1.0/#")
+    proxy = TcpProxy(mqtt_broker.host, mqtt_broker.port)
+    await proxy.accept()
+    assets = {"a": SimpleNamespace(tags=[Tag(name="x")])}
+    try:
+        for session in range(2):
+            node = _node(tmp_path / "state", assets)  # a new process each time, same state_dir
+            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-{session}")
+            will_topic, will = node.will()
+            client.will_set(will_topic, will, qos=1, retain=False)
+            await asyncio.to_thread(client.connect, proxy.host, proxy.port, 30)
+            client.loop_start()
+            client.publish(*node.nbirth(), qos=0, retain=False).wait_for_publish(10)
+            birth = await sub.next(lambda m: "/NBIRTH/" in m.topic)
+            proxy.cut()  # no DISCONNECT: the broker publishes the will
+            death = await sub.next(lambda m: "/NDEATH/" in m.topic)
+            client.loop_stop()
+            d_birth, d_death = tahu.decode(birth.payload, death.payload)
+            assert death.qos == 1 and not death.retain and not birth.retain
+            assert _int(_by_name(d_birth["metrics"])[BDSEQ]["value"]) == session
+            assert [(m["name"], _int(m["value"])) for m in d_death["metrics"]] == [(BDSEQ, session)]
+    finally:
+        await proxy.close()
