@@ -91,28 +91,38 @@ class Gateway:
         gid = self.cfg.gateway.id
         path = self.spool_base / up.name
         publisher: Publisher | None = None
+        accept_commands = writable and (up.commands if up.commands is not None else index == 0)
 
         def link_up(link: Link) -> None:
             if publisher is not None:
                 publisher.use_link(link)
 
-        def connection(connected: bool) -> None:
-            delivery.link_changed(connected)
-            if connected:  # a restarted broker may have lost retained statuses: the uplink says them again
-                for asset in self.assets.values():
-                    self._asset_state_changed(asset)
+        node = None
+        if up.format == "sparkplug":
+            from gateway.encoders.sparkplug import EdgeNode
 
-        uplink = MqttUplink(up, client_id=gid if count == 1 else f"{gid}-{up.name}", status_topic=self.status_topic,
-                            on_connection_change=connection, on_link_change=link_up, state_dir=path)
+            node = EdgeNode(up.group_id, gid, self.assets, path, key=up.name, profile=up.reduce)
+        uplink = MqttUplink(up, client_id=gid if count == 1 else f"{gid}-{up.name}",
+                            status_topic=None if node is not None else self.status_topic,
+                            on_connection_change=lambda connected: delivery.link_changed(connected),
+                            on_link_change=link_up, state_dir=path,
+                            will=node.will if node is not None else None,
+                            goodbye=node.death if node is not None else None)
         delivery = Delivery(uplink, self.cfg.spool, path=path, ack_timeout=self.cfg.spool.ack_timeout or up.keepalive,
                             max_queued=up.max_queued, wire=lambda t, b, r: publisher.wire(t, b, r))  # type: ignore[union-attr]
-        publisher = Publisher(up, self.assets, self.namespace, uplink, delivery, metrics=self._metrics_body,
-                              metrics_topic=self.metrics_topic)
         commands = None
-        if writable and (up.commands if up.commands is not None else index == 0):
-            #: write commands on {namespace}/{asset}/cmd of this uplink's broker, answered on the same
-            commands = MqttCommands(self.assets, self.namespace, uplink.publish)
-            uplink.subscribe(commands.topic_filter, commands.on_message)
+        if node is not None:
+            from gateway.publisher_sparkplug import SparkplugPublisher
+
+            publisher = SparkplugPublisher(up, self.assets, self.namespace, uplink, delivery, node=node,
+                                           commands=accept_commands)
+        else:
+            publisher = Publisher(up, self.assets, self.namespace, uplink, delivery, metrics=self._metrics_body,
+                                  metrics_topic=self.metrics_topic)
+            if accept_commands:
+                #: write commands on {namespace}/{asset}/cmd of this uplink's broker, answered on the same
+                commands = MqttCommands(self.assets, self.namespace, uplink.publish)
+                uplink.subscribe(commands.topic_filter, commands.on_message)
         return North(up, uplink, delivery, publisher, commands)
 
     # -- the first uplink, for callers that know one (tests, the demo) --------------------------------
@@ -128,21 +138,15 @@ class Gateway:
     def publisher(self) -> Publisher:
         return self.norths[0].publisher
 
-    # -- topics and messages --------------------------------------------------------------------------
-    def data_topic(self, asset_id: str) -> str:
-        return f"{self.namespace}/{asset_id}/data"
-
-    def asset_status_topic(self, asset_id: str) -> str:
-        return f"{self.namespace}/{asset_id}/status"
-
+    # -- messages ---------------------------------------------------------------------------------------
     def _asset_state_changed(self, asset: AssetRuntime) -> None:
         for north in getattr(self, "norths", ()):
-            north.uplink.publish(self.asset_status_topic(asset.id), asset.status.state, qos=1, retain=True)
+            north.publisher.asset_state(asset)
 
     def _metrics_body(self) -> bytes:
         """The gateway's own counters, retained JSON on ``{namespace}/_gateway/{id}/metrics`` of every uplink
         (the plain ``status`` topic keeps its online/offline string)."""
-        return json.dumps(self.gateway_status(), separators=(",", ":"), default=str).encode()
+        return json.dumps(self.gateway_status(legacy=False), separators=(",", ":"), default=str).encode()
 
     def publish_once(self) -> int:
         """Every uplink: reduce every asset's new samples into one message each; messages handed over."""
@@ -240,6 +244,7 @@ class Gateway:
             for n in self.norths:
                 if n.commands is not None:
                     await n.commands.close()
+                await n.publisher.close()
             log.info("stopping: sources")
             await self._stop_sources(sources)
             for task in publishers:
@@ -266,16 +271,22 @@ class Gateway:
     def ready(self) -> bool:
         return self.config_loaded and all(n.uplink.connected for n in self.norths)
 
-    def gateway_status(self) -> dict[str, Any]:
+    def gateway_status(self, *, legacy: bool = True) -> dict[str, Any]:
+        """The gateway's status: ``uplinks`` by name; with ``legacy`` (the status API) also the first uplink's
+        figures under their one-uplink names (``uplink``, ``spool``, ``seq``, ...), not in the metrics topic."""
         uplinks = {n.uplink.name: self._uplink_status(n) for n in self.norths}
         first = next(iter(uplinks.values()))
-        return {
+        head = {
             "id": self.cfg.gateway.id,
             "version": __version__,
             "uptime_s": round(time.time() - self.started_at, 3),
             "namespace": self.namespace,
             "uplinks": uplinks,
-            # the first uplink's figures under their one-uplink names (configs with mqtt:)
+        }
+        if not legacy:
+            return head
+        return {
+            **head,
             "uplink": {k: v for k, v in first.items() if k not in ("spool", "seq", "messages_published",
                                                                       "publish_latency_ms", "profile")},
             "seq": first["seq"],

@@ -167,6 +167,14 @@ class Publisher:
             self.uplink.publish(f"{self.namespace}/{asset.id}/last", enc.full(asset.id, None, now_ms, snap),
                                 qos=1, retain=True)
 
+    def asset_state(self, asset: AssetRuntime) -> None:
+        """An asset's state changed: the retained ``{namespace}/{asset}/status`` (the uplink keeps it and says it
+        again after every reconnect)."""
+        self.uplink.publish(f"{self.namespace}/{asset.id}/status", asset.status.state, qos=1, retain=True)
+
+    async def close(self) -> None:
+        """Nothing of its own to stop (the Sparkplug publisher has command tasks)."""
+
     def publish_metrics(self) -> None:
         if self._metrics is not None and self._metrics_topic is not None and self.uplink.connected:
             self.uplink.publish(self._metrics_topic, self._metrics(), qos=1, retain=True)
@@ -189,7 +197,8 @@ class Publisher:
                 # interval (heartbeats, a device gone)
                 if asset.id not in self._after_batch or now - self._last_publish[asset.id] >= interval:
                     self._publish_asset(asset, now)
-            if self.profile.last_interval > 0 and now - self._last_at >= self.profile.last_interval:
+            last_due = now - self._last_at >= self.profile.last_interval or len(self._last_sent) < len(self.assets)
+            if self.profile.last_interval > 0 and last_due:  # an asset's first ``last`` as soon as it has data
                 self.publish_last()
             if loop.time() >= next_metrics:
                 next_metrics = loop.time() + self.profile.metrics_interval

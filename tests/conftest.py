@@ -17,6 +17,8 @@ from helpers import (
     mosquitto_binary,
 )
 
+from tahu import Tahu, make_tahu
+
 from simulators.modbus_sim import ModbusSimulator
 from simulators.opcua_sim import OpcUaSimulator
 
@@ -86,3 +88,9 @@ async def opcua_sim() -> AsyncIterator[OpcUaSimulator]:
     await sim.start()
     yield sim
     await sim.stop()
+
+
+@pytest.fixture(scope="session")
+def tahu() -> Tahu:
+    """Eclipse Tahu's JS Sparkplug codec (tests/tahu.py), installed on first use."""
+    return make_tahu()

@@ -115,7 +115,13 @@ class MqttSection(StrictModel):
     one-uplink shorthand of ``uplinks:`` (its name is ``mqtt``)."""
 
     name: Name = Field("mqtt", description="Name of the uplink: status API, metrics, spool directory")
-    format: Literal["json"] = Field("json", description="Payload format of data messages")
+    format: Literal["json", "sparkplug"] = Field(
+        "json", description="Payload format: json (Unified Namespace topics) or sparkplug (Sparkplug B 3.0 edge node)"
+    )
+    group_id: str | None = Field(None, description="sparkplug: the Sparkplug group id (required with format: sparkplug)")
+    primary_host_id: str | None = Field(
+        None, description="sparkplug: publish births only while this host application's STATE is online"
+    )
     links: list[LinkSection] | None = Field(
         None, min_length=1, description="Routes to the broker in order of preference, with failover and failback"
     )
@@ -180,6 +186,25 @@ class MqttSection(StrictModel):
         if v is None and not links and "links" in info.data:
             raise PydanticCustomError("missing", "Field required (host, or links: with one or more links)", {})
         return v
+
+    @field_validator("group_id", "primary_host_id")
+    @classmethod
+    def _sparkplug_id(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in "/+#\x00")):
+            raise ValueError("a Sparkplug id is one topic level: not empty, no '/', '+' or '#'")
+        return v
+
+    @model_validator(mode="after")
+    def _sparkplug_needs(self) -> "MqttSection":
+        if self.format == "sparkplug":
+            if self.group_id is None:
+                raise PydanticCustomError("missing_group", "format: sparkplug needs group_id", {})
+            if self.compression != "none" or any(k.compression not in (None, "none") for k in self.links or ()):
+                raise PydanticCustomError("sparkplug_compression",
+                                          "Sparkplug payloads are protobuf, sent uncompressed: remove compression", {})
+        elif self.group_id is not None or self.primary_host_id is not None:
+            raise PydanticCustomError("sparkplug_only", "group_id and primary_host_id need format: sparkplug", {})
+        return self
 
     @model_validator(mode="after")
     def _port_without_host(self) -> "MqttSection":

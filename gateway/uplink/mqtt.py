@@ -179,13 +179,16 @@ class MqttUplink:
         cfg: MqttSection,
         *,
         client_id: str,
-        status_topic: str,
+        status_topic: str | None,
         on_connection_change: Callable[[bool], None] | None = None,
         on_link_change: Callable[[Link], None] | None = None,
         state_dir: Path | None = None,
         flush_timeout: float = 2.0,
+        will: Callable[[], tuple[str, bytes]] | None = None,
+        goodbye: Callable[[], tuple[str, bytes]] | None = None,
     ) -> None:
-        _check_topic(status_topic)
+        if status_topic is not None:
+            _check_topic(status_topic)
         self._cfg = cfg
         self.name = cfg.name
         self._client_id = cfg.client_id or client_id
@@ -198,7 +201,14 @@ class MqttUplink:
         self._ssl: dict[str, ssl.SSLContext | None] = {}
         self._clients: dict[str, _Client] = {}
 
-        self._retained: dict[str, tuple[bytes, int]] = {status_topic: (b"online", 1)}
+        #: a session protocol's last will (Sparkplug NDEATH), asked for before every connect (in the connecting
+        #: thread: it may write a file), and its goodbye published before a planned disconnect; without it the
+        #: will is the retained ``offline`` on ``status_topic``
+        self._will = will
+        self._goodbye = goodbye
+        #: data held back although connected (a Sparkplug node waiting for its primary host): see ``hold``
+        self._hold = False
+        self._retained: dict[str, tuple[bytes, int]] = {status_topic: (b"online", 1)} if status_topic else {}
         self._control: dict[int, asyncio.Future[None]] = {}
         self._untracked: set[int] = set()  # packet ids of our own QoS 1 messages awaiting PUBACK
         self._subscriptions: dict[str, tuple[int, MessageCallback]] = {}
@@ -255,7 +265,20 @@ class MqttUplink:
     def accepts_data(self) -> bool:
         """Connected, not switching links, and the active link's byte budget not spent."""
         link = self._link
-        return self._connected and not self._draining and not (link is not None and link.exhausted)
+        return (self._connected and not self._draining and not self._hold
+                and not (link is not None and link.exhausted))
+
+    @property
+    def hold(self) -> bool:
+        """True while data is held back although connected (it goes to the spool, replayed once released)."""
+        return self._hold
+
+    @hold.setter
+    def hold(self, value: bool) -> None:
+        if value != self._hold:
+            self._hold = value
+            if self._connected:
+                self._gate(not value)
 
     @property
     def active_link(self) -> Link:
@@ -409,10 +432,12 @@ class MqttUplink:
         if self._connected and self._client is not None:
             deadline = time.monotonic() + self._flush_timeout
             await self._wait_acked(self._flush_timeout)
-            if self._connected:
-                info = self._client.publish(self._status_topic, b"offline", qos=1, retain=True)
+            last = self._last_words()
+            if self._connected and last is not None:
+                topic, payload, retain = last
+                info = self._client.publish(topic, payload, qos=1, retain=retain)
                 if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    self._count(self._status_topic, 7, 1)
+                    self._count(topic, len(payload), 1)
                     acked = self._loop_or_running().create_future()
                     self._control[info.mid] = acked
                     with contextlib.suppress(TimeoutError):
@@ -426,13 +451,30 @@ class MqttUplink:
             await _wait_event(self._done, 2.0)
         await self._save_budgets()
 
+    def _last_words(self) -> tuple[str, bytes, bool] | None:
+        """What is said before a planned disconnect: the retained ``offline``, or the protocol's goodbye."""
+        if self._status_topic is not None:
+            return self._status_topic, b"offline", True
+        if self._goodbye is not None:
+            topic, payload = self._goodbye()
+            return topic, payload, False
+        return None
+
+    def _connect(self, client: _Client) -> None:
+        """The blocking connect (worker thread): the protocol's will for this session first, if it has one."""
+        if self._will is not None:
+            topic, payload = self._will()
+            client.will_set(topic, payload, qos=1, retain=False)
+        client.reconnect()
+
     # ------------------------------------------------------------------------------------ connection life
 
     def _client_for(self, link: Link) -> _Client:
         client = self._clients.get(link.name)
         if client is None:
-            client = _make_paho(link, self._client_id, self._ssl.get(link.name),
-                                will=(self._status_topic, b"offline"), keepalive=link.keepalive)
+            will = (self._status_topic, b"offline") if self._status_topic is not None and self._will is None else None
+            client = _make_paho(link, self._client_id, self._ssl.get(link.name), will=will,
+                                keepalive=link.keepalive)
             client.on_connect = self._on_connect
             client.on_disconnect = self._on_disconnect
             client.on_publish = self._on_publish
@@ -453,7 +495,7 @@ class MqttUplink:
         self._accepted_this_session = False
         self._failure_noted_this_session = False
         self._draining = False
-        connecting = asyncio.ensure_future(asyncio.to_thread(client.reconnect))
+        connecting = asyncio.ensure_future(asyncio.to_thread(self._connect, client))
         stop_wait = asyncio.ensure_future(self._stop_requested.wait())
         try:
             await asyncio.wait({connecting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -495,6 +537,10 @@ class MqttUplink:
             log.info("MQTT uplink %s: link %s has been reachable for %gs (failback_after): switching from %s",
                      self.name, target.name, self._cfg.failback_after, self.active_link.name)
             self._switches += 1
+            last = self._last_words() if self._status_topic is None else None  # JSON: online again at once
+            if last is not None:
+                client.publish(last[0], last[1], qos=1, retain=last[2])
+                self._count(last[0], len(last[1]), 1)
             client.disconnect()
 
     async def _wait_acked(self, timeout: float) -> None:
@@ -705,7 +751,8 @@ class MqttUplink:
         else:
             log.info("MQTT uplink %s connected to %s over link %s as %r", self.name, link.where, link.name,
                      self._client_id)
-        self._publish_now(self._status_topic, b"online", 1, True)
+        if self._status_topic is not None:
+            self._publish_now(self._status_topic, b"online", 1, True)
         for topic_filter, (qos, _) in self._subscriptions.items():
             client.subscribe(topic_filter, qos)
         for topic, (data, qos) in list(self._retained.items()):

@@ -146,7 +146,7 @@ async def test_with_the_engine_the_healthy_unit_never_goes_disconnected(line: st
     def runtime(unit: int, **extra: object) -> AssetRuntime:
         cfg = SimpleNamespace(id=f"unit-{unit}", source=source(line, unit, 0.3, poll=0.1, retry_max=1, **extra),
                               tags=TAGS)
-        return AssetRuntime(cfg, ModbusRtuDriver, buffer_seconds=60, heartbeat=60)
+        return AssetRuntime(cfg, ModbusRtuDriver, buffer_seconds=60)
 
     healthy, dead = runtime(HEALTHY), runtime(DEAD, slow_retry=1.5)
     states: list[str] = []
