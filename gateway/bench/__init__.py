@@ -31,6 +31,7 @@ TARGETS: list[tuple[str, str, str, Any]] = [
     ("payload.compact_bytes_per_sample", "payload compact JSON, wire bytes/sample", "<= 15", lambda v: v <= 15),
     ("payload.compact_zstd_bytes_per_sample", "payload compact JSON + zstd, wire bytes/sample", "<= 5",
      lambda v: v <= 5),
+    ("payload.sparkplug_bytes_per_sample", "payload Sparkplug B DDATA, wire bytes/sample", "", None),
     ("uplink.best_uncompressed_ratio", "uplink bytes/sample vs one-JSON-per-sample", "<= 0.1", lambda v: v <= 0.1),
     ("uplink.best_compressed_ratio", "uplink, compressed", "<= 0.03", lambda v: v <= 0.03),
     ("latency.poll_mode.read_to_uplink_p99_ms", "latency read done -> uplink (in the gateway) p99 ms", "<= 10",

@@ -92,17 +92,39 @@ class Subscriber:
 
 def gateway_config(mqtt_port: int, modbus_port: int | None, assets: list[dict[str, Any]], publish: float,
                    compression: str = "none", *, buffer_seconds: float = 30, api_port: int | None = None,
-                   payload: str = "full", qos: int = 0) -> str:
+                   payload: str = "full", qos: int = 0, sparkplug: bool = False) -> str:
     """A gateway config (JSON is YAML); sources without a ``driver`` are Modbus TCP on ``modbus_port``."""
+    fmt = {"format": "sparkplug", "group_id": "bench"} if sparkplug else {"payload": payload}
     cfg = {"gateway": {"id": "bench-gw", "namespace": NS, "log_level": "warning"},
            "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "publish_interval": publish, "qos": qos,
-                    "compression": compression, "max_queued": 100000, "payload": payload},
+                    "compression": compression, "max_queued": 100000, **fmt},
            "api": {"enabled": False} if api_port is None else {"listen": f"127.0.0.1:{api_port}"},
            "buffer": {"seconds": buffer_seconds}, "assets": assets}
     for a in assets:
         if "driver" not in a["source"]:
             a["source"] |= {"driver": "modbus_tcp", "host": "127.0.0.1", "port": modbus_port, "unit": 1}
     return json.dumps(cfg)
+
+
+class SparkplugSubscriber(Subscriber):
+    """Counts the metrics of DDATA messages (one sample each) and their PUBLISH bytes (QoS 0, as sent)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(port)
+        self.client.subscribe("spBv1.0/bench/DDATA/#", qos=0)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        if "/DDATA/" not in msg.topic:
+            return
+        from gateway.encoders.sparkplug_b_pb2 import Payload
+
+        p = Payload()
+        p.ParseFromString(msg.payload)
+        with self.lock:
+            self.samples += len(p.metrics)
+            self.messages += 1
+            self.bytes += len(msg.payload)
+            self.wire_bytes += publish_size(msg.topic, len(msg.payload), 0)
 
 
 class GatewayProcess:
@@ -212,11 +234,12 @@ async def _payload_bytes(mqtt_port: int, quick: bool) -> dict[str, Any]:
     try:
         tags = [{"name": f"r{i}", "address": f"hr:{i}", "type": "int16"} for i in range(n_regs)]
         for label, shape, comp in (("full", "full", "none"), ("compact", "compact", "none"),
-                                   ("compact_zstd", "compact", "zstd"), ("full_zstd", "full", "zstd")):
+                                   ("compact_zstd", "compact", "zstd"), ("full_zstd", "full", "zstd"),
+                                   ("sparkplug", None, "none")):
             cfg = gateway_config(mqtt_port, sim.port, [{"id": "line", "source": {"poll": 0.1}, "tags": tags}], 0.1,
-                                 comp, payload=shape, qos=1)
+                                 comp, payload=shape or "full", qos=1, sparkplug=shape is None)
             gw = GatewayProcess(cfg)
-            sub = Subscriber(mqtt_port)
+            sub = SparkplugSubscriber(mqtt_port) if shape is None else Subscriber(mqtt_port)
             try:
                 await _wait(lambda: sub.samples > 0, 20)
                 await asyncio.sleep(1.0)
