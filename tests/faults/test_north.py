@@ -267,5 +267,9 @@ def test_north_config_errors_name_the_file_line_and_field(tmp_path: Path):
     assert any("uplinks" in x and "duplicate uplink name 'a'" in x for x in dup), dup
     dup_link, _ = errors("mqtt:\n  links:\n    - {name: x, host: a}\n    - {name: x, host: b}\n")
     assert any("mqtt.links" in x and "duplicate link name 'x'" in x for x in dup_link), dup_link
+    sparkplug, _ = errors("mqtt:\n  host: a\n  format: sparkplug\n")
+    assert any("needs group_id" in x for x in sparkplug), sparkplug
+    zipped, _ = errors("mqtt:\n  host: a\n  format: sparkplug\n  group_id: g\n  compression: zstd\n")
+    assert any("uncompressed" in x for x in zipped), zipped
     none, _ = errors("# no uplink\n")
     assert any("mqtt: or uplinks:" in x for x in none), none

@@ -80,11 +80,16 @@ def count(sub, kind: str) -> int:
 async def test_births_before_data_seq_aliases_and_bdseq_across_restarts(tmp_path, modbus_sim, mqtt_broker,
                                                                        mqtt_subscriber, tahu):
     sub = await mqtt_subscriber("spBv1.0/#")
-    path = config(tmp_path, modbus_sim.port, sparkplug_uplink(mqtt_broker.port))
+    uns = await mqtt_subscriber("acme/sp/line1/+/data")
+    # Sparkplug and JSON at once, on two uplinks (here to one broker)
+    two = ("uplinks:\n  - name: sp\n" + textwrap.indent(sparkplug_uplink(mqtt_broker.port).split("\n", 1)[1], "  ")
+           + f"  - name: uns\n    host: 127.0.0.1\n    port: {mqtt_broker.port}\n")
+    path = config(tmp_path, modbus_sim.port, two)
     for run in range(2):
         async with InProcess(path) as gw:
             assert await wait_until(lambda: count(sub, "DDATA") >= 6 * (run + 1), timeout=20)
             assert not gw.uplink.stats["links"]["default"]["last_error"]
+            assert await wait_until(lambda: len(uns.messages) >= 2 * (run + 1), timeout=10)
         assert await wait_until(lambda: count(sub, "NDEATH") == run + 1, timeout=10)  # said before DISCONNECT
     got = Decoded(sub, tahu)
     births, deaths = got.of("NBIRTH"), got.of("NDEATH")
