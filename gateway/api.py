@@ -171,10 +171,11 @@ def create_app(gw: "Gateway") -> FastAPI:
 
     @app.get("/readyz", tags=["health"], responses={503: {"description": "not ready"}})
     async def readyz() -> JSONResponse:
-        """Ready when the config is loaded and the MQTT broker is connected."""
+        """Ready when the config is loaded and every uplink is connected to its broker."""
         ok = gw.ready
+        down = [n.uplink.name for n in gw.norths if not n.uplink.connected]
         body = {"status": "ready" if ok else "not ready", "config_loaded": gw.config_loaded,
-                "broker_connected": gw.uplink.connected}
+                "broker_connected": gw.uplink.connected, "uplinks_down": down}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/api/v1/gateway", tags=["gateway"])

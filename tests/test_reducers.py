@@ -31,7 +31,7 @@ def write(ring, values, ts_s, quality=None):
 
 def test_percent_deadband_is_relative_to_the_last_value_sent():
     ring = RingBuffer(1, 16)
-    red = Reducer([TagBase(name="p", deadband_percent=1.0)], ring)
+    red = Reducer([TagBase(name="p", deadband_percent=1.0)], ring, heartbeat=60)
     write(ring, [200.0], 0)
     assert tags_object(red.reduce(0.0))
     write(ring, [201.9], 1)  # 0.95 % of 200
@@ -50,7 +50,7 @@ def test_lttb_keeps_first_last_and_the_peak():
 
 def test_lttb_mode_sends_points_samples_per_window():
     ring = RingBuffer(2, 64)
-    red = Reducer([TagBase(name="a", mode="lttb", points=4), TagBase(name="b")], ring)
+    red = Reducer([TagBase(name="a", mode="lttb", points=4), TagBase(name="b")], ring, heartbeat=60)
     for k in range(20):
         write(ring, [float(k % 7), 1.0], k)
     out = tags_object(red.reduce(0.0))
@@ -71,7 +71,7 @@ def test_swinging_door_keeps_a_straight_line_to_its_ends_and_every_corner():
 
 def test_swinging_door_max_time_and_quality_change():
     ring = RingBuffer(1, 64)
-    red = Reducer([TagBase(name="x", mode="swinging_door", deviation=1.0, heartbeat=5)], ring)
+    red = Reducer([TagBase(name="x", mode="swinging_door", deviation=1.0, heartbeat=5)], ring, heartbeat=60)
     for k in range(4):
         write(ring, [3.0], k)
     assert tags_object(red.reduce(0.0))["x"]["swinging_door"]["ts"] == [0]

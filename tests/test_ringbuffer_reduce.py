@@ -57,7 +57,7 @@ def test_pending_returns_samples_since_cursor_capped_at_capacity():
 
 def test_report_by_exception_with_deadband_and_heartbeat():
     ring = RingBuffer(2, 16)
-    red = Reducer([TagBase(name="a", deadband=0.5), TagBase(name="b", heartbeat=10)], ring)
+    red = Reducer([TagBase(name="a", deadband=0.5), TagBase(name="b", heartbeat=10)], ring, heartbeat=60)
     ring.write(batch([1.0, 5.0]))
     assert set(tags_object(red.reduce(now=0.0))) == {"a", "b"}  # first value is always sent
     ring.write(batch([1.4, 5.0], ts_s=1))
@@ -71,7 +71,7 @@ def test_report_by_exception_with_deadband_and_heartbeat():
 
 def test_quality_change_is_sent_with_error_text():
     ring = RingBuffer(1, 8)
-    red = Reducer([TagBase(name="a", deadband=100)], ring)
+    red = Reducer([TagBase(name="a", deadband=100)], ring, heartbeat=60)
     ring.write(batch([1.0]))
     tags_object(red.reduce(0.0))
     bad = Batch.all_bad(1, 5 * S, 2, "Modbus exception 2 (illegal data address)")
@@ -82,7 +82,7 @@ def test_quality_change_is_sent_with_error_text():
 
 def test_aggregates_over_good_samples_of_the_window():
     ring = RingBuffer(1, 64)
-    red = Reducer([TagBase(name="p", aggregate=["min", "max", "mean"])], ring)
+    red = Reducer([TagBase(name="p", aggregate=["min", "max", "mean"])], ring, heartbeat=60)
     for k, x in enumerate([3.0, 1.0, 2.0, 6.0]):
         ring.write(batch([x], ts_s=k))
     ring.write(batch([100.0], ts_s=5, quality=[Quality.BAD]))
@@ -96,7 +96,7 @@ def test_aggregates_over_good_samples_of_the_window():
 
 def test_raw_mode_sends_every_sample_of_the_window():
     ring = RingBuffer(1, 64)
-    red = Reducer([TagBase(name="v", mode="raw")], ring)
+    red = Reducer([TagBase(name="v", mode="raw")], ring, heartbeat=60)
     for k in range(3):
         ring.write(batch([float(k)], ts_s=k))
     raw = tags_object(red.reduce(0.0))["v"]["raw"]
@@ -113,14 +113,14 @@ def test_float32_values_published_without_float64_noise():
 @pytest.mark.parametrize("scaled", [451 * 0.1, 3 * 0.1])
 def test_scaled_values_published_without_float64_noise(scaled):
     ring = RingBuffer(1, 8)
-    red = Reducer([TagBase(name="x")], ring)
+    red = Reducer([TagBase(name="x")], ring, heartbeat=60)
     ring.write(batch([scaled]))
     assert tags_object(red.reduce(0.0))["x"]["v"] == float(f"{scaled:.10f}")
 
 
 def test_strings_sent_on_change_only():
     ring = RingBuffer(1, 8)
-    red = Reducer([TagBase(name="recipe")], ring)
+    red = Reducer([TagBase(name="recipe")], ring, heartbeat=60)
     b = batch([np.nan]); b.strings = {0: "RCP-0042"}
     ring.write(b)
     assert tags_object(red.reduce(0.0))["recipe"]["v"] == "RCP-0042"
@@ -134,7 +134,7 @@ def test_strings_sent_on_change_only():
 
 def test_a_bad_string_tag_publishes_no_stale_text():
     ring = RingBuffer(1, 8)
-    red = Reducer([TagBase(name="recipe")], ring)
+    red = Reducer([TagBase(name="recipe")], ring, heartbeat=60)
     b = batch([np.nan]); b.strings = {0: "RCP-0042"}
     ring.write(b)
     tags_object(red.reduce(0.0))

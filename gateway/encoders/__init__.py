@@ -13,13 +13,13 @@ same JSON compressed (a zlib stream per RFC 1950; a zstd frame). :func:`decode` 
 
 from __future__ import annotations
 
-import orjson
 import zlib
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import zstandard as _zstd
+import orjson
 
-from gateway.reduce import Reduced
+if TYPE_CHECKING:
+    from gateway.reduce import Reduced
 
 COMPRESSIONS = ("none", "zlib", "zstd")
 ZLIB_LEVEL = 6
@@ -47,6 +47,13 @@ def check_compression(name: str) -> None:
 _zstd_c: Any = None
 
 
+def _zstd() -> Any:
+    """The zstandard module, imported on first use (a gateway without zstd never loads it)."""
+    import zstandard
+
+    return zstandard
+
+
 def compress(data: bytes, compression: str) -> bytes:
     """``data`` compressed with ``compression`` ("none" returns it unchanged)."""
     global _zstd_c
@@ -56,7 +63,7 @@ def compress(data: bytes, compression: str) -> bytes:
         return zlib.compress(data, ZLIB_LEVEL)
     if compression == "zstd":
         if _zstd_c is None:
-            _zstd_c = _zstd.ZstdCompressor(level=ZSTD_LEVEL)
+            _zstd_c = _zstd().ZstdCompressor(level=ZSTD_LEVEL)
         return _zstd_c.compress(data)
     raise ValueError(f"unknown compression {compression!r}")
 
@@ -73,7 +80,7 @@ def decompress(payload: bytes, topic: str) -> bytes:
     if topic.endswith("/zlib"):
         return zlib.decompress(payload)
     if topic.endswith("/zstd"):
-        return _zstd.ZstdDecompressor().decompress(payload)
+        return _zstd().ZstdDecompressor().decompress(payload)
     return payload
 
 

@@ -32,6 +32,7 @@ from gateway.reduce import Reduced
 
 SHAPES = ("full", "compact")
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
+_Q_TEXT = np.array([orjson.dumps(str(q)) for q in QUALITY_NAMES.tolist()], dtype=object)
 
 
 def _texts(values: np.ndarray, integer: np.ndarray) -> list[bytes]:
@@ -107,12 +108,56 @@ class JsonEncoder:
     def data(self, asset: str, seq: int, ts_ms: int, reduced: Reduced) -> bytes:
         if self.shape == "compact":
             return self._compact(asset, seq, reduced)
+        head = orjson.dumps({"seq": seq, "ts": ts_ms, "asset": asset})
+        return head[:-1] + b',"tags":{' + self._objects(asset, reduced) + b"}}"
+
+    def _objects(self, asset: str, r: Reduced) -> bytes:
+        """The full-shape ``tags`` members, written from the arrays: one formatting pass per column; a row
+        with more than ts, v, q (error, aggregates, a series) goes through :func:`entries`."""
+        if not len(r.rows):
+            return b""
+        keys = self._name_keys(asset, r.names)
+        vt = _texts(r.values, r.integer)
+        for j, text in r.strings.items():
+            vt[j] = orjson.dumps(text)
+        tt = orjson.dumps(r.ts_ms, option=_NUMPY)[1:-1].split(b",")
+        qt = _Q_TEXT[r.quality].tolist()
+        rows = r.rows.tolist()
+        n = len(rows)
+        if r.plain:  # interleave the columns by slice assignment (in C), then join once
+            out: list[bytes] = [b""] * (8 * n)
+            out[0::8] = keys if n == len(keys) else [keys[i] for i in rows]
+            out[1::8] = [b'{"ts":'] * n
+            out[2::8] = tt
+            out[3::8] = [b',"v":'] * n
+            out[4::8] = vt
+            out[5::8] = [b',"q":'] * n
+            out[6::8] = qt
+            out[7::8] = [b"},"] * n
+            out[-1] = b"}"
+            return b"".join(out)
+        parts = [keys[i] + b'{"ts":' + t + b',"v":' + v + b',"q":' + q
+                 for i, t, v, q in zip(rows, tt, vt, qt)]
+        extra = np.zeros(len(rows), dtype=bool)
+        extra[list(r.errors)] = True
+        extra[r.agg_pos] = True
+        for series in r.series.values():
+            extra[[x.pos for x in series]] = True
+        others = np.flatnonzero(extra).tolist()
+        objects = entries(r, others)
+        names = r.names
+        for j in others:
+            parts[j] = keys[rows[j]] + orjson.dumps(objects[names[rows[j]]])[:-1]
+        return b"},".join(parts) + b"}"
+
+    def reference(self, asset: str, seq: int, ts_ms: int, reduced: Reduced) -> bytes:
+        """The full shape through Python dicts and orjson: the reference the array writer is checked against."""
         return orjson.dumps({"seq": seq, "ts": ts_ms, "asset": asset, "tags": entries(reduced)})
 
     def full(self, asset: str, seq: int | None, ts_ms: int, reduced: Reduced) -> bytes:
         """The full shape whatever ``shape`` is (the retained ``last`` message); no ``seq`` when None."""
-        head: dict[str, Any] = {} if seq is None else {"seq": seq}
-        return orjson.dumps({**head, "ts": ts_ms, "asset": asset, "tags": entries(reduced)})
+        head = orjson.dumps({"ts": ts_ms, "asset": asset} if seq is None else {"seq": seq, "ts": ts_ms, "asset": asset})
+        return head[:-1] + b',"tags":{' + self._objects(asset, reduced) + b"}}"
 
     def wire(self, topic: str, payload: bytes, *, replay: bool, compression: str) -> tuple[str, bytes]:
         if replay:
@@ -143,8 +188,12 @@ class JsonEncoder:
             texts[j] = orjson.dumps(s)
         keys = self._name_keys(asset, r.names)
         rows = r.rows.tolist()
-        if bare.all():
-            body = b",".join([keys[i] + t for i, t in zip(rows, texts)])
+        if bare.all():  # keys and values interleaved by slice assignment (in C), joined once
+            n = len(rows)
+            cells: list[bytes] = [b","] * (3 * n)
+            cells[0::3] = keys if n == len(keys) else [keys[i] for i in rows]
+            cells[1::3] = texts
+            body = b"".join(cells[:-1])
         else:
             others = np.flatnonzero(~bare).tolist()
             objects = entries(r, others)
