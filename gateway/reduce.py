@@ -225,7 +225,7 @@ class Reducer:
         self.default_heartbeat = heartbeat
         #: shared with the asset (not copied): a driver that learns types from the values (OPC UA) is followed
         self.float32 = np.zeros(n, dtype=bool) if float32 is None else np.asarray(float32, dtype=bool)
-        self.integer = integer_tags(tags) if integer is None else integer.astype(bool)
+        self.integer = integer_tags(tags) if integer is None else np.asarray(integer, dtype=bool)
         self.cursor = np.zeros(n, dtype=np.int64)
         self.sent = _Sent(
             value=np.full(n, np.nan),

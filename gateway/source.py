@@ -60,6 +60,10 @@ class AssetRuntime:
         #: per tag: published at float32 precision / as a JSON integer (tag metadata for every uplink's reducer)
         self.float32 = np.zeros(len(self.tags), dtype=bool) if f32 is None else np.asarray(f32, dtype=bool)
         self.integer = integer_tags(self.tags)
+        learnt = getattr(self.driver, "integer_tags", None)
+        if isinstance(learnt, np.ndarray) and learnt.dtype == np.bool_ and learnt.shape == self.integer.shape:
+            learnt |= self.integer  # shared: a driver that learns integer types from the values (OPC UA) is followed
+            self.integer = learnt
         self.status = AssetStatus()
         #: the driver pushes batches (``subscribe()``) instead of being polled; the driver decides from its
         #: source config (e.g. ``mode: subscribe``) through its ``streaming`` attribute

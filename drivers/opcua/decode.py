@@ -107,7 +107,7 @@ def fill(batch: Batch, positions: np.ndarray, dvs: Sequence[ua.DataValue], now_n
     ``ts`` is the SourceTimestamp, else the ServerTimestamp, else ``now_ns``.
 
     Returns each value's VariantType code (``| 0x100`` for an array, Null without a value), for
-    :func:`mark_float32`.
+    :func:`mark_types`.
     """
     n = len(dvs)
     if n == 0:
@@ -160,12 +160,23 @@ def fill(batch: Batch, positions: np.ndarray, dvs: Sequence[ua.DataValue], now_n
     return kind
 
 
-def mark_float32(float32: np.ndarray, tags: np.ndarray, kind: np.ndarray) -> None:
-    """Declare which of ``tags`` (plan positions) hold a Float: ``float32[tags]`` is True for a scalar
-    Float value, False for any other value; tags that came without a value (Null) keep their flag.
+_INTEGER_KINDS = np.array([int(t) for t in (ua.VariantType.Boolean, ua.VariantType.SByte, ua.VariantType.Byte,
+                                              ua.VariantType.Int16, ua.VariantType.UInt16, ua.VariantType.Int32,
+                                              ua.VariantType.UInt32, ua.VariantType.Int64, ua.VariantType.UInt64)])
 
-    The driver's ``float32_tags`` is this array: the gateway publishes those tags as the shortest decimal
-    that reads back as the same float32 (``1.4669616``, not ``1.46696162223816``), like Modbus float32.
+
+def mark_types(float32: np.ndarray, integer: np.ndarray | None, unscaled: np.ndarray | None, tags: np.ndarray,
+               kind: np.ndarray) -> None:
+    """Declare the publish form of ``tags`` (plan positions) from their values' types: ``float32[tags]`` is
+    True for a scalar Float; ``integer[tags]`` for a Boolean or an integer type on a tag without scale or
+    offset (``unscaled``); tags that came without a value (Null) keep their flags.
+
+    The driver's ``float32_tags`` and ``integer_tags`` are these arrays: the gateway publishes Float tags as
+    the shortest decimal that reads back as the same float32 (``1.4669616``, not ``1.46696162223816``), like
+    Modbus float32, and integer tags as JSON integers (``54321``, not ``54321.0``).
     """
     known = kind != int(ua.VariantType.Null)
-    float32[tags[known]] = kind[known] == int(ua.VariantType.Float)
+    at, k = tags[known], kind[known]
+    float32[at] = k == int(ua.VariantType.Float)
+    if integer is not None and unscaled is not None:
+        integer[at] = np.isin(k, _INTEGER_KINDS) & unscaled[at]

@@ -114,7 +114,11 @@ class OpcUaDriver:
         self.counters = OpcUaCounters()
         self.float32_tags = np.zeros(len(self.tags), dtype=bool)
         """Per tag: its value is an OPC UA Float, published at float32 precision. Learnt from the values
-        read (the type is the server's, not the config's) and updated in place (:func:`decode.mark_float32`)."""
+        read (the type is the server's, not the config's) and updated in place (:func:`decode.mark_types`)."""
+        self.integer_tags = np.zeros(len(self.tags), dtype=bool)
+        """Per tag: its value is a Boolean or an integer type and the tag has no scale or offset: published as
+        a JSON integer. Learnt from the values read, like ``float32_tags``."""
+        self._unscaled = np.array([t.scale == 1 and t.offset == 0 for t in self.tags], dtype=bool)
         self.state_dir: Path = Path("state")
         """Where the certificate store lives (``<state_dir>/pki``); the engine sets ``gateway.state_dir``."""
         self.node_ids: list[ua.NodeId | None] = []
@@ -204,7 +208,8 @@ class OpcUaDriver:
         except (TimeoutError, OSError, ua.UaError) as exc:
             raise DeviceUnavailable(f"OPC UA server {self.source.endpoint}: {_describe(exc)}") from exc
         batch = Batch.empty(len(self.tags), now_ns)
-        decode.mark_float32(self.float32_tags, self._readable, decode.fill(batch, self._readable, results, now_ns))
+        kind = decode.fill(batch, self._readable, results, now_ns)
+        decode.mark_types(self.float32_tags, self.integer_tags, self._unscaled, self._readable, kind)
         for positions, code, text in self._failures:
             batch.mark_bad(positions, code, text)
         np.multiply(batch.values, self._scale, out=batch.values)
@@ -265,7 +270,8 @@ class OpcUaDriver:
                 raise DeviceUnavailable(
                     f"OPC UA server {self.source.endpoint}: no publish response or keepalive for {deadline:.1f} s"
                 )
-            for batch in subscription.to_batches(items, self._scale, self._offset, self.float32_tags):
+            for batch in subscription.to_batches(items, self._scale, self._offset, self.float32_tags,
+                                                 self.integer_tags, self._unscaled):
                 yield batch
 
     async def write(self, tag: str, value: Any) -> Any:

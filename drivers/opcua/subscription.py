@@ -166,12 +166,13 @@ def split_bursts(handles: np.ndarray) -> list[np.ndarray]:
 
 def to_batches(
     items: Sequence[ua.MonitoredItemNotification], scale: np.ndarray, offset: np.ndarray,
-    float32: np.ndarray | None = None,
+    float32: np.ndarray | None = None, integer: np.ndarray | None = None, unscaled: np.ndarray | None = None,
 ) -> list[Batch]:
     """Batches (with ``index``) of one DataChangeNotification; scale/offset applied, as in a poll.
 
     ``Batch.strings`` is keyed by position in the batch, as :meth:`RingBuffer.write` reads it. ``float32``
-    (the driver's ``float32_tags``) is updated from the values' types (:func:`decode.mark_float32`)."""
+    (the driver's ``float32_tags``, and ``integer`` its ``integer_tags``) are updated from the values' types
+    (:func:`decode.mark_types`)."""
     now_ns = time.time_ns()
     handles = np.fromiter((it.ClientHandle for it in items), dtype=np.intp, count=len(items))
     batches = []
@@ -181,7 +182,7 @@ def to_batches(
         batch = Batch.empty(len(sel), now_ns)
         kind = decode.fill(batch, np.arange(len(sel)), dvs, now_ns)
         if float32 is not None:
-            decode.mark_float32(float32, index, kind)
+            decode.mark_types(float32, integer, unscaled, index, kind)
         batch.values *= scale[index]
         batch.values += offset[index]
         batch.index = index

@@ -49,7 +49,9 @@ async def test_float_values_are_published_at_float32_precision(tmp_path, mode) -
             await wait_for(lambda: bool((asset.ring.head > 0).all()))
             assert asset.ring.values[0, 0] == float(np.float32(1.4669616))  # the ring keeps what was read
             assert asset.driver.float32_tags.tolist() == [True, False, True, False]
-            reducer = Reducer(asset.tags, asset.ring, heartbeat=60, float32=asset.float32)  # as a publisher's
+            assert asset.integer.tolist() == [False, False, False, True]  # an Int32 node, learnt from its value
+            reducer = Reducer(asset.tags, asset.ring, heartbeat=60, float32=asset.float32,
+                              integer=asset.integer)  # as a publisher's
             out = tags_object(reducer.reduce(time.monotonic()))
         finally:
             task.cancel()
@@ -57,4 +59,4 @@ async def test_float_values_are_published_at_float32_precision(tmp_path, mode) -
     assert out["f"]["v"] == 1.4669616
     assert out["d"]["v"] == 1.46696162223816  # a Double is not rounded
     assert out["scaled"]["v"] == 14.669617  # scaled first, then float32 precision (as Modbus float32 tags)
-    assert out["i"]["v"] == -123456789
+    assert out["i"]["v"] == -123456789 and type(out["i"]["v"]) is int  # a JSON integer, not -123456789.0
