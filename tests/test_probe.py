@@ -118,3 +118,11 @@ async def test_rtu_probe_over_a_pty(rtu_line) -> None:
     matches = [r for r in json.loads(out)["readings"] if r["match"]]
     assert [(r["type"], r["byte_order"], r["address"]) for r in matches] == [
         ("int32", "CDAB", "40021"), ("uint32", "CDAB", "40021")]
+
+
+async def test_a_base_past_the_end_of_the_table_fails_alone(modbus_sim) -> None:
+    # the simulator has 300 holding registers (0..299): 40297 as written reads 296..299, one off 297..300
+    result = await probe(tcp(modbus_sim.port), windows_for("40297"), None)
+    assert set(result.words) == {1} and len(result.words[1]) == 4
+    assert "illegal data address" in result.errors[0]
+    assert {r.base for r in result.readings} == {1}

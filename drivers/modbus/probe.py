@@ -178,20 +178,24 @@ async def probe(make_driver: MakeDriver, windows: Sequence[Window], expect: floa
     """Read every window with a driver from ``make_driver(tags)`` (connect, one read, close) and decode it.
 
     A window whose read fails (no answer, an exception answer) is reported in ``errors``; the others stand.
+    When the device cannot be reached at all, every window gets that error and nothing more is tried.
     """
     result = ProbeResult(list(windows), {}, {}, [])
     for window in windows:
         tags = _tags(window)
         driver = make_driver(tags)
+        connected = False
         try:
             async with asyncio.timeout(timeout + 1.0):
                 await driver.connect()
+                connected = True
                 batch = await driver.read()
-        except DeviceUnavailable as exc:
-            result.errors[window.base] = str(exc)
-            continue
-        except TimeoutError:
-            result.errors[window.base] = f"no answer within {timeout:g}s"
+        except (DeviceUnavailable, TimeoutError) as exc:
+            why = str(exc) or f"no answer within {timeout:g}s"
+            if not connected:  # the device is not there: the other base would only say so again
+                result.errors.update({w.base: why for w in windows if w.base not in result.words})
+                break
+            result.errors[window.base] = why
             continue
         finally:
             await driver.close()
