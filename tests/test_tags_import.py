@@ -41,6 +41,7 @@ BAD = [
     ('"levels","400070[4]","Word Array","1","RO","100","","","","","","","","","","",""', "array"),
     ('"flow","400080","Word","1","RO","100","Square Root","0","100","0","10","","","","","",""', "Square Root"),
     ('"speed","400090","Flaot","1","RO","100","","","","","","","","","","",""', "did you mean float32?"),
+    ('"level_raw","400095","float","1","RO","100","","","","","","","","","","",""', "did you mean float32?"),
     ('"coil_word","000010","Word","1","RO","100","","","","","","","","","","",""', "use type bool"),
 ]
 
@@ -81,7 +82,7 @@ async def test_imported_tags_validate_and_read_the_plant(tmp_path, modbus_sim) -
     for i, ((_, says), line) in enumerate(zip(BAD, errors)):
         assert line.startswith(f"{csv_file}:{first_bad + i}: tag "), line
         assert says in line, line
-    assert "9 tags imported, 6 rows failed" in done.stderr
+    assert "9 tags imported, 7 rows failed" in done.stderr
 
     cfg_path = gateway_config(tmp_path, modbus_sim.port, done.stdout)
     valid = cli("validate", cfg_path)
@@ -147,3 +148,10 @@ def test_a_file_that_is_no_tag_export_exits_2(tmp_path, content) -> None:
     done = cli("tags", "import", path, "--driver", "modbus_tcp")
     assert done.returncode == 2 and done.stdout == "", done
     assert str(path) in done.stderr
+
+
+def test_validate_suggests_float32_for_type_float(tmp_path) -> None:
+    path = gateway_config(tmp_path, 5020, '- {name: level, address: "40001", type: float}\n')
+    done = cli("validate", path)
+    assert done.returncode == 2
+    assert "did you mean 'float32'?" in done.stderr, done.stderr

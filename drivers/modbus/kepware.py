@@ -16,7 +16,8 @@ Contract (what a user relies on):
 - Types: Kepware names (``Float`` float32, ``Double`` float64, ``Short`` int16, ``Word`` uint16, ``Long``
   int32, ``DWord`` uint32, ``LLong`` int64, ``QWord`` uint64, ``Boolean`` bool on a coil/discrete input or
   bit with ``.bb``, ``String``, ``Default`` the table's default) and our own names; ``BCD``, ``LBCD``,
-  ``Char``, ``Byte``, ``Date`` and arrays are refused with a reason; a near miss gets "did you mean".
+  ``Char``, ``Byte``, ``Date`` and arrays are refused with a reason; a near miss of ours (``float``, all lower
+  case, is ours misspelt: Kepware writes ``Float``) gets "did you mean float32?".
 - ``Scaling`` Linear becomes ``scale``/``offset`` (scaled = raw * scale + offset); Square Root is refused.
 - ``Client Access`` R/W becomes ``writable: true`` only when the caller asks for it (``writable=True``);
   otherwise a YAML comment says the tag was writable in Kepware. Writes stay off by default.
@@ -175,24 +176,25 @@ def _number(row: dict[str, str], key: str, line: int, name: str) -> float:
 
 
 def _map_type(kepware: str) -> str | None:
-    """Our type for a Kepware (or our own) type name; ``None`` for Default; raises ValueError otherwise."""
-    key = kepware.strip().lower()
+    """Our type for a Kepware (or our own) type name; ``None`` for Default; raises ValueError otherwise.
+
+    Kepware writes its names capitalised (``Float``, ``DWord``; any case but all lower is taken as Kepware's);
+    an all-lower-case name is read as one of ours, so ``float`` is a near miss of ``float32``, not a guess.
+    """
+    text = kepware.strip()
+    key = text.lower()
     if key in ("", "default"):
         return None
-    if key in KEPWARE_TYPES:
+    if text in OUR_TYPES:
+        return text
+    if key in KEPWARE_TYPES and text != key:
         return KEPWARE_TYPES[key]
-    if key in OUR_TYPES:
-        return key
     if key.endswith("array"):
         raise ValueError(f"data type {kepware!r}: arrays are not supported; import one tag per element")
     if key in _REFUSED_TYPES:
         raise ValueError(f"data type {kepware!r}: {_REFUSED_TYPES[key]}")
-    names = [*OUR_TYPES, *KEPWARE_TYPES]
-    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
-    hint = ""
-    if close:
-        ours = KEPWARE_TYPES.get(close[0], close[0])
-        hint = f" — did you mean {ours}?"
+    close = difflib.get_close_matches(key, [*OUR_TYPES, *KEPWARE_TYPES], n=1, cutoff=0.6)
+    hint = f" — did you mean {KEPWARE_TYPES.get(close[0], close[0])}?" if close else ""
     raise ValueError(
         f"unknown data type {kepware!r}{hint} (Kepware: Boolean, Short, Word, Long, DWord, LLong, QWord, Float, "
         f"Double, String; or ours: {', '.join(OUR_TYPES)})"
