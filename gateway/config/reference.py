@@ -211,11 +211,16 @@ def markdown() -> str:
 
 
 def cmd_markdown(output: str = "docs/config.md") -> int:
-    """Write the reference to ``output`` (``-`` for stdout); return 0."""
+    """Write the reference to ``output`` (``-`` for stdout); return 0, or 1 when the file cannot be written."""
     text = markdown()
     if output == "-":
         sys.stdout.write(text)
-    else:
+        return 0
+    try:
         Path(output).write_text(text, encoding="utf-8")
-        print(f"wrote {output}", file=sys.stderr)
+    except OSError as exc:
+        print(f"cannot write {output}: {exc.strerror or exc} (run it from the project folder, or pass -o FILE)",
+              file=sys.stderr)
+        return 1
+    print(f"wrote {output}", file=sys.stderr)
     return 0
