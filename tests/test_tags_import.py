@@ -155,3 +155,36 @@ def test_validate_suggests_float32_for_type_float(tmp_path) -> None:
     done = cli("validate", path)
     assert done.returncode == 2
     assert "did you mean 'float32'?" in done.stderr, done.stderr
+
+
+def test_any_row_is_a_tag_that_validates_or_an_error_never_a_crash() -> None:
+    import random
+
+    from ruamel.yaml import YAML
+
+    from drivers.modbus.config import ModbusTag
+
+    rng = random.Random(11)
+    addresses = ["400001", "40001", "41", "4001", "300001", "000001", "100001", "400010.3", "400010.16", "400020.16H",
+                 "400020.7L", "4x0001", "hr:0", "465536", "465537", "400001[2]", "", "abc", "40001.", "500001", "3"]
+    types = ["Float", "Double", "Word", "Short", "DWord", "Long", "LLong", "QWord", "Boolean", "String", "Default",
+             "BCD", "float", "", "Float Array", "int16", "bogus"]
+    names = ["t", "T-1", "a b", "_x", ".bad", "x" * 70, "ok.name", "", '"quoted"', "a\nb", "on", "1e3"]
+    rows = []
+    for i in range(300):
+        scaling = rng.choice(["", "None", "Linear", "Square Root", "Linear"])
+        low, high = rng.choice([("0", "100"), ("5", "5"), ("x", "1"), ("-10", "10")])
+        name = rng.choice(names) + (str(i) if rng.random() < 0.8 else "")
+        cells = [name, rng.choice(addresses), rng.choice(types), rng.choice(["RO", "R/W", "", "Read/Write"]),
+                 scaling, low, high, "0", rng.choice(["1", "100", ""]), rng.choice(["", "bar", "°C"]), "d, \"q\""]
+        rows.append(",".join('"' + c.replace('"', '""') + '"' for c in cells))
+    heading = "Tag Name,Address,Data Type,Client Access,Scaling,Raw Low,Raw High,Scaled Low,Scaled High,Eng Units,Description"
+    data = ("\r\n".join([heading, *rows]) + "\r\n").encode("utf-8")
+    for fix_names in (False, True):
+        result = import_csv(data, writable=True, byte_order="DCBA", fix_names=fix_names)
+        assert len(result.tags) + len(result.errors) == len(rows)
+        assert result.tags and result.errors
+        loaded = YAML(typ="safe").load(result.yaml("x.csv"))
+        assert [t["name"] for t in loaded] == [t.fields["name"] for t in result.tags]
+        for item in loaded:
+            ModbusTag(**item)

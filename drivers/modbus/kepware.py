@@ -104,6 +104,8 @@ class ImportedTag:
 
 @dataclass(slots=True)
 class ImportResult:
+    """Every converted tag and every row error, in file order."""
+
     tags: list[ImportedTag]
     errors: list[RowError]
     multi_register: bool = False  # a 32/64-bit tag was imported: the word order matters
@@ -118,7 +120,7 @@ class ImportResult:
             for key, value in tag.fields.items():
                 out.append(f"{'- ' if first else '  '}{key}: {yaml_scalar(value)}")
                 first = False
-            out.extend(f"  # {c}" for c in tag.comments)
+            out.extend(f"  # {' '.join(c.split())}" for c in tag.comments)  # a comment stays on its line
         return "\n".join(out) + "\n"
 
 
