@@ -153,7 +153,7 @@ def readable(
         options = _QUOTED.findall(str((error.get("ctx") or {}).get("expected", "")))
         msg = f"expected one of: {', '.join(options)}" if options else msg
         if isinstance(value, str) and options and not secrets and not secret:
-            close = difflib.get_close_matches(value, options, n=1, cutoff=0.6)
+            close = closest(value, options)
             if close:
                 msg += f" — did you mean {close[0]!r}?"
     elif kind == "too_short" and (error.get("ctx") or {}).get("field_type") == "List":
@@ -178,6 +178,14 @@ def readable(
     if show_input and not isinstance(value, (dict, list)) and not _mentions(msg, value):
         msg += f" (got {describe(value)})"
     return msg
+
+
+def closest(value: str, options: Sequence[str], cutoff: float = 0.6) -> list[str]:
+    """The option most like ``value`` (as :func:`difflib.get_close_matches`), ties going to the option listed
+    first: ``float`` is nearest to ``float32`` and ``float64`` alike, and the list names float32 first."""
+    scores = [(difflib.SequenceMatcher(None, value, o).ratio(), -i, o) for i, o in enumerate(options)]
+    best = max(scores, default=(0.0, 0, ""))
+    return [best[2]] if best[0] >= cutoff else []
 
 
 def _mentions(msg: str, value: Any) -> bool:
