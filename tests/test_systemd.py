@@ -156,3 +156,30 @@ async def test_ready_waits_for_the_first_connect_attempt_even_when_it_fails(tmp_
         rc = await stop_daemon(proc, signalled=signalled)
         server.close()
     assert rc == 0
+
+
+def test_notifier_reaches_an_abstract_socket_and_survives_a_missing_one(caplog):
+    from gateway.sdnotify import Notifier
+
+    name = f"iiot-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sd:
+        sd.bind("\0" + name)  # what systemd passes as NOTIFY_SOCKET=@name
+        n = Notifier({"NOTIFY_SOCKET": "@" + name})
+        assert n.send("READY=1")
+        assert sd.recv(64) == b"READY=1"
+        n.close()
+    gone = Notifier({"NOTIFY_SOCKET": "/nonexistent/notify"})
+    assert [gone.send("WATCHDOG=1") for _ in range(3)] == [False] * 3  # never raises
+    assert len([r for r in caplog.records if "notify socket" in r.getMessage()]) == 1  # logged once
+    assert Notifier({}).enabled is False and Notifier({}).send("READY=1") is False
+
+
+def test_watchdog_interval_is_half_of_watchdog_usec_and_only_for_this_process():
+    from gateway.sdnotify import Notifier
+
+    base = {"NOTIFY_SOCKET": "/run/systemd/notify"}
+    assert Notifier({**base, "WATCHDOG_USEC": "30000000"}).watchdog_interval == 15.0
+    assert Notifier({**base, "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}).watchdog_interval == 15.0
+    assert Notifier({**base, "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}).watchdog_interval is None
+    assert Notifier({**base, "WATCHDOG_USEC": "soon"}).watchdog_interval is None
+    assert Notifier(base).watchdog_interval is None
