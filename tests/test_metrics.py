@@ -4,6 +4,7 @@ text: names, labels, and values that follow what really happens."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from e2e.harness import running_gateway, write_config
 from helpers import free_port, wait_until
@@ -74,11 +75,18 @@ async def test_metrics_follow_the_source_the_uplink_and_the_spool(tmp_path, mqtt
         sent = first.value("iiot_gateway_link_sent_bytes_total", uplink=up, link=link)
         msgs = first.value("iiot_gateway_link_messages_sent_total", uplink=up, link=link)
 
-        # the event-loop lag task has measured at least once
-        assert await wait_until(lambda: rg.gw._api_server is not None)
-        await asyncio.sleep(0.6)
-        second = await scrape(rg)
+        # the event-loop lag task measures every 0.5 s: its gauge appears after the first measurement
+        async with asyncio.timeout(10):
+            while ("iiot_gateway_event_loop_lag_seconds", ()) not in (second := await scrape(rg)).samples:
+                await asyncio.sleep(0.1)
         assert second.value("iiot_gateway_event_loop_lag_seconds") >= 0.0
+        assert second.value("iiot_gateway_event_loop_lag_max_seconds") >= second.value(
+            "iiot_gateway_event_loop_lag_seconds")
+        # a blocked loop shows: block it for longer than the 0.5 s measuring sleep (a lower bound, not a timing)
+        time.sleep(0.8)  # noqa: ASYNC251 -- the point is to block the gateway's event loop
+        async with asyncio.timeout(10):
+            while (await scrape(rg)).value("iiot_gateway_event_loop_lag_max_seconds") < 0.25:
+                await asyncio.sleep(0.1)
         assert second.value("iiot_gateway_source_polls_total", **src) > first.value(
             "iiot_gateway_source_polls_total", **src)
 
