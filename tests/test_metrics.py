@@ -4,6 +4,7 @@ text: names, labels, and values that follow what really happens."""
 from __future__ import annotations
 
 import asyncio
+import textwrap
 import time
 
 from e2e.harness import running_gateway, write_config
@@ -116,3 +117,32 @@ async def test_metrics_follow_the_source_the_uplink_and_the_spool(tmp_path, mqtt
         assert outage.value("iiot_gateway_spool_bytes", uplink=up) > 0
         assert outage.value("iiot_gateway_spool_oldest_age_seconds", uplink=up) > 0
         await mqtt_broker.start()
+
+
+async def test_metrics_label_each_link_of_an_uplink(tmp_path, mqtt_broker, modbus_sim):
+    # the first link leads nowhere (a closed port): the uplink fails over to the second, the real broker
+    dead = free_port()
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(f"""\
+gateway: {{id: test-gw, namespace: acme/test/line1, state_dir: {tmp_path / 'state'}}}
+mqtt:
+  publish_interval: 200ms
+  keepalive: 5s
+  reconnect_max: 1s
+  links:
+    - {{name: ethernet, host: 127.0.0.1, port: {dead}}}
+    - {{name: cellular, host: {mqtt_broker.host}, port: {mqtt_broker.port}}}
+api: {{listen: "127.0.0.1:{free_port()}"}}
+assets:
+{textwrap.indent(PRESS.format(port=modbus_sim.port), "  ")}""")
+    async with running_gateway(cfg) as rg:
+        cell = rg.gw.uplink.links[1]
+        assert await wait_until(lambda: rg.gw.uplink.connected and cell.messages_sent > 2, timeout=20)
+        m = await scrape(rg)
+        eth, cel = {"uplink": "mqtt", "link": "ethernet"}, {"uplink": "mqtt", "link": "cellular"}
+        assert m.value("iiot_gateway_link_connected", **cel) == 1.0
+        assert m.value("iiot_gateway_link_connected", **eth) == 0.0
+        assert m.value("iiot_gateway_link_active", **cel) == 1.0
+        assert m.value("iiot_gateway_link_connect_failures_total", **eth) >= 1
+        assert m.value("iiot_gateway_link_sent_bytes_total", **cel) > 0
+        assert m.value("iiot_gateway_link_sent_bytes_total", **eth) == 0
