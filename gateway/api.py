@@ -165,7 +165,7 @@ def create_app(gw: "Gateway") -> FastAPI:
         except KeyError:
             raise HTTPException(404, f"unknown asset {asset!r}; known: {', '.join(gw.assets)}") from None
 
-    app.state.loop_lag = None  # a gateway.metrics.LoopLag once serve_api runs
+    app.state.loop_lag = None  # a gateway.looplag.LoopLag once serve_api runs
 
     @app.get("/metrics", tags=["health"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition"}})
