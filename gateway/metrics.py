@@ -6,8 +6,8 @@ counters to keep in step. Names carry the ``iiot_gateway_`` prefix, values are i
 bytes), counters end in ``_total``; labels are ``asset``, ``uplink``, ``link`` (and ``reason`` for drops).
 
 A scrape must never fail because one figure is missing or odd: a value that is absent or not a number is left
-out of its family, the rest is still served. ``prometheus_client`` is imported here only, so the daemon does
-not load it unless the API is served.
+out of its family, the rest is still served. ``prometheus_client`` is imported here only, and the API imports
+this module on the first scrape, so a gateway nobody scrapes never loads it.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from gateway import __version__
-from gateway.looplag import LoopLag
 
 if TYPE_CHECKING:
     from gateway.engine import Gateway
+    from gateway.looplag import LoopLag
 
 P = "iiot_gateway_"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
