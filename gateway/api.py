@@ -9,6 +9,7 @@ Read-only views of the ring buffers and runtime status; it never calls a driver.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import uvicorn
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from gateway import __version__
@@ -163,6 +164,17 @@ def create_app(gw: "Gateway") -> FastAPI:
             return gw.assets[asset]
         except KeyError:
             raise HTTPException(404, f"unknown asset {asset!r}; known: {', '.join(gw.assets)}") from None
+
+    app.state.loop_lag = None  # a gateway.looplag.LoopLag once serve_api runs
+
+    @app.get("/metrics", tags=["health"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition"}})
+    async def metrics() -> Response:
+        """Prometheus metrics: sources, uplinks, links, spools, event-loop lag, build info (README)."""
+        # prometheus_client is imported on the first scrape only
+        from gateway.metrics import CONTENT_TYPE, render
+
+        return Response(render(gw, app.state.loop_lag), media_type=CONTENT_TYPE)
 
     @app.get("/livez", tags=["health"])
     async def livez() -> dict[str, str]:
@@ -327,6 +339,19 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 def serve_api(gw: "Gateway", sock: socket.socket) -> tuple[uvicorn.Server, Any]:
-    config = uvicorn.Config(create_app(gw), log_level="warning", lifespan="off", access_log=False)
+    """The uvicorn server and the coroutine that serves ``sock`` (and measures event-loop lag meanwhile)."""
+    app = create_app(gw)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     server = _EmbeddedServer(config)
-    return server, server.serve(sockets=[sock])
+
+    async def serve() -> None:
+        from gateway.looplag import LoopLag
+
+        app.state.loop_lag = lag = LoopLag()
+        lag_task = asyncio.create_task(lag.run(), name="loop-lag")
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            lag_task.cancel()
+
+    return server, serve()

@@ -72,6 +72,7 @@ async def run_gateway(cfg, stop: asyncio.Event | None = None) -> int:
     if stop is None:
         stop = asyncio.Event()
         install_stop_signals(stop)
+    systemd = _systemd_notifications(gw, stop)
     try:
         await gw.run(stop, sock)
     except SpoolError as exc:
@@ -80,7 +81,32 @@ async def run_gateway(cfg, stop: asyncio.Event | None = None) -> int:
     except Exception as exc:  # already logged where it happened; the daemon is down in order
         log.error("gateway stopped after a fatal error: %s", exc)
         return 1
+    finally:
+        for task in systemd:
+            task.cancel()
     return 0
+
+
+def _systemd_notifications(gw, stop: asyncio.Event) -> list[asyncio.Task]:
+    """Under systemd (``$NOTIFY_SOCKET``): READY=1 after every uplink's first connect attempt, WATCHDOG=1 pings
+    until the daemon is down, STOPPING=1 when a stop begins (gateway/sdnotify.py). Nothing outside systemd."""
+    from gateway.sdnotify import Notifier
+
+    notifier = Notifier()
+    if not notifier.enabled:
+        return []
+
+    async def say_stopping() -> None:
+        try:
+            await stop.wait()
+            notifier.send("STOPPING=1")
+            await asyncio.Event().wait()  # keep the socket until the daemon is down
+        finally:
+            notifier.close()
+
+    settled = [lambda up=n.uplink: up.settled for n in gw.norths]
+    return [asyncio.create_task(notifier.supervise(settled), name="systemd-notify"),
+            asyncio.create_task(say_stopping(), name="systemd-stopping")]
 
 
 def _load_or_exit(path: str):
