@@ -121,7 +121,7 @@ class Gateway:
                                   metrics_topic=self.metrics_topic)
             if accept_commands:
                 #: write commands on {namespace}/{asset}/cmd of this uplink's broker, answered on the same
-                commands = MqttCommands(self.assets, self.namespace, uplink.publish)
+                commands = MqttCommands(self.assets, self.namespace, uplink.publish, max_age=up.cmd_max_age)
                 uplink.subscribe(commands.topic_filter, commands.on_message)
         return North(up, uplink, delivery, publisher, commands)
 

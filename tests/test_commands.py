@@ -189,3 +189,20 @@ async def test_values_from_outside_cannot_forge_log_lines(
     assert any("write press/u32\\nwrite press/u32 = 1 from api" in m for m in lines)  # logged, escaped
     assert any("write press\\nforged/u32\\r\\nok from api" in m for m in lines)
     assert [m for m in lines if "\n" in m or "\r" in m] == []
+
+
+async def test_cmd_max_age_is_a_key_of_the_uplink(tmp_path, mqtt_broker, mqtt_subscriber, modbus_sim):
+    sub = await mqtt_subscriber(f"{NAMESPACE}/+/cmd/result")
+    cfg = config(tmp_path, mqtt_broker, PRESS.format(port=modbus_sim.port), token=False)
+    text = cfg.read_text().replace("mqtt:\n", "mqtt:\n  cmd_max_age: 2m\n", 1)
+    assert "cmd_max_age: 2m" in text
+    cfg.write_text(text)
+    async with running_gateway(cfg) as rg:
+        await connected(rg, "press")
+        assert await rg.gw.uplink.wait_connected(10)
+        await mqtt_command(mqtt_broker, "press", {"tag": "u32", "value": 21, "id": "a60", "ts": now_ms() - 60_000})
+        assert (await sub.next(result_of("a60"))).json()["ok"] is True  # 60 s old is fresh within 2 min
+        await mqtt_command(mqtt_broker, "press", {"tag": "u32", "value": 22, "id": "a180", "ts": now_ms() - 180_000})
+        result = (await sub.next(result_of("a180"))).json()
+        assert result["code"] == "stale" and "cmd_max_age 120 s" in result["error"], result
+    assert u32(modbus_sim) == 21

@@ -163,6 +163,9 @@ class MqttSection(StrictModel):
     commands: bool | None = Field(
         None, description="Accept write commands on this uplink (default: the first uplink only)"
     )
+    cmd_max_age: Duration = Field(
+        10.0, gt=0, description="A write command whose ts is further than this from now is refused as stale"
+    )
 
     _compression = field_validator("compression")(_compression_available)
     _empty_user = field_validator("username", "password", mode="before")(_empty_is_none)

@@ -4,6 +4,7 @@ proxy, the bundled Modbus simulator as the device."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -50,7 +51,8 @@ def link_stats(gw, uplink: str = "mqtt") -> dict:
 
 
 async def test_two_uplinks_a_dead_cloud_never_holds_up_the_plant(tmp_path, modbus_sim, mqtt_broker, cloud_broker,
-                                                                 mqtt_subscriber):
+                                                                 mqtt_subscriber, caplog):
+    caplog.set_level(logging.INFO, logger="gateway")
     cloud_link = TcpProxy(cloud_broker.host, cloud_broker.port)  # the cloud is unreachable at first
     cfg = gateway_yaml(tmp_path, mqtt_port=0, devices=[("press", modbus_sim.port)], tags=8, poll="100ms", mode="rbe",
                        north=f"""\
@@ -93,6 +95,11 @@ async def test_two_uplinks_a_dead_cloud_never_holds_up_the_plant(tmp_path, modbu
     assert not any(m.get("replay") for m in plant_msgs)
     assert sum(1 for m in cloud_msgs if m.get("replay")) >= spooled
     # each has its own profile: the plant gets full objects, the cloud compact bare values
+    # the replay is logged when it starts (with the count) and when it is done; the plant's spool never replays
+    logs = [r.getMessage() for r in caplog.records]
+    assert any("spool/cloud" in x and "replaying" in x for x in logs), logs
+    assert any("spool/cloud" in x and "replay done" in x for x in logs), logs
+    assert not any("spool/plant" in x and "replay" in x for x in logs), logs
     assert all(isinstance(e, dict) for m in plant_msgs for e in decode(m["_raw"], m["_topic"])["tags"].values())
     objects = [e for m in cloud_msgs for e in decode(m["_raw"], m["_topic"])["tags"].values() if isinstance(e, dict)]
     assert not objects, (objects[:3], cloud_msgs[:2])
