@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/iiot-gateway demo
 
 test: $(STAMP)
+	$(BIN)/ruff check gateway drivers simulators tests
 	$(BIN)/python -m pytest -q
 
 clean:
