@@ -148,14 +148,18 @@ class Publisher:
             if self._publish_asset(asset, now) and last != float("-inf"):  # the first (cold) is not typical
                 self.publish_latency.append(time.monotonic() - asset.read_done)
 
-    def publish_last(self, *, force: bool = False) -> None:
-        """The retained ``last`` message of every asset whose values changed (all of them with ``force``)."""
+    def publish_last(self, *, force: bool = False, first_only: bool = False) -> None:
+        """The retained ``last`` message of every asset whose values changed (all of them with ``force``; with
+        ``first_only`` only of assets that never had one, which is not a refresh and keeps the interval)."""
         if self.profile.last_interval <= 0:
             return
-        self._last_at = time.monotonic()
+        if not first_only:
+            self._last_at = time.monotonic()
         enc = self.encoder("full")
         now_ms = time.time_ns() // 1_000_000
         for asset in self.assets.values():
+            if first_only and asset.id in self._last_sent:
+                continue
             snap = snapshot(asset.ring, self.reducers[asset.id].names, asset.float32, asset.integer)
             if not len(snap):
                 continue
@@ -197,9 +201,11 @@ class Publisher:
                 # interval (heartbeats, a device gone)
                 if asset.id not in self._after_batch or now - self._last_publish[asset.id] >= interval:
                     self._publish_asset(asset, now)
-            last_due = now - self._last_at >= self.profile.last_interval or len(self._last_sent) < len(self.assets)
-            if self.profile.last_interval > 0 and last_due:  # an asset's first ``last`` as soon as it has data
-                self.publish_last()
+            if self.profile.last_interval > 0:
+                if now - self._last_at >= self.profile.last_interval:
+                    self.publish_last()
+                elif len(self._last_sent) < len(self.assets):  # an asset's first ``last`` as soon as it has data
+                    self.publish_last(first_only=True)
             if loop.time() >= next_metrics:
                 next_metrics = loop.time() + self.profile.metrics_interval
                 self.publish_metrics()
