@@ -87,7 +87,9 @@ def asset_snapshot(a: "AssetRuntime") -> dict[str, Any]:
     good = has & (q != 2)
     shown = np.where(a.float32, float32_numbers(v), json_numbers(v))
     shown = np.where(good & ~np.isnan(shown), shown, np.nan)
-    values: list[Any] = [None if x != x else x for x in shown.tolist()] if np.isnan(shown).any() else shown.tolist()
+    values: list[Any] = shown.tolist()
+    for i in np.flatnonzero(np.isnan(shown)).tolist():
+        values[i] = None
     for i, s in enumerate(a.ring.last_string):
         if s is not None and good[i]:
             values[i] = s

@@ -46,6 +46,10 @@ function fmtAge(seconds) {
   return Math.round(seconds / 86400) + " d";
 }
 
+function fmtMs(ms) {
+  return ms === null || ms === undefined ? "—" : ms < 100 ? ms.toFixed(2) : fmtNumber(Math.round(ms));
+}
+
 function fmtBytes(n) {
   if (n === null || n === undefined) return "—";
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -74,7 +78,8 @@ function buildAsset(a) {
   const rows = a.tags.map((t, i) => {
     const tr = el("tr");
     tr.dataset.tag = t.name;
-    const name = el("td", "name", t.name);
+    const name = el("td", "name");
+    t.name.split(/(?<=[_.-])/).forEach((part, k) => { if (k) name.append(el("wbr")); name.append(part); });
     if (t.description) name.append(el("small", null, t.description));
     const value = el("td", "value");
     const vtext = el("span", "v", "—");
@@ -184,8 +189,7 @@ function drawAsset(view, s, now) {
   setText(badge, s.state);
   badge.className = "badge a-state " + (STATE_CLASS[s.state] || "");
   setText($(".s-last", c), s.last_poll ? fmtAge(now / 1000 - s.last_poll) + " ago" : "never");
-  setText($(".s-lat", c), s.latency_ms_last === null ? "—"
-    : fmtNumber(s.latency_ms_last) + " / " + (s.latency_ms_p50 === null ? "—" : fmtNumber(s.latency_ms_p50)) + " ms");
+  setText($(".s-lat", c), s.latency_ms_last === null ? "—" : fmtMs(s.latency_ms_last) + " / " + fmtMs(s.latency_ms_p50) + " ms");
   setText($(".s-polls", c), fmtNumber(s.polls));
   const perr = $(".s-perr", c), terr = $(".s-terr", c);
   setText(perr, fmtNumber(s.poll_errors));
