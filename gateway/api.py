@@ -44,8 +44,9 @@ WEB_DIR = Path(__file__).with_name("web")
 #: the HTML pages may load nothing from elsewhere: ReDoc's bundle, for one, always asks a CDN for a logo
 #: (the inline scripts and styles are FastAPI's docs page bootstrap and the bundles' own)
 PAGE_POLICY = {
-    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; frame-ancestors 'self'",
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; connect-src 'self'; "
+    "worker-src 'self' blob:; frame-ancestors 'self'",
 }
 
 if TYPE_CHECKING:

@@ -144,7 +144,7 @@ def events_hub(rg):
 # --------------------------------------------------------------------------------------------- offline
 
 
-async def test_docs_redoc_and_dashboard_render_with_the_network_blocked(demo_gateway, browser, tmp_path):
+async def test_docs_redoc_and_dashboard_render_with_the_network_blocked(browser, demo_gateway, tmp_path):
     origin = f"http://127.0.0.1:{demo_gateway.api_port}"
     pages = {
         "/docs": ".swagger-ui .opblock-summary-path",   # Swagger UI drew the operations from /openapi.json
@@ -180,7 +180,7 @@ async def test_docs_redoc_and_dashboard_render_with_the_network_blocked(demo_gat
 
 
 async def test_dashboard_shows_assets_live_values_bad_tags_and_writes_a_setpoint(
-    demo_gateway, browser, tmp_path, opcua_sim
+    browser, demo_gateway, tmp_path, opcua_sim
 ):
     origin = f"http://127.0.0.1:{demo_gateway.api_port}"
     p = await OfflinePage.open(browser, origin)
@@ -329,3 +329,24 @@ async def test_event_stream_pushes_snapshots_and_ends_when_the_client_goes_or_th
                         await read_event(lines)
             await stopping
     assert hub.clients == 0
+
+
+# ---------------------------------------------------------------------------------------------- package
+
+
+def test_every_web_file_is_package_data_so_an_installed_gateway_serves_it():
+    """The dashboard and the docs bundles are not Python modules: a wheel carries them only if pyproject's
+    package-data names them (checked here from the patterns, without building a wheel)."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["gateway"]
+    web = root / "gateway" / "web"
+    files = [p.relative_to(root / "gateway").as_posix() for p in web.rglob("*") if p.is_file()]
+    assert {"web/static/index.html", "web/vendor/swagger-ui/swagger-ui-bundle.js",
+            "web/vendor/redoc/redoc.standalone.js", "web/vendor/redoc/LICENSE"} <= set(files)
+    # setuptools globs: '*' does not cross a '/'
+    missing = [f for f in files
+               if not any(fnmatch.fnmatch(f, p) and f.count("/") == p.count("/") for p in patterns)]
+    assert missing == [], f"not in [tool.setuptools.package-data] gateway: {missing}"
