@@ -114,7 +114,8 @@ function buildAsset(a) {
     errRow.append(errText);
     errRow.hidden = true;
     body.append(tr, errRow);
-    return { tr, vtext, unit, q, errRow, errText, age, line, series: [], lastTs: null, value: null, quality: null };
+    return { tr, vtext, unit, q, errRow, errText, age, line, series: [], lastTs: null, value: null, quality: null,
+      onScreen: false, historyAsked: false };
   });
   const view = { card, meta: a, rows, snap: null };
   state.assets.set(a.id, view);
@@ -130,7 +131,7 @@ function drawMeta(meta) {
   const box = $("#assets");
   box.replaceChildren(...meta.assets.map((a) => buildAsset(a).card));
   applyFilter();
-  loadHistory();
+  watchRows();
 }
 
 function drawUplinks(uplinks) {
@@ -225,7 +226,7 @@ function drawAsset(view, s, now) {
       r.lastTs = ts;
       if (typeof v === "number" || v === null) pushPoint(r, ts, v);
     }
-    drawSpark(r, now);
+    if (r.onScreen) drawSpark(r, now);
   });
   applyFilterTo(view);
 }
@@ -233,6 +234,8 @@ function drawAsset(view, s, now) {
 function pushPoint(r, ts, v) {
   const last = r.series.length ? r.series[r.series.length - 1][0] : -Infinity;
   if (ts > last) r.series.push([ts, v]);
+  const from = ts - SPARK_SECONDS * 1000;
+  while (r.series.length && r.series[0][0] < from) r.series.shift();
 }
 
 function drawSpark(r, now) {
@@ -282,30 +285,57 @@ function applyFilter() {
 
 // ---------------------------------------------------------------------------------------------- history
 
-async function loadHistory() {
-  const jobs = [];
+// Rows fetch their history when they first come on screen (a gateway may have thousands of tags), at most
+// three requests at a time; sparklines are redrawn only for rows on screen.
+const historyQueue = [];
+let historyWorkers = 0;
+let observer = null;
+
+function watchRows() {
+  if (observer) observer.disconnect();
+  historyQueue.length = 0;
+  const rows = new Map();
+  observer = new IntersectionObserver((entries) => {
+    for (const e of entries) {
+      const item = rows.get(e.target);
+      item.r.onScreen = e.isIntersecting;
+      if (e.isIntersecting && !item.r.historyAsked) {
+        item.r.historyAsked = true;
+        historyQueue.push(item);
+      }
+    }
+    while (historyWorkers < 3 && historyQueue.length) fetchHistory();
+  }, { rootMargin: "200px" });
   for (const view of state.assets.values()) {
-    view.meta.tags.forEach((t, i) => { if (t.kind !== "string") jobs.push([view, i]); });
+    view.rows.forEach((r, i) => {
+      if (view.meta.tags[i].kind === "string") return;
+      rows.set(r.tr, { view, i, r });
+      observer.observe(r.tr);
+    });
   }
+}
+
+async function fetchHistory() {
+  historyWorkers++;
   const meta = state.meta;
-  async function worker() {
-    while (jobs.length && state.meta === meta) {
-      const [view, i] = jobs.shift();
+  try {
+    while (historyQueue.length && state.meta === meta) {
+      const { view, i, r } = historyQueue.shift();
       const t = view.meta.tags[i];
       try {
         const res = await fetch(`/api/v1/assets/${encodeURIComponent(view.meta.id)}/tags/${encodeURIComponent(t.name)}`
           + `/history?seconds=${SPARK_SECONDS}`);
         if (!res.ok) continue;
         const h = await res.json();
-        const r = view.rows[i];
         const live = r.series;
         r.series = h.ts.map((ts, k) => [ts, typeof h.v[k] === "number" ? h.v[k] : null]);
         for (const p of live) pushPoint(r, p[0], p[1]);
         if (state.lastSnapshot) drawSpark(r, state.lastSnapshot.t);
       } catch (e) { /* the live points still come */ }
     }
+  } finally {
+    historyWorkers--;
   }
-  await Promise.all([worker(), worker(), worker()]);
 }
 
 // ------------------------------------------------------------------------------------------------ write
