@@ -54,6 +54,19 @@ def _kind(tag: Any) -> str:
     return "number" if t else "auto"
 
 
+def _tag_meta(tag: Any) -> dict[str, Any]:
+    """``name`` and ``kind`` always; ``unit``, ``description``, ``min``, ``max`` when set; ``writable`` when true
+    (thousands of tags: no keys for what is not there)."""
+    out: dict[str, Any] = {"name": tag.name, "kind": _kind(tag)}
+    for key in ("unit", "description", "min", "max"):
+        value = getattr(tag, key, None)
+        if value is not None:
+            out[key] = value
+    if tag.writable:
+        out["writable"] = True
+    return out
+
+
 def meta(gw: "Gateway") -> dict[str, Any]:
     """What the dashboard draws once: the gateway, the assets and their tags (order = snapshot order)."""
     return {
@@ -65,11 +78,7 @@ def meta(gw: "Gateway") -> dict[str, Any]:
                 "description": a.cfg.description,
                 "driver": a.source.driver,
                 "poll_interval_s": a.source.poll,
-                "tags": [
-                    {"name": t.name, "unit": t.unit, "description": t.description, "writable": bool(t.writable),
-                     "min": t.min, "max": t.max, "kind": _kind(t)}
-                    for t in a.tags
-                ],
+                "tags": [_tag_meta(t) for t in a.tags],
             }
             for a in gw.assets.values()
         ],

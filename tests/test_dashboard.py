@@ -303,7 +303,7 @@ async def test_event_stream_pushes_snapshots_and_ends_when_the_client_goes_or_th
             name, data = await read_event(lines)
             meta = orjson.loads(data)
             assert name == "meta" and [a["id"] for a in meta["assets"]] == ["press-3", "oven-1"]
-            assert [t["name"] for t in meta["assets"][0]["tags"] if t["writable"]] == ["pressure_sp"]
+            assert [t["name"] for t in meta["assets"][0]["tags"] if t.get("writable")] == ["pressure_sp"]
             snaps = [orjson.loads((await read_event(lines))[1]) for _ in range(3)]
             assert len({s["t"] for s in snaps}) == 3  # three distinct snapshots, one per interval
             press = snaps[-1]["assets"]["press-3"]

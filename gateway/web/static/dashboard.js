@@ -349,7 +349,7 @@ function openWrite(a, i) {
   setText($("#w-target"), a.id + " / " + t.name);
   const r = view.rows[i];
   setText($("#w-current"), "Now: " + (r.quality === null ? "no value" : fmtValue(r.value, t.kind) + (t.unit ? " " + t.unit : "")));
-  const range = [t.min !== null ? "min " + t.min : "", t.max !== null ? "max " + t.max : ""].filter(Boolean).join(", ");
+  const range = [t.min != null ? "min " + t.min : "", t.max != null ? "max " + t.max : ""].filter(Boolean).join(", ");
   setText($("#w-range"), range ? "(" + range + ")" : "");
   let input;
   if (t.kind === "bool") {
@@ -362,8 +362,8 @@ function openWrite(a, i) {
     input.type = t.kind === "number" ? "number" : "text";
     if (t.kind === "number") {
       input.step = "any";
-      if (t.min !== null) input.min = t.min;
-      if (t.max !== null) input.max = t.max;
+      if (t.min != null) input.min = t.min;
+      if (t.max != null) input.max = t.max;
     }
     input.required = true;
     if (r.value !== null && r.value !== undefined) input.value = r.value;
