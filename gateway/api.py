@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import uvicorn
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.openapi.utils import get_openapi
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
@@ -178,15 +177,14 @@ def create_app(gw: "Gateway") -> FastAPI:
         docs_url=None,  # the default pages load Swagger UI / ReDoc from a CDN: ours below use vendored files
         redoc_url=None,
     )
+    generated_openapi = app.openapi
+
     def openapi() -> dict[str, Any]:
-        """The generated schema plus the bearer scheme that the write endpoint names (an Authorize button)."""
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=app.routes)
-            schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
-                "type": "http", "scheme": "bearer", "description": "api.token of the gateway (docs/write-back.md)"}
-            app.openapi_schema = schema
-        return app.openapi_schema
+        """FastAPI's schema plus the bearer scheme that the write endpoint names (Swagger UI's Authorize)."""
+        schema = generated_openapi()  # built once and cached by FastAPI
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http", "scheme": "bearer", "description": "api.token of the gateway (docs/write-back.md)"}
+        return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
@@ -205,15 +203,11 @@ def create_app(gw: "Gateway") -> FastAPI:
             openapi_url="/openapi.json", title=f"{app.title} - Swagger UI",
             swagger_js_url="/vendor/swagger-ui/swagger-ui-bundle.js",
             swagger_css_url="/vendor/swagger-ui/swagger-ui.css", swagger_favicon_url=favicon,
-            oauth2_redirect_url="/docs/oauth2-redirect",
+            oauth2_redirect_url=None,  # no OAuth here: the write endpoint takes a bearer token
             swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the validator service
         )
         page.headers.update(PAGE_POLICY)
         return page
-
-    @app.get("/docs/oauth2-redirect", include_in_schema=False)
-    async def swagger_ui_redirect() -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:

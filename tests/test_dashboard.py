@@ -162,6 +162,8 @@ async def test_docs_redoc_and_dashboard_render_with_the_network_blocked(browser,
             if path == "/docs":
                 assert TITLE in await p.page.inner_text(".swagger-ui .info .title")
                 assert await p.page.locator(".opblock").count() >= 6
+                # the write endpoint's bearer scheme is declared: an Authorize button for the token
+                assert await p.page.locator(".swagger-ui .auth-wrapper .authorize").count() == 1
             elif path == "/redoc":
                 assert TITLE in await p.page.inner_text("h1")
             else:
