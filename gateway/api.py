@@ -5,6 +5,10 @@ buffers, so they never see a half-written batch (sync handlers would run in a th
 
 Read-only views of the ring buffers and runtime status; it never calls a driver. The one write endpoint
 (PUT a tag's value) hands the write to :mod:`gateway.writes`, which queues it to the asset's source task.
+
+It also serves the dashboard (``/``, files in ``gateway/web/static``), its live feed (``/api/v1/events``,
+:mod:`gateway.events`) and the API docs (``/docs``, ``/redoc``) from vendored files in ``gateway/web/vendor``:
+nothing is loaded from the internet, so every page works on a plant network without one.
 """
 
 from __future__ import annotations
@@ -15,21 +19,35 @@ import logging
 import secrets
 import socket
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import uvicorn
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from gateway import __version__
 from gateway.batch import QUALITY_NAMES
+from gateway.events import EventHub
 from gateway.logsafe import safe
 from gateway.reduce import json_list, json_value
 from gateway.writes import MAX_COMMAND_BYTES, WriteFailed, decode_json, perform
 
 _log = logging.getLogger("gateway.writes")
+
+#: the dashboard's own files and the vendored Swagger UI / ReDoc bundles (installed as package data)
+WEB_DIR = Path(__file__).with_name("web")
+#: the HTML pages may load nothing from elsewhere: ReDoc's bundle, for one, always asks a CDN for a logo
+#: (the inline scripts and styles are FastAPI's docs page bootstrap and the bundles' own)
+PAGE_POLICY = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; connect-src 'self'; "
+    "worker-src 'self' blob:; frame-ancestors 'self'",
+}
 
 if TYPE_CHECKING:
     from gateway.engine import Gateway
@@ -157,7 +175,58 @@ def create_app(gw: "Gateway") -> FastAPI:
         title="iiot-gateway status API",
         version=__version__,
         description="Per-asset status, tag values and history of an iiot-gateway.",
+        docs_url=None,  # the default pages load Swagger UI / ReDoc from a CDN: ours below use vendored files
+        redoc_url=None,
     )
+    generated_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema plus the bearer scheme that the write endpoint names (Swagger UI's Authorize)."""
+        schema = generated_openapi()  # built once and cached by FastAPI
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http", "scheme": "bearer", "description": "api.token of the gateway (docs/write-back.md)"}
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
+    app.mount("/vendor", StaticFiles(directory=WEB_DIR / "vendor"), name="vendor")
+    hub = EventHub(gw)
+    app.state.events = hub
+    favicon = "/static/favicon.svg"
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> FileResponse:
+        return FileResponse(WEB_DIR / "static" / "index.html", headers={"Cache-Control": "no-cache", **PAGE_POLICY})
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        page = get_swagger_ui_html(
+            openapi_url="/openapi.json", title=f"{app.title} - Swagger UI",
+            swagger_js_url="/vendor/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/vendor/swagger-ui/swagger-ui.css", swagger_favicon_url=favicon,
+            oauth2_redirect_url=None,  # no OAuth here: the write endpoint takes a bearer token
+            swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the validator service
+        )
+        page.headers.update(PAGE_POLICY)
+        return page
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        page = get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc",
+                              redoc_js_url="/vendor/redoc/redoc.standalone.js", redoc_favicon_url=favicon,
+                              with_google_fonts=False)
+        page.headers.update(PAGE_POLICY)
+        return page
+
+    @app.get("/api/v1/events", tags=["gateway"], response_class=Response,
+             responses={200: {"content": {"text/event-stream": {}},
+                              "description": "`meta` once, then a `snapshot` event every second"},
+                        503: {"description": "too many event streams open"}})
+    async def events() -> Response:
+        """Live feed of the dashboard (server-sent events): a ``meta`` event with the assets and their tags,
+        then once a second a ``snapshot`` with every tag's newest value, quality, time and error, the
+        assets' counters and the uplinks' state."""
+        return hub.response()
 
     def asset_or_404(asset: str) -> "AssetRuntime":
         try:
@@ -343,6 +412,7 @@ def serve_api(gw: "Gateway", sock: socket.socket) -> tuple[uvicorn.Server, Any]:
     app = create_app(gw)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     server = _EmbeddedServer(config)
+    app.state.events.closing = lambda: server.should_exit  # open event streams end when the API stops
 
     async def serve() -> None:
         from gateway.looplag import LoopLag

@@ -72,6 +72,7 @@ async def _demo(cfg, modbus_port: int, opcua_port: int) -> int:
         api = f"http://{cfg.api.host}:{cfg.api.port}"
         print(
             "\n"
+            f"  Dashboard     {api}/\n"
             f"  Status API    {api}/api/v1/assets   (per asset: {api}/api/v1/assets/press-3, docs: {api}/docs)\n"
             f"  Subscribe     mosquitto_sub -h {host} -p {port} -t '{ns}/#' -v\n"
             f"           or   .venv/bin/iiot-gateway sub -H {host} -p {port} '{ns}/#'\n"
