@@ -46,7 +46,8 @@ def workloads(draw):
         spread = draw(st.sampled_from([0, 0, 3_000_000]))  # one timestamp per poll, or a few ms apart per tag
         polls.append({
             "ts": [draw(st.integers(0, spread)) for _ in range(n)],
-            "values": [float(draw(st.integers(-70000, 70000))) if integer[i] else
+            "values": [float(draw(st.one_of(st.integers(-70000, 70000), st.sampled_from([2**64 - 2048, -2**63]))))
+                       if integer[i] else
                        draw(st.one_of(st.floats(-1e6, 1e6), st.just(float("nan")))) for i in range(n)],
             "quality": [draw(st.sampled_from([Quality.GOOD, Quality.GOOD, Quality.UNCERTAIN, Quality.BAD]))
                         for _ in range(n)],

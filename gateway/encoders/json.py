@@ -41,9 +41,17 @@ def _texts(values: np.ndarray, integer: np.ndarray) -> list[bytes]:
     ints = integer & np.isfinite(values)
     if ints.any():
         idx = np.flatnonzero(ints)
-        for j, t in zip(idx.tolist(), orjson.dumps(values[idx].astype(np.int64), option=_NUMPY)[1:-1].split(b",")):
+        for j, t in zip(idx.tolist(), orjson.dumps(_as_ints(values[idx]))[1:-1].split(b",")):
             out[j] = t
     return out if len(values) else []
+
+
+def _as_ints(values: np.ndarray) -> list[int]:
+    """Finite integral floats as Python ints: one NumPy cast where int64 holds them (a uint64 above 2**63
+    does not: those few go through ``int``)."""
+    if (np.abs(values) < 2.0**63).all():
+        return values.astype(np.int64).tolist()
+    return [int(x) for x in values.tolist()]
 
 
 def _list(values: np.ndarray, integer: bool) -> list[Any]:
@@ -51,7 +59,7 @@ def _list(values: np.ndarray, integer: bool) -> list[Any]:
     if integer:
         ok = np.isfinite(values)
         if ok.all():
-            return values.astype(np.int64).tolist()
+            return _as_ints(values)
         return [int(x) if f else None for x, f in zip(values.tolist(), ok.tolist())]
     return [None if x != x else x for x in values.tolist()]
 
