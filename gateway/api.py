@@ -311,6 +311,29 @@ def create_app(gw: "Gateway") -> FastAPI:
             "q": QUALITY_NAMES[w.quality].tolist(),
         }
 
+    @app.post(
+        "/api/v1/reload",
+        tags=["gateway"],
+        openapi_extra={"security": [{"bearer": []}]},
+        responses={401: {"description": "missing or wrong token"}, 403: {"description": "no api.token configured"},
+                   409: {"description": "the change needs a restart, or nothing to roll back to"},
+                   422: {"description": "the file is invalid: the running config is kept"}},
+    )
+    async def reload(request: Request, rollback: bool = Query(False)) -> JSONResponse:
+        """Re-read the config file and restart only the changed assets and uplinks (README: Hot reload);
+        ``rollback=true`` applies the config from before the last reload. Needs the API token."""
+        from gateway.reload import ReloadRefused, reload_file
+        from gateway.reload import rollback as roll_back
+
+        refusal = _check_token(gw.cfg.api.token, request.headers.get("authorization"))
+        if refusal is not None:
+            return JSONResponse({"detail": refusal[1]}, status_code=refusal[0])
+        try:
+            done = await (roll_back(gw) if rollback else reload_file(gw))
+        except ReloadRefused as exc:
+            return JSONResponse({"ok": False, "errors": exc.errors}, status_code=422 if exc.invalid else 409)
+        return JSONResponse({"ok": True, "rollback": rollback, "changed": done.summary()})
+
     @app.put(
         "/api/v1/assets/{asset}/tags/{tag}",
         response_model=WriteResult,

@@ -42,7 +42,29 @@ def install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, _on_signal, sig.name)
 
 
-async def run_gateway(cfg, stop: asyncio.Event | None = None) -> int:
+def install_reload_signal(gw) -> None:
+    """SIGHUP re-reads the config file (gateway/reload.py); an invalid one is refused and logged."""
+    from gateway.reload import ReloadRefused, reload_file
+
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task] = set()
+
+    async def reload() -> None:
+        try:
+            await reload_file(gw)
+        except ReloadRefused:
+            pass  # logged by reload_file
+
+    def on_hup() -> None:
+        logging.getLogger("gateway").info("SIGHUP received: reloading %s", gw.config_path)
+        task = loop.create_task(reload(), name="reload")
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+
+async def run_gateway(cfg, stop: asyncio.Event | None = None, config_path: str | None = None) -> int:
     """Run the daemon on a loaded config until ``stop`` is set (or a signal arrives)."""
     from gateway.engine import Gateway
 
@@ -69,9 +91,11 @@ async def run_gateway(cfg, stop: asyncio.Event | None = None) -> int:
     except OSError as exc:
         log.error("cannot serve the status API on %s: %s", cfg.api.listen, exc.strerror or exc)
         return 1
+    gw.config_path = config_path
     if stop is None:
         stop = asyncio.Event()
         install_stop_signals(stop)
+        install_reload_signal(gw)
     systemd = _systemd_notifications(gw, stop)
     try:
         await gw.run(stop, sock)
@@ -122,7 +146,7 @@ def _load_or_exit(path: str):
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load_or_exit(args.file)
     setup_logging(args.log_level or cfg.gateway.log_level)
-    return asyncio.run(run_gateway(cfg))
+    return asyncio.run(run_gateway(cfg, config_path=args.file))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -64,28 +64,36 @@ class Gateway:
         self.cfg = cfg
         self.started_at = time.time()
         self.namespace: str = cfg.gateway.namespace
-        drivers = registry()
-        self.assets: dict[str, AssetRuntime] = {
-            a.id: AssetRuntime(
-                a,
-                drivers[a.source.driver],
-                buffer_seconds=cfg.buffer.seconds,
-                on_state=self._asset_state_changed,
-                state_dir=cfg.gateway.state_dir,
-                log_summary_interval=cfg.gateway.log_summary_interval,
-            )
-            for a in cfg.assets
-        }
+        self.assets: dict[str, AssetRuntime] = {a.id: self._asset(a) for a in cfg.assets}
         self.status_topic = f"{self.namespace}/_gateway/{cfg.gateway.id}/status"
         self.metrics_topic = f"{self.namespace}/_gateway/{cfg.gateway.id}/metrics"
         self.spool_base = Path(cfg.spool.path) if cfg.spool.path else Path(cfg.gateway.state_dir) / "spool"
-        ups = cfg.all_uplinks
-        writable = any(getattr(t, "writable", False) for a in self.assets.values() for t in a.tags)
-        self.norths = [self._north(up, i, len(ups), writable) for i, up in enumerate(ups)]
+        self.norths = self._norths(cfg)
         self.config_loaded = True
         self._api_server: Any = None
+        #: while running: the root task group, the stop event, and the tasks of each source and uplink
+        self._tg: asyncio.TaskGroup | None = None
+        self._stop: asyncio.Event | None = None
+        self._sources: dict[str, asyncio.Task[None]] = {}
+        self._north_tasks: dict[int, list[asyncio.Task[None]]] = {}
+        #: hot reload (gateway/reload.py): the file it re-reads, the config before the last reload
+        self.config_path: str | None = None
+        self.previous_cfg: Any = None
+        self.reload_lock = asyncio.Lock()
         #: what made the daemon stop by itself (a failed uplink, API, ...); raised by run() after shutdown
         self.fatal: Exception | None = None
+
+    def _asset(self, a: Any) -> AssetRuntime:
+        cfg = self.cfg
+        return AssetRuntime(a, registry()[a.source.driver], buffer_seconds=cfg.buffer.seconds,
+                            on_state=self._asset_state_changed, state_dir=cfg.gateway.state_dir,
+                            log_summary_interval=cfg.gateway.log_summary_interval)
+
+    def _norths(self, cfg: Any, only: set[str] | None = None) -> list[North]:
+        """The uplinks of ``cfg`` (those named in ``only``, when given), built but not started."""
+        ups = cfg.all_uplinks
+        writable = any(getattr(t, "writable", False) for a in self.assets.values() for t in a.tags)
+        return [self._north(up, i, len(ups), writable) for i, up in enumerate(ups) if only is None or up.name in only]
 
     def _north(self, up: Any, index: int, count: int, writable: bool) -> North:
         gid = self.cfg.gateway.id
@@ -182,24 +190,24 @@ class Gateway:
         )
         if len(self.norths) == 1:
             await asyncio.to_thread(migrate_spool, self.spool_base, self.norths[0].uplink.name)
-        opened: list[Delivery] = []
         try:
             for north in self.norths:
                 await north.delivery.open()
-                opened.append(north.delivery)
             await self._run_tasks(stop, api_socket, serve_api)
         finally:  # whatever ended the run, unacknowledged messages go to the spool and its lock is released
-            for delivery in opened:
-                await delivery.close()
+            for north in self.norths:
+                await north.delivery.close()
         log.info("stopped")
         if self.fatal is not None:
             raise self.fatal
 
-    async def _stop_sources(self, sources: list[asyncio.Task]) -> None:
-        """Cancel the source tasks, again if a driver library swallowed the first cancellation."""
-        for asset in self.assets.values():
-            asset.stopping = True
-        pending = set(sources)
+    async def _stop_sources(self, asset_ids: list[str]) -> None:
+        """Cancel the source tasks of ``asset_ids``, again if a driver library swallowed the first cancellation."""
+        for asset_id in asset_ids:
+            self.assets[asset_id].stopping = True
+        pending = {self._sources.pop(a) for a in asset_ids if a in self._sources}
+        if not pending:
+            return
         for _ in range(8):
             for t in pending:
                 t.cancel()
@@ -222,43 +230,60 @@ class Gateway:
             self.fatal = self.fatal or exc
             stop.set()
 
+    def _start_north(self, n: North) -> None:
+        """The tasks of one uplink: its MQTT supervisor, its delivery and its publisher (delivery opened)."""
+        assert self._tg is not None and self._stop is not None
+        tg, stop, name = self._tg, self._stop, n.uplink.name
+        self._north_tasks[id(n)] = [
+            tg.create_task(self._guarded(n.uplink.run(), f"uplink {name}", stop), name=f"uplink:{name}"),
+            tg.create_task(self._guarded(n.delivery.run(), f"delivery {name}", stop), name=f"delivery:{name}"),
+            tg.create_task(self._guarded(n.publisher.run(), f"publisher {name}", stop), name=f"publisher:{name}"),
+        ]
+
+    def _start_source(self, asset: AssetRuntime) -> None:
+        assert self._tg is not None
+        self._sources[asset.id] = self._tg.create_task(asset.run(), name=f"source:{asset.id}")
+
+    async def _stop_norths(self, norths: list[North]) -> None:
+        """Stop uplinks in order: commands, then a final publish, the delivery (unacknowledged messages go to
+        the spool), then the MQTT session (``offline`` / NDEATH)."""
+        for n in norths:
+            if n.commands is not None:
+                await n.commands.close()
+            await n.publisher.close()
+        tasks = [self._north_tasks.pop(id(n), [None, None, None]) for n in norths]
+        publishers = [t[2] for t in tasks if t[2] is not None]
+        for task in publishers:
+            task.cancel()
+        await asyncio.gather(*publishers, return_exceptions=True)
+        for n in norths:
+            n.publisher.publish_once()
+        await asyncio.gather(*(n.delivery.close() for n in norths))
+        deliveries = [t[1] for t in tasks if t[1] is not None]
+        for task in deliveries:
+            task.cancel()
+        await asyncio.gather(*deliveries, return_exceptions=True)
+        await asyncio.gather(*(n.uplink.stop() for n in norths))
+        await asyncio.gather(*(t[0] for t in tasks if t[0] is not None), return_exceptions=True)
+
     async def _run_tasks(self, stop: asyncio.Event, api_socket: socket.socket | None, serve_api: Any) -> None:
         async with asyncio.TaskGroup() as tg:
-            sinks: list[asyncio.Task[None]] = []
-            publishers: list[asyncio.Task[None]] = []
-            for n in self.norths:
-                name = n.uplink.name
-                sinks.append(tg.create_task(self._guarded(n.uplink.run(), f"uplink {name}", stop), name=f"uplink:{name}"))
-                sinks.append(tg.create_task(self._guarded(n.delivery.run(), f"delivery {name}", stop),
-                                            name=f"delivery:{name}"))
+            self._tg, self._stop = tg, stop
             api_task = None
+            for n in self.norths:
+                self._start_north(n)
             if api_socket is not None:
                 self._api_server, api_coro = serve_api(self, api_socket)
                 api_task = tg.create_task(self._guarded(api_coro, "status API", stop), name="api")
-            for n in self.norths:
-                publishers.append(tg.create_task(self._guarded(n.publisher.run(), f"publisher {n.uplink.name}", stop),
-                                                 name=f"publisher:{n.uplink.name}"))
-            sources = [tg.create_task(a.run(), name=f"source:{a.id}") for a in self.assets.values()]
+            for a in self.assets.values():
+                self._start_source(a)
             await stop.wait()
 
-            for n in self.norths:
-                if n.commands is not None:
-                    await n.commands.close()
-                await n.publisher.close()
-            log.info("stopping: sources")
-            await self._stop_sources(sources)
-            for task in publishers:
-                task.cancel()
-            await asyncio.gather(*publishers, return_exceptions=True)
-            self.publish_once()
-            log.info("stopping: deliveries (unacknowledged messages go to the spool)")
-            await asyncio.gather(*(n.delivery.close() for n in self.norths))
-            for task in sinks[1::2]:
-                task.cancel()
-            await asyncio.gather(*sinks[1::2], return_exceptions=True)
-            log.info("stopping: uplinks")
-            await asyncio.gather(*(n.uplink.stop() for n in self.norths))
-            await asyncio.gather(*sinks[0::2], return_exceptions=True)
+            async with self.reload_lock:  # a reload in progress finishes first
+                log.info("stopping: sources")
+                await self._stop_sources(list(self.assets))
+                log.info("stopping: uplinks (unacknowledged messages go to the spool)")
+                await self._stop_norths(self.norths)
             if api_task is not None:
                 self._api_server.should_exit = True
                 try:

@@ -82,6 +82,25 @@ class Publisher:
         self._last_sent: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._last_at = float("-inf")
 
+    # -- assets (hot reload) ----------------------------------------------------------------------------
+    def add_asset(self, asset: AssetRuntime) -> None:
+        """An asset added (or rebuilt) by a reload: its own reducer, after-batch publishing as configured."""
+        self.reducers[asset.id] = Reducer(asset.tags, asset.ring, heartbeat=self.profile.heartbeat,
+                                          float32=asset.float32, integer=asset.integer, profile=self.profile.reduce)
+        self._last_publish[asset.id] = float("-inf")
+        self._last_sent.pop(asset.id, None)
+        asset.batch_listeners.append(self._published_after_batch)
+        self._plan_after_batch()
+
+    def remove_asset(self, asset: AssetRuntime) -> None:
+        """An asset removed (or about to be rebuilt) by a reload: what it produced is published first."""
+        if asset.id in self.reducers:
+            self._publish_asset(asset, time.monotonic())
+            del self.reducers[asset.id]
+        self._last_publish.pop(asset.id, None)
+        self._last_sent.pop(asset.id, None)
+        self._after_batch.discard(asset.id)
+
     # -- profile --------------------------------------------------------------------------------------
     def use_link(self, link: Link) -> None:
         """The uplink connected over ``link``: its profile applies from the next message on."""
