@@ -220,15 +220,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return main_demo(args)
 
 
+def _state_dir_of_config(args: argparse.Namespace) -> None:
+    """``--config FILE`` without ``--state-dir``: the config's ``gateway.state_dir`` (the driver's tools do
+    not load configs themselves)."""
+    if getattr(args, "config", None) and not getattr(args, "state_dir", None):
+        args.state_dir = _load_or_exit(args.config).gateway.state_dir
+
+
 def cmd_browse(args: argparse.Namespace) -> int:
     from drivers.opcua.tools import main_browse  # the CLI composes; the engine never imports a driver
 
+    _state_dir_of_config(args)
     return main_browse(args)
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
     from drivers.opcua.tools import main_trust
 
+    _state_dir_of_config(args)
     return main_trust(args)
 
 

@@ -10,7 +10,7 @@ then calls, always from the one asyncio task that owns the source (never concurr
   tags bad in the batch when only they failed (e.g. a Modbus exception on one read request).
 - ``await write(tag, value) -> Any`` — write one tag (only tags with ``writable: true`` reach it), read it
   back and return the value read back. Raise ``ValueError``/``TypeError`` for a value the tag cannot hold,
-  :class:`gateway.writes.TagNotWritable` for a tag the protocol cannot write, :class:`WriteError` when the
+  :class:`gateway.scaling.TagNotWritable` for a tag the protocol cannot write, :class:`WriteError` when the
   device refuses or reads back something else, :class:`DeviceUnavailable` when the link is gone. The engine
   calls it between polls, from the same task, so it never overlaps a read.
 - ``await close()`` — release the connection; must not raise.

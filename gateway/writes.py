@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.driver import DeviceUnavailable, WriteError
 from gateway.logsafe import safe
+from gateway.scaling import TagNotWritable, _is_number
 
 if TYPE_CHECKING:
     from gateway.config.common import TagBase
@@ -65,10 +66,6 @@ MAX_INT_DIGITS = 24
 CMD_MAX_AGE = 10.0
 
 
-class TagNotWritable(Exception):
-    """Raised by a driver's ``write()`` for a tag its protocol cannot write (e.g. a Modbus input register)."""
-
-
 class WriteFailed(Exception):
     """A write that was refused, failed or could not be confirmed; ``kind`` is a key of :data:`HTTP_STATUS`."""
 
@@ -100,10 +97,6 @@ class WriteOutcome:
     @property
     def http_status(self) -> int:
         return 200 if self.ok else HTTP_STATUS.get(self.kind or "", 500)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _is_scalar(value: Any) -> bool:
@@ -138,74 +131,6 @@ def decode_json(data: bytes) -> Any:
             from None
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise WriteFailed("malformed", f"not valid JSON ({safe(exc, 120)})") from None
-
-
-# ------------------------------------------------------------------ inverse scaling, shared by the drivers
-
-#: relative rounding error of the inverse scaling that is tolerated ((21.5 + 50) / 0.1 = 714.99999999999989)
-RAW_TOLERANCE = 1e-9
-
-
-def _scaled(tag: TagBase) -> bool:
-    return tag.scale != 1.0 or tag.offset != 0.0
-
-
-def raw_bool(tag: TagBase, value: Any, type_name: str) -> bool:
-    """``true``/``false``, or a number whose raw value (after scale/offset) is 1 or 0."""
-    if isinstance(value, bool):
-        return value
-    if _is_number(value) and (value - tag.offset) / tag.scale in (0, 1):
-        return bool((value - tag.offset) / tag.scale)
-    raise ValueError(f"tag {tag.name!r} is a {type_name}: write true or false (or 1 / 0), not {_show(value)}")
-
-
-def raw_integer(tag: TagBase, value: Any, type_name: str, low: int, high: int) -> int:
-    """``(value - offset) / scale`` as a whole number within ``low..high``; ``ValueError`` otherwise.
-
-    Nothing is rounded silently: ``1.5`` to an integer, or ``21.53`` with ``scale: 0.1``, is refused. Exact for
-    JSON integers when unscaled (also for decimal strings of 64-bit types, for clients whose numbers are doubles).
-    """
-    if isinstance(value, str) and high > (1 << 32):
-        text = value.strip()
-        if not text.lstrip("+-").isdigit():
-            raise ValueError(f"tag {tag.name!r} is a {type_name}: {_show(value)} is not a whole decimal number")
-        value = int(text)
-    if not _is_number(value):
-        raise ValueError(f"tag {tag.name!r} is a {type_name}: write a number, not {_show(value)}")
-    if isinstance(value, int) and not _scaled(tag):
-        raw: int | float = value
-    else:
-        if not math.isfinite(value):
-            raise ValueError(f"tag {tag.name!r}: {value!r} is not a finite number")
-        exact = (value - tag.offset) / tag.scale
-        raw = round(exact)
-        if abs(exact - raw) > RAW_TOLERANCE * max(1.0, abs(exact)):
-            how = f" (raw value {exact:.6g} after scale {tag.scale:g}, offset {tag.offset:g})" if _scaled(tag) else ""
-            raise ValueError(f"tag {tag.name!r} is a {type_name}: {value!r} is not a whole number{how}")
-    if not low <= raw <= high:
-        how = f" (raw value {raw} after scale {tag.scale:g}, offset {tag.offset:g})" if _scaled(tag) else ""
-        raise ValueError(f"tag {tag.name!r}: {value!r} is outside the {type_name} range {low}..{high}{how}")
-    return int(raw)
-
-
-def raw_float(tag: TagBase, value: Any, type_name: str, max_abs: float) -> float:
-    """``(value - offset) / scale`` as a finite float of magnitude at most ``max_abs``; ``ValueError`` otherwise."""
-    if not _is_number(value):
-        raise ValueError(f"tag {tag.name!r} is a {type_name}: write a number, not {_show(value)}")
-    raw = (float(value) - tag.offset) / tag.scale
-    if not math.isfinite(raw):
-        raise ValueError(f"tag {tag.name!r}: {value!r} is not a finite number")
-    if abs(raw) > max_abs:
-        raise ValueError(f"tag {tag.name!r}: {value!r} is outside the {type_name} range +-{max_abs:.8g}")
-    return raw
-
-
-def engineering(tag: TagBase, raw: int | float) -> int | float:
-    """``raw * scale + offset`` without the binary noise of scaling (71.5 - 50 gives 21.5, not 21.500000000000004);
-    unscaled integers stay exact ``int``."""
-    if not _scaled(tag):
-        return raw
-    return float(f"{raw * tag.scale + tag.offset:.15g}")
 
 
 def check_value(tag: TagBase, value: Any, asset: str) -> None:

@@ -35,7 +35,7 @@ import numpy as np
 from drivers.modbus.address import Table
 from drivers.modbus.config import ModbusTag
 from drivers.modbus.plan import NUMPY_TYPES
-from gateway.writes import TagNotWritable, engineering, raw_bool, raw_float, raw_integer
+from gateway.scaling import TagNotWritable, engineering, raw_bool, raw_float, raw_integer
 
 INT_RANGES = {
     "int16": (-(1 << 15), (1 << 15) - 1), "uint16": (0, (1 << 16) - 1),
@@ -93,7 +93,7 @@ def encode_write(tag: ModbusTag, value: Any) -> WriteOp:
     """The :class:`WriteOp` that stores engineering ``value`` in ``tag``.
 
     Raises ``ValueError`` when the value cannot be encoded for this tag, and
-    :class:`~gateway.writes.TagNotWritable` for a discrete input or input register.
+    :class:`~gateway.scaling.TagNotWritable` for a discrete input or input register.
     """
     ref = tag.ref
     if ref.table in (Table.DISCRETE_INPUT, Table.INPUT_REGISTER):

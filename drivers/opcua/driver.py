@@ -288,7 +288,7 @@ class OpcUaDriver:
         import math  # local imports: write() is the only method of this class that needs them
 
         from gateway.driver import WriteError
-        from gateway.writes import engineering, raw_bool, raw_float, raw_integer
+        from gateway.scaling import engineering, raw_bool, raw_float, raw_integer
 
         pos = next((i for i, t in enumerate(self.tags) if t.name == tag), None)
         if pos is None:

@@ -222,16 +222,8 @@ def main_browse(args: argparse.Namespace) -> int:
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
-    if args.state_dir:
+    if args.state_dir:  # the CLI resolved --config to its gateway.state_dir
         return Path(args.state_dir)
-    if args.config:
-        from gateway.config import ConfigError, load_config
-
-        try:
-            return Path(load_config(args.config).gateway.state_dir)
-        except ConfigError as exc:
-            print(exc, file=sys.stderr)
-            raise SystemExit(2) from None
     return Path("state")
 
 

@@ -16,7 +16,7 @@ from drivers.modbus.decode import apply_scaling, decode_registers
 from drivers.modbus.encode import INT_RANGES, encode_write, readback_value, set_bit
 from drivers.modbus.plan import compile_plan
 from gateway.batch import Batch
-from gateway.writes import TagNotWritable
+from gateway.scaling import TagNotWritable
 
 ORDERS = {
     "int16": ["ABCD", "BADC"], "uint16": ["ABCD", "BADC"],
