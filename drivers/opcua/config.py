@@ -11,14 +11,14 @@ or ``user_certificate``/``user_private_key``.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlparse
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
 from drivers.opcua.browsepath import BrowsePath, parse_browse_path
 from drivers.opcua.nodeid import ACCEPTED_FORMS, NodeRef, parse_node_id
-from gateway.config.common import Claim, Duration, SourceBase, TagBase, tcp_resource
+from gateway.config.common import Claim, Duration, SourceBase, TagBase, empty_is_none, tcp_resource
 
 SecurityPolicyName = Literal[
     "None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss", "Basic128Rsa15", "Basic256"
@@ -102,10 +102,8 @@ class OpcUaSource(SourceBase):
             raise ValueError(f"endpoint must name a host and a port, {example}")
         return v
 
-    @field_validator("username", "password", "user_certificate", "user_private_key", "application_uri", mode="before")
-    @classmethod
-    def _empty_is_none(cls, v: Any) -> Any:
-        return None if v == "" else v
+    _empty_is_none = field_validator("username", "password", "user_certificate", "user_private_key", "application_uri",
+                                     mode="before")(empty_is_none)
 
     @model_validator(mode="after")
     def _consistent(self) -> OpcUaSource:

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model, model_validator
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -112,15 +112,21 @@ class TagBase(StrictModel):
         return self
 
 
-class ReduceProfile(StrictModel):
-    """Reduction defaults of an uplink: apply to every tag that does not set the same field itself."""
+#: the reduction fields of a tag that an uplink's ``reduce:`` profile may set for every tag
+REDUCTION_FIELDS = ("mode", "deadband", "deadband_percent", "aggregate", "points", "deviation")
 
-    mode: ReduceMode = "rbe"
-    deadband: float = Field(0.0, ge=0)
-    deadband_percent: float = Field(0.0, ge=0, le=100)
-    aggregate: list[Aggregate] = Field(default_factory=list)
-    points: int = Field(20, ge=3, le=10000)
-    deviation: float = Field(0.0, ge=0)
+ReduceProfile = create_model(
+    "ReduceProfile",
+    __base__=StrictModel,
+    __doc__="Reduction defaults of an uplink: apply to every tag that does not set the same field itself.",
+    **{f: (TagBase.model_fields[f].annotation, TagBase.model_fields[f]) for f in REDUCTION_FIELDS},  # type: ignore[call-overload]
+)
+"""The reduction fields of :class:`TagBase`, declared there once."""
+
+
+def empty_is_none(v: Any) -> Any:
+    """A ``mode="before"`` validator: an empty string (e.g. an unset ``${VAR:-}``) means the key is not set."""
+    return None if v == "" else v
 
 
 class SourceBase(StrictModel):

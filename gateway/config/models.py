@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from gateway.config.common import Duration, Name, ReduceProfile, StrictModel
+from gateway.config.common import Duration, Name, ReduceProfile, StrictModel, empty_is_none
 from gateway.config.cross import raise_startup_problems
 from gateway.driver import registry
 
@@ -73,10 +73,6 @@ def _compression_available(v: str | None) -> str | None:
     return v
 
 
-def _empty_is_none(v: Any) -> Any:
-    return None if v == "" else v
-
-
 class LinkSection(StrictModel):
     """One route to the uplink's broker (e.g. the plant Ethernet, then a 5G router). Tried in order; one
     connection at a time. Keys left unset take the uplink's value; the profile keys (publish_interval, reduce,
@@ -107,7 +103,7 @@ class LinkSection(StrictModel):
     metrics_interval: Duration | None = Field(None, gt=0)
 
     _compression = field_validator("compression")(_compression_available)
-    _empty_user = field_validator("username", "password", mode="before")(_empty_is_none)
+    _empty_user = field_validator("username", "password", mode="before")(empty_is_none)
 
 
 class MqttSection(StrictModel):
@@ -168,7 +164,7 @@ class MqttSection(StrictModel):
     )
 
     _compression = field_validator("compression")(_compression_available)
-    _empty_user = field_validator("username", "password", mode="before")(_empty_is_none)
+    _empty_user = field_validator("username", "password", mode="before")(empty_is_none)
 
     @field_validator("links")
     @classmethod
@@ -233,10 +229,7 @@ class ApiSection(StrictModel):
         "without it API writes are off (docs/write-back.md)",
     )
 
-    @field_validator("token", mode="before")
-    @classmethod
-    def _empty_token_is_none(cls, v: Any) -> Any:
-        return None if v == "" else v
+    _empty_token = field_validator("token", mode="before")(empty_is_none)
 
     @field_validator("token")
     @classmethod
