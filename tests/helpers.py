@@ -191,6 +191,8 @@ class TcpProxy:
         self._links: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._blackhole = False
+        #: TCP connections accepted so far (a client's connect attempts)
+        self.connections = 0
 
     async def accept(self) -> None:
         if self._server is None:
@@ -217,6 +219,7 @@ class TcpProxy:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _handle(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             b_reader, b_writer = await asyncio.open_connection(*self.target)
         except OSError:

@@ -6,6 +6,9 @@ import textwrap
 from pathlib import Path
 
 from gateway.spool import Spool
+from simulators.config import PlantConfig
+from simulators.modbus_sim import ModbusSimulator
+from simulators.plant import Plant
 
 NS = "acme/faults/line1"
 
@@ -47,6 +50,23 @@ def gateway_yaml(tmp_path: Path, *, mqtt_port: int, devices: list[tuple[str, int
     path = tmp_path / "gateway.yaml"
     path.write_text(text)
     return path
+
+
+async def plc(registers: int = 128, *, port: int | None = None) -> ModbusSimulator:
+    """The bundled Modbus simulator as the device of a fault test (started): ``registers`` holding registers,
+    each a counter that steps every 100 ms, so every poll reads new values. Its fault knobs and the TCP proxy
+    stand in for a hung or misbehaving device."""
+    from helpers import free_port
+
+    points = [{"name": f"r{i}", "address": f"hr:{i}", "type": "uint16", "signal": "tick"} for i in range(registers)]
+    cfg = PlantConfig.model_validate({
+        "seed": 1, "update_interval": "100ms",
+        "signals": {"tick": {"kind": "counter", "start": 0, "step": 1, "interval": "100ms", "wrap": 65536}},
+        "modbus": {"points": points},
+    })
+    sim = ModbusSimulator(Plant(cfg), host="127.0.0.1", port=port or free_port())
+    await sim.start()
+    return sim
 
 
 def spooled_seqs(path: Path) -> list[int]:

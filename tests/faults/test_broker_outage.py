@@ -6,13 +6,12 @@ import asyncio
 
 import numpy as np
 
-from fakes import FakeModbus
-from faultkit import NS, InProcess, data_messages, gateway_yaml, samples_by_tag
+from faultkit import NS, InProcess, data_messages, gateway_yaml, plc, samples_by_tag
 from helpers import TcpProxy, wait_until
 
 
 async def test_broker_killed_20s_every_sample_of_500_tags_arrives_in_order(tmp_path, mqtt_broker, mqtt_subscriber):
-    dev = await FakeModbus(registers=500).start()
+    dev = await plc(500)
     proxy = TcpProxy(mqtt_broker.host, mqtt_broker.port)  # lets the test hold the gateway back until the
     await proxy.accept()                                  # subscriber is back on the restarted broker
     cfg = gateway_yaml(tmp_path, mqtt_port=proxy.port, devices=[("line", dev.port)], tags=500, poll="100ms",

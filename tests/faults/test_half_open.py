@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import asyncio
 
-from fakes import FakeModbus
-from faultkit import NS, InProcess, data_messages, gateway_yaml
+from faultkit import NS, InProcess, data_messages, gateway_yaml, plc
 from helpers import TcpProxy, wait_until
 
 KEEPALIVE = 5.0
 
 
 async def test_half_open_link_is_detected_and_nothing_is_lost(tmp_path, mqtt_broker, mqtt_subscriber):
-    dev = await FakeModbus().start()
+    dev = await plc()
     proxy = TcpProxy(mqtt_broker.host, mqtt_broker.port)
     await proxy.accept()
     cfg = gateway_yaml(tmp_path, mqtt_port=proxy.port, devices=[("press", dev.port)], keepalive="5s",

@@ -7,14 +7,13 @@ import asyncio
 import httpx
 import pytest
 
-from fakes import FakeModbus
-from faultkit import NS, InProcess, data_messages, gateway_yaml
+from faultkit import NS, InProcess, data_messages, gateway_yaml, plc
 from helpers import TcpProxy, free_port, wait_until
 
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
 async def test_quota_smaller_than_the_outage(tmp_path, mqtt_broker, mqtt_subscriber, policy):
-    dev = await FakeModbus().start()
+    dev = await plc()
     proxy = TcpProxy(mqtt_broker.host, mqtt_broker.port)
     await proxy.accept()
     api_port = free_port()

@@ -9,8 +9,7 @@ import random
 import httpx
 import pytest
 
-from fakes import FakeModbus
-from faultkit import NS, InProcess, data_messages, gateway_yaml
+from faultkit import NS, InProcess, data_messages, gateway_yaml, plc
 from gateway.spool import Spool, SpoolRecord, decode_records
 from helpers import free_port, wait_until
 
@@ -37,7 +36,7 @@ async def test_gateway_starts_on_a_damaged_spool_and_keeps_every_intact_record(
         intact = {rec.seq for rec, a, b in placed if not a <= at < b}
     seg.write_bytes(bytes(data))
 
-    dev = await FakeModbus().start()
+    dev = await plc()
     api_port = free_port()
     cfg = gateway_yaml(tmp_path, mqtt_port=mqtt_broker.port, devices=[("press", dev.port)], api_port=api_port)
     sub = await mqtt_subscriber(f"{NS}/+/data")
@@ -72,7 +71,7 @@ async def test_a_middle_segment_deleted_before_start_is_counted_as_dropped(tmp_p
     segs[1].unlink()
     kept = set(range(1, 121)) - gone
 
-    dev = await FakeModbus().start()
+    dev = await plc()
     api_port = free_port()
     cfg = gateway_yaml(tmp_path, mqtt_port=mqtt_broker.port, devices=[("press", dev.port)], api_port=api_port,
                        spool="spool:\n  replay_rate: 500\n")
