@@ -1,6 +1,7 @@
 """Fixtures shared by the whole suite. Helper classes live in ``tests/helpers.py``.
 
-``IIOT_TEST_BROKER=embedded`` makes ``mqtt_broker`` use the embedded broker even where Mosquitto is installed.
+``IIOT_TEST_BROKER=embedded`` makes ``mqtt_broker`` use the embedded broker even where Mosquitto is installed;
+``IIOT_TEST_BROKER=amqtt`` the PyPI broker amqtt (if installed), to compare it with ours.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from helpers import (
+    AmqttBrokerHandle,
     EmbeddedBrokerHandle,
     MosquittoBroker,
     MqttSubscriber,
@@ -29,6 +31,9 @@ async def _started(kind: str, tmp_path) -> MosquittoBroker | EmbeddedBrokerHandl
         if binary is None:
             pytest.skip("no mosquitto binary on this machine")
         broker: MosquittoBroker | EmbeddedBrokerHandle = MosquittoBroker(tmp_path)
+    elif kind == "amqtt":
+        pytest.importorskip("amqtt", reason="amqtt is not installed (pip install amqtt), only compared in tests")
+        broker = AmqttBrokerHandle()
     else:
         broker = EmbeddedBrokerHandle()
     await broker.start()
@@ -41,15 +46,18 @@ async def mqtt_broker(tmp_path) -> AsyncIterator[MosquittoBroker | EmbeddedBroke
 
     Has ``.host``, ``.port``, ``.kind`` and async ``stop()`` / ``start()`` (same port) for outage tests.
     """
-    use_mosquitto = mosquitto_binary() is not None and os.environ.get("IIOT_TEST_BROKER") != "embedded"
-    broker = await _started("mosquitto" if use_mosquitto else "embedded", tmp_path)
+    wanted = os.environ.get("IIOT_TEST_BROKER")
+    if wanted not in ("embedded", "amqtt"):
+        wanted = "mosquitto" if mosquitto_binary() is not None else "embedded"
+    broker = await _started(wanted, tmp_path)
     yield broker
     await broker.stop()
 
 
-@pytest.fixture(params=["mosquitto", "embedded"])
+@pytest.fixture(params=["mosquitto", "embedded", "amqtt"])
 async def any_mqtt_broker(request, tmp_path) -> AsyncIterator[MosquittoBroker | EmbeddedBrokerHandle]:
-    """Each broker kind in turn (Mosquitto is skipped where not installed), for broker-agnostic tests."""
+    """Each broker kind in turn, for broker-agnostic tests. Mosquitto is skipped where not installed, amqtt where
+    not installed (it is only compared, never used: tests/test_mqtt_broker.py marks where it falls short)."""
     broker = await _started(request.param, tmp_path)
     yield broker
     await broker.stop()

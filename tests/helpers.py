@@ -1,4 +1,4 @@
-"""Test helpers shared by the suite: free ports, MQTT brokers (Mosquitto or embedded), a test subscriber, and
+"""Test helpers shared by the suite: free ports, MQTT brokers (Mosquitto, embedded or amqtt), a test subscriber, and
 a TCP proxy that can refuse, cut or black-hole a link (fault injection that a real broker cannot produce)."""
 
 from __future__ import annotations
@@ -66,6 +66,42 @@ def MosquittoBroker(workdir: Path, port: int | None = None, host: str = "127.0.0
 def EmbeddedBrokerHandle(port: int | None = None, host: str = "127.0.0.1") -> LocalBroker:
     """The pure-Python broker behind the same interface."""
     return LocalBroker(host, port or free_port(host), kind="embedded")
+
+
+class AmqttBrokerHandle:
+    """The PyPI broker amqtt (``pip install amqtt``, not a dependency) in-process, behind LocalBroker's interface.
+
+    Only here so tests/test_mqtt_broker.py can show why it is not the demo's fallback broker (see README,
+    "The embedded broker"). One TCP listener on ``host:port``, anonymous clients, no $SYS topics. ``stop()``
+    raises TimeoutError when amqtt's shutdown does not finish within ``stop_timeout`` seconds.
+    """
+
+    kind = "amqtt"
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1", *, stop_timeout: float = 5.0) -> None:
+        self.host, self.port, self.stop_timeout = host, port or free_port(host), stop_timeout
+        self._broker = None
+
+    @property
+    def running(self) -> bool:
+        return self._broker is not None
+
+    async def start(self) -> None:
+        from amqtt.broker import Broker
+
+        if self._broker is not None:
+            return
+        self._broker = Broker({
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        })
+        await self._broker.start()
+
+    async def stop(self, *, graceful: bool = False) -> None:
+        broker, self._broker = self._broker, None
+        if broker is not None:
+            async with asyncio.timeout(self.stop_timeout):
+                await broker.shutdown()
 
 
 # ------------------------------------------------------------------------------------------ subscriber

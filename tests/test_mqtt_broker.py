@@ -1,7 +1,10 @@
 """The embedded broker behaves like Mosquitto for what the gateway and the demo use.
 
-Broker-level tests run against both brokers (``any_mqtt_broker``); the client side is a raw-socket MQTT client
-written here, so the embedded broker's own encoder is not what checks it.
+Broker-level tests run against each broker kind (``any_mqtt_broker``): Mosquitto, ours, and amqtt (PyPI) where
+installed, which was weighed as the demo's fallback broker instead of ours (README, "The embedded broker").
+Where amqtt falls short the test is marked an xfail naming the defect, strict where it fails every time (so a
+fixed amqtt shows up as a failure to look at). The client side is a raw-socket MQTT client written here, so no broker's own encoder is
+what checks it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,16 @@ import pytest
 
 from helpers import MqttSubscriber
 from simulators.mqtt_broker import EmbeddedBroker, topic_matches
+
+
+def amqtt_falls_short(request, defect: str, raises: type[BaseException], *, every_time: bool = True) -> None:
+    """On the amqtt run of this test, expect it to fail with ``raises`` because of ``defect``: a strict xfail,
+    or a lenient one where the defect is a race that shows in only some runs (``every_time=False``)."""
+    if request.node.callspec.params.get("any_mqtt_broker") == "amqtt":
+        from importlib.metadata import version
+
+        reason = f"amqtt {version('amqtt')}: {defect}"
+        request.applymarker(pytest.mark.xfail(reason=reason, raises=raises, strict=every_time))
 
 
 def _str(s: str | bytes) -> bytes:
@@ -138,10 +151,23 @@ async def test_publish_subscribe_with_wildcards(any_mqtt_broker, subscriber_on):
     await temps.next(lambda m: m.text == "end")
     await everything.next(lambda m: m.text == "end")
     assert [(m.topic, m.text, m.qos) for m in temps.messages] == [("plant/a/temp", "21.5", 1), ("plant/z/temp", "end", 1)]
-    assert [(m.topic, m.qos) for m in everything.messages] == [
-        ("plant/a/temp", 1), ("plant/a/pressure", 0), ("plant/z/temp", 1),
-    ]
+    assert [m.topic for m in everything.messages] == ["plant/a/temp", "plant/a/pressure", "plant/z/temp"]
     pub.disconnect()
+
+
+async def test_delivered_qos_is_the_lower_of_published_and_granted(any_mqtt_broker, request):
+    amqtt_falls_short(request, "a QoS 0 publication reaches a QoS 1 subscriber as QoS 1", AssertionError)
+    sub, _ = await RawClient.connect(any_mqtt_broker, "sub")
+    pub, _ = await RawClient.connect(any_mqtt_broker, "pub")
+    try:
+        assert await sub.subscribe("q/#", qos=1) == 1
+        await pub.publish("q/zero", b"0", qos=0)
+        await pub.publish("q/one", b"1", qos=1)
+        assert await sub.next_publish() == ("q/zero", b"0", 0, False)
+        assert await sub.next_publish() == ("q/one", b"1", 1, False)
+    finally:
+        pub.disconnect()
+        sub.disconnect()
 
 
 async def test_retained_message_is_replayed_and_cleared_by_empty_payload(any_mqtt_broker, subscriber_on):
@@ -174,7 +200,9 @@ async def test_will_on_abrupt_close_but_not_on_disconnect(any_mqtt_broker, subsc
     assert [m.topic for m in sub.messages] == ["w/crash"]
 
 
-async def test_keepalive_expiry_closes_the_client_and_fires_its_will(any_mqtt_broker, subscriber_on):
+async def test_keepalive_expiry_closes_the_client_and_fires_its_will(any_mqtt_broker, subscriber_on, request):
+    amqtt_falls_short(request, "a client that stops sending is never closed, so its will is never published "
+                      "(its handler's read-timeout hook does nothing)", TimeoutError)
     sub = await subscriber_on("w/#")
     idle, _ = await RawClient.connect(any_mqtt_broker, "idle", keepalive=1, will=("w/idle", b"timeout", False))
     will = await sub.next(timeout=10)
@@ -196,6 +224,51 @@ async def test_ping_subscribe_unsubscribe(any_mqtt_broker):
     await client.publish("v/x", b"3", qos=1)
     assert await client.next_publish() == ("v/x", b"3", 0, False)  # u/a was not delivered; QoS downgraded
     client.disconnect()
+
+
+async def test_a_new_client_gets_only_what_it_subscribed_to(any_mqtt_broker, request):
+    amqtt_falls_short(request, "on CONNECT a client is sent the retained messages matching other clients' "
+                      "subscriptions", AssertionError)
+    pub, _ = await RawClient.connect(any_mqtt_broker, "pub")
+    await pub.publish("r/status", b"online", qos=1, retain=True)
+    other, _ = await RawClient.connect(any_mqtt_broker, "other")
+    fresh = None
+    try:
+        await other.subscribe("r/#")
+        assert await other.next_publish() == ("r/status", b"online", 1, True)
+        fresh, _ = await RawClient.connect(any_mqtt_broker, "fresh")
+        fresh.send(0xC0)  # PINGREQ: its PINGRESP must be the first thing this subscription-less client receives
+        assert await fresh.read() == (0xD0, b"")
+    finally:
+        for client in (pub, other, fresh):
+            if client is not None:
+                client.disconnect()
+
+
+async def test_restart_on_the_same_port_while_clients_are_connected(any_mqtt_broker, request):
+    """What the outage tests and the demo's Ctrl-C do: stop the broker under connected clients, start it again."""
+    amqtt_falls_short(request, "Broker.shutdown() often hangs once a connected subscriber has "
+                      "received QoS 1 messages (it waits for a client's reader task that was cancelled but reads on)",
+                      TimeoutError, every_time=False)
+    broker = any_mqtt_broker
+    sub = await MqttSubscriber(broker.host, broker.port, "s/#").start()
+    try:
+        before, _ = await RawClient.connect(broker, "before")
+        for i in range(3):
+            await before.publish("s/n", str(i).encode(), qos=1)
+        await sub.collect(3)
+        port = broker.port
+        await broker.stop()
+        await broker.start()
+        assert broker.port == port
+        before.abort()
+        await sub.subscribed(after=1)  # the subscriber reconnected to the restarted broker and subscribed again
+        pub, _ = await RawClient.connect(broker, "pub")
+        await pub.publish("s/n", b"after", qos=1)
+        assert (await sub.next(lambda m: m.text == "after")).qos == 1
+        pub.disconnect()
+    finally:
+        sub.close()
 
 
 # ------------------------------------------------------------------------------------ embedded only
