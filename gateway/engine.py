@@ -250,6 +250,7 @@ class Gateway:
         for n in norths:
             if n.commands is not None:
                 await n.commands.close()
+            n.publisher.detach()
             await n.publisher.close()
         tasks = [self._north_tasks.pop(id(n), [None, None, None]) for n in norths]
         publishers = [t[2] for t in tasks if t[2] is not None]

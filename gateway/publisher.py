@@ -195,6 +195,13 @@ class Publisher:
         again after every reconnect)."""
         self.uplink.publish(f"{self.namespace}/{asset.id}/status", asset.status.state, qos=1, retain=True)
 
+    def detach(self) -> None:
+        """Stop being told of the assets' batches (the uplink is stopping, e.g. for a reload)."""
+        for asset in self.assets.values():
+            if self._published_after_batch in asset.batch_listeners:
+                asset.batch_listeners.remove(self._published_after_batch)
+        self._after_batch.clear()
+
     async def close(self) -> None:
         """Nothing of its own to stop (the Sparkplug publisher has command tasks)."""
 

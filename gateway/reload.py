@@ -114,6 +114,7 @@ async def apply(gw: Gateway, new: Any) -> Plan:
             asset = gw.assets[asset_id]
             for n in gw.norths:
                 n.publisher.remove_asset(asset)
+            asset.batch_listeners.clear()
         if stopping:
             await gw._stop_norths(stopping)
         gw.norths = [n for n in gw.norths if n not in stopping]

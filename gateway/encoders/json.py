@@ -120,43 +120,31 @@ class JsonEncoder:
         return head[:-1] + b',"tags":{' + self._objects(asset, reduced) + b"}}"
 
     def _objects(self, asset: str, r: Reduced) -> bytes:
-        """The full-shape ``tags`` members, written from the arrays: one formatting pass per column; a row
-        with more than ts, v, q (error, aggregates, a series) goes through :func:`entries`."""
+        """The full-shape ``tags`` members: written from the arrays (one formatting pass per column) when every
+        row is ts, v, q; else through :func:`entries` and one orjson call (aggregates and series are lists of
+        dicts there, which orjson writes faster than per-row pieces)."""
         if not len(r.rows):
             return b""
+        if not r.plain:  # errors, strings, aggregates, series: the dict path, one orjson call for the message
+            return orjson.dumps(entries(r))[1:-1]
         keys = self._name_keys(asset, r.names)
         vt = _texts(r.values, r.integer)
-        for j, text in r.strings.items():
-            vt[j] = orjson.dumps(text)
         tt = orjson.dumps(r.ts_ms, option=_NUMPY)[1:-1].split(b",")
         qt = _Q_TEXT[r.quality].tolist()
         rows = r.rows.tolist()
         n = len(rows)
-        if r.plain:  # interleave the columns by slice assignment (in C), then join once
-            out: list[bytes] = [b""] * (8 * n)
-            out[0::8] = keys if n == len(keys) else [keys[i] for i in rows]
-            out[1::8] = [b'{"ts":'] * n
-            out[2::8] = tt
-            out[3::8] = [b',"v":'] * n
-            out[4::8] = vt
-            out[5::8] = [b',"q":'] * n
-            out[6::8] = qt
-            out[7::8] = [b"},"] * n
-            out[-1] = b"}"
-            return b"".join(out)
-        parts = [keys[i] + b'{"ts":' + t + b',"v":' + v + b',"q":' + q
-                 for i, t, v, q in zip(rows, tt, vt, qt)]
-        extra = np.zeros(len(rows), dtype=bool)
-        extra[list(r.errors)] = True
-        extra[r.agg_pos] = True
-        for series in r.series.values():
-            extra[[x.pos for x in series]] = True
-        others = np.flatnonzero(extra).tolist()
-        objects = entries(r, others)
-        names = r.names
-        for j in others:
-            parts[j] = keys[rows[j]] + orjson.dumps(objects[names[rows[j]]])[:-1]
-        return b"},".join(parts) + b"}"
+        # interleave the columns by slice assignment (in C), then join once
+        out: list[bytes] = [b""] * (8 * n)
+        out[0::8] = keys if n == len(keys) else [keys[i] for i in rows]
+        out[1::8] = [b'{"ts":'] * n
+        out[2::8] = tt
+        out[3::8] = [b',"v":'] * n
+        out[4::8] = vt
+        out[5::8] = [b',"q":'] * n
+        out[6::8] = qt
+        out[7::8] = [b"},"] * n
+        out[-1] = b"}"
+        return b"".join(out)
 
     def reference(self, asset: str, seq: int, ts_ms: int, reduced: Reduced) -> bytes:
         """The full shape through Python dicts and orjson: the reference the array writer is checked against."""
@@ -202,6 +190,8 @@ class JsonEncoder:
             cells[0::3] = keys if n == len(keys) else [keys[i] for i in rows]
             cells[1::3] = texts
             body = b"".join(cells[:-1])
+        elif not bare.any():
+            body = orjson.dumps(entries(r))[1:-1]
         else:
             others = np.flatnonzero(~bare).tolist()
             objects = entries(r, others)
