@@ -24,6 +24,7 @@ import paho.mqtt.client as mqtt
 from gateway.encoders import decode
 from gateway.encoders.json import expand
 from gateway.ringbuffer import RingBuffer
+from gateway.spool import Spool, SpoolRecord, encode_record
 from gateway.uplink.links import publish_size
 from simulators.config import PlantConfig
 from simulators.local_broker import LocalBroker
@@ -130,12 +131,16 @@ class SparkplugSubscriber(Subscriber):
 class GatewayProcess:
     """``iiot-gateway run`` in a child process; CPU seconds and peak RSS from /proc."""
 
-    def __init__(self, config_text: str) -> None:
+    def __init__(self, config_text: str, prepare_state=None) -> None:
+        """``prepare_state(state_dir)``, when given, fills the state directory before the gateway starts."""
         self._dir = tempfile.TemporaryDirectory(prefix="iiot-bench-")
         path = Path(self._dir.name) / "gateway.yaml"
         cfg = json.loads(config_text)
         cfg["gateway"]["state_dir"] = str(Path(self._dir.name) / "state")  # its own spool, never the user's
         path.write_text(json.dumps(cfg))
+        if prepare_state is not None:
+            prepare_state(Path(cfg["gateway"]["state_dir"]))
+        self.started = time.monotonic()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p])
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", str(path), "--log-level", "warning"],
@@ -145,11 +150,17 @@ class GatewayProcess:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def peak_rss_mb(self) -> float:
+    def _status_mb(self, key: str) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+    def peak_rss_mb(self) -> float:
+        return self._status_mb("VmHWM:")
+
+    def rss_mb(self) -> float:
+        return self._status_mb("VmRSS:")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -179,6 +190,7 @@ async def run_live(quick: bool) -> dict[str, Any]:
             "end_to_end": await _end_to_end(broker.port, quick),
             "latency": await _latency(broker.port, quick),
             "scale": await _scale(broker.port, quick),
+            "startup": await _startup_full_spool(broker.port, quick),
         }
     finally:
         await broker.stop()
@@ -340,20 +352,43 @@ async def _opcua_latency(mqtt_port: int, publishing: float, changes: int) -> dic
 
 
 async def _scale(mqtt_port: int, quick: bool) -> dict[str, Any]:
-    """50 devices x 200 tags at 1 s with the default ``buffer.seconds`` (600): CPU share and peak RSS, and
-    the peak projected for full rings (ring memory becomes resident as slots are first written, and the run
-    is shorter than 600 s)."""
+    """50 devices x 200 tags at 1 s with the default ``buffer.seconds`` (600): CPU share, start-up time, peak
+    RSS with the rings and beyond them, and the peak projected for full rings.
+
+    Ring memory becomes resident as slots are first written (slot-major storage: a poll writes one row), so
+    the RSS beyond the rings at any moment is VmRSS minus the ring bytes written by then (the share of the
+    ``buffer.seconds`` that has run since the first message, times ``RingBuffer.nbytes``); VmRSS is sampled
+    every 50 ms from the start of the process, so the config-loading peak is included.
+    """
     devices, per, buffer_s = 50, 200, 600.0
     seconds = 6.0 if quick else 60.0
+    ring_mb = devices * RingBuffer.for_rate(per, buffer_s, 1.0).nbytes / 2**20  # as the gateway sizes them
     sim = ModbusSimulator(plant(0, per), port=free_port())
     await sim.start()
+    beyond = [0.0]  # peak of VmRSS - rings written
+    first: list[float] = []
+
+    async def sample_rss(gw: GatewayProcess) -> None:
+        while True:
+            try:
+                rss = gw.rss_mb()
+            except OSError:
+                return
+            written = min(1.0, (time.monotonic() - first[0]) / buffer_s) if first else 0.0
+            beyond[0] = max(beyond[0], rss - ring_mb * written)
+            await asyncio.sleep(0.05)
+
     try:
         tags = [{"name": f"i{i}", "address": f"hr:{i}", "type": "int16", "scale": 0.1} for i in range(per)]
         assets = [{"id": f"dev{d}", "source": {"poll": 1.0, "timeout": 5}, "tags": tags} for d in range(devices)]
         gw = GatewayProcess(gateway_config(mqtt_port, sim.port, assets, 1.0, buffer_seconds=buffer_s))
+        sampler = asyncio.create_task(sample_rss(gw))
         sub = Subscriber(mqtt_port)
-        started = time.monotonic()
+        started = gw.started
         try:
+            await _wait(lambda: sub.messages > 0, 30)
+            first.append(time.monotonic())
+            startup = first[0] - started
             await _wait(lambda: sub.messages >= devices, 30)
             await asyncio.sleep(2.0)
             c0, t0 = gw.cpu_s(), time.monotonic()
@@ -362,13 +397,118 @@ async def _scale(mqtt_port: int, quick: bool) -> dict[str, Any]:
             rss = gw.peak_rss_mb()
             written = min(1.0, (time.monotonic() - started) / buffer_s)  # share of the ring slots written
         finally:
+            sampler.cancel()
             sub.close()
             gw.stop()
     finally:
         await sim.stop()
-    ring_mb = devices * RingBuffer.for_rate(per, buffer_s, 1.0).nbytes / 2**20  # as the gateway sizes them
     return {"devices": devices, "tags": devices * per, "poll_s": 1.0, "buffer_seconds": buffer_s,
             "seconds": seconds, "cpu_share_of_one_core": round((c1 - c0) / (t1 - t0), 4),
+            "startup_to_first_message_s": round(startup, 2),
             "peak_rss_mb": round(rss, 1), "ring_mb": round(ring_mb, 1),
+            "rss_beyond_rings_mb": round(beyond[0], 1),
             "peak_rss_mb_rings_full": round(rss + ring_mb * (1 - written), 1),
-            "rss_units": "MiB (VmHWM / 1024)"}
+            "rss_units": "MiB (VmHWM / 1024; beyond rings: peak of VmRSS sampled every 50 ms minus the ring "
+                         "bytes written by then)"}
+
+
+SPOOL_BYTES = 256 * 2**20
+
+
+def fill_spool(directory: Path, total: int = SPOOL_BYTES, payload_bytes: int = 8192) -> dict[str, int]:
+    """Fill ``directory`` (an uplink's ``backlog``) with messages up to ``total`` bytes held, with the gateway's
+    own :class:`Spool` (so its segments, index and head are what a gateway that lost its link leaves)."""
+    spool = Spool(directory, max_bytes=total)
+    spool.open()
+    rng = np.random.default_rng(5)
+    body = rng.integers(32, 127, payload_bytes, dtype=np.uint8).tobytes()  # incompressible-ish text
+    seq, created = spool.last_seq, time.time_ns()
+    try:
+        while True:
+            batch = [SpoolRecord(seq=seq + k + 1, topic=f"{NS}/bench-gw/data/spooled", payload=body, samples=100,
+                                 created_ns=created, qos=1) for k in range(256)]
+            size = len(encode_record(batch[0]))
+            n = min(len(batch), (total - spool.bytes) // size)
+            if n <= 0:
+                break
+            spool.append(batch[:n])
+            seq += n
+    finally:
+        spool.close()
+    return {"messages": spool.messages, "bytes": spool.bytes}
+
+
+class FirstMessage:
+    """Arrival time (monotonic) of the first data message, of the first live one and of the first replayed one
+    (from the spool filled before the start)."""
+
+    def __init__(self, port: int) -> None:
+        self.first: float | None = None
+        self.first_live: float | None = None
+        self.first_replayed: float | None = None
+        self.messages = 0
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(f"{NS}/+/data/#", qos=0)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        now = time.monotonic()
+        self.messages += 1
+        if self.first is None:
+            self.first = now
+        if msg.topic.endswith("/spooled"):
+            if self.first_replayed is None:
+                self.first_replayed = now
+        elif self.first_live is None:
+            self.first_live = now
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+async def _startup_full_spool(mqtt_port: int, quick: bool) -> dict[str, Any]:
+    """Time from ``iiot-gateway run`` to the first data message at a subscriber while the uplink's spool holds
+    256 MiB of messages from before the restart (``<state_dir>/spool/mqtt/backlog``), one Modbus asset."""
+    sim = ModbusSimulator(plant(4), port=free_port())
+    await sim.start()
+    held: dict[str, int] = {}
+
+    def prepare(state: Path) -> None:
+        held.update(fill_spool(state / "spool" / "mqtt" / "backlog"))
+
+    try:
+        tags = [{"name": "probe", "address": "hr:8", "type": "uint16"}]
+        cfg = gateway_config(mqtt_port, sim.port, [{"id": "live", "source": {"poll": 0.1}, "tags": tags}], 0.1,
+                             qos=1)
+        # the same gateway with an empty spool first: what the spool adds to the start-up
+        empty = FirstMessage(mqtt_port)
+        try:
+            gw = GatewayProcess(cfg)
+            try:
+                await _wait(lambda: empty.first is not None, 60)
+            finally:
+                gw.stop()
+            empty_s = empty.first - gw.started
+        finally:
+            empty.close()
+        sub = FirstMessage(mqtt_port)
+        try:
+            t_fill = time.monotonic()
+            gw = GatewayProcess(cfg, prepare_state=prepare)
+            fill_s = gw.started - t_fill
+            try:
+                await _wait(lambda: sub.first_live is not None and sub.first_replayed is not None, 60)
+            finally:
+                gw.stop()
+        finally:
+            sub.close()
+    finally:
+        await sim.stop()
+    return {"spool_mib": round(held["bytes"] / 2**20, 1), "spool_messages": held["messages"],
+            "fill_s": round(fill_s, 2), "empty_spool_to_first_message_s": round(empty_s, 2),
+            "full_spool_to_first_message_s": round(sub.first - gw.started, 2),
+            "full_spool_to_first_live_message_s": round(sub.first_live - gw.started, 2),
+            "full_spool_to_first_replayed_message_s": round(sub.first_replayed - gw.started, 2)}
