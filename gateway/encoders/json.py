@@ -120,29 +120,38 @@ class JsonEncoder:
         return head[:-1] + b',"tags":{' + self._objects(asset, reduced) + b"}}"
 
     def _objects(self, asset: str, r: Reduced) -> bytes:
-        """The full-shape ``tags`` members: written from the arrays (one formatting pass per column) when every
-        row is ts, v, q; else through :func:`entries` and one orjson call (aggregates and series are lists of
-        dicts there, which orjson writes faster than per-row pieces)."""
+        """The full-shape ``tags`` members, written from the arrays (one formatting pass per column, interleaved)
+        when every row is ts, v, q, or every row also carries the same aggregates; else (errors, strings,
+        series, mixed aggregates) through :func:`entries` and one orjson call."""
         if not len(r.rows):
             return b""
-        if not r.plain:  # errors, strings, aggregates, series: the dict path, one orjson call for the message
-            return orjson.dumps(entries(r))[1:-1]
+        n = len(r.rows)
+        agg_keys: tuple[str, ...] = ()
+        if not r.plain:
+            uniform = (not (r.errors or r.strings or r.series) and len(r.agg_pos) == n
+                       and len(set(r.agg_keys)) == 1)
+            if not uniform:  # errors, strings, series, mixed aggregates: the dict path, one orjson call
+                return orjson.dumps(entries(r))[1:-1]
+            agg_keys = r.agg_keys[0]  # every row aggregated alike (the usual profile): columns too
         keys = self._name_keys(asset, r.names)
-        vt = _texts(r.values, r.integer)
-        tt = orjson.dumps(r.ts_ms, option=_NUMPY)[1:-1].split(b",")
-        qt = _Q_TEXT[r.quality].tolist()
         rows = r.rows.tolist()
-        n = len(rows)
+        columns = [(b'{"ts":', orjson.dumps(r.ts_ms, option=_NUMPY)[1:-1].split(b",")),
+                   (b',"v":', _texts(r.values, r.integer)),
+                   (b',"q":', _Q_TEXT[r.quality].tolist())]
+        for key in agg_keys:
+            if key == "n":
+                texts = orjson.dumps(r.agg["n"], option=_NUMPY)[1:-1].split(b",")
+            else:  # min/max of an integer tag are integers; a mean never is
+                texts = _texts(r.agg[key], r.integer if key != "mean" else np.zeros(n, dtype=bool))
+            columns.append((b',"' + key.encode() + b'":', texts))
         # interleave the columns by slice assignment (in C), then join once
-        out: list[bytes] = [b""] * (8 * n)
-        out[0::8] = keys if n == len(keys) else [keys[i] for i in rows]
-        out[1::8] = [b'{"ts":'] * n
-        out[2::8] = tt
-        out[3::8] = [b',"v":'] * n
-        out[4::8] = vt
-        out[5::8] = [b',"q":'] * n
-        out[6::8] = qt
-        out[7::8] = [b"},"] * n
+        width = 2 * len(columns) + 2
+        out: list[bytes] = [b""] * (width * n)
+        out[0::width] = keys if n == len(keys) else [keys[i] for i in rows]
+        for c, (label, texts) in enumerate(columns):
+            out[1 + 2 * c::width] = [label] * n
+            out[2 + 2 * c::width] = texts
+        out[width - 1::width] = [b"},"] * n
         out[-1] = b"}"
         return b"".join(out)
 
