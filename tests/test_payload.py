@@ -38,8 +38,11 @@ def _reducer(n: int, modes: list[str], aggregate: list[bool], integer: list[bool
 @st.composite
 def workloads(draw):
     n = draw(st.integers(1, 12))
-    modes = draw(st.lists(st.sampled_from(["rbe", "rbe", "raw", "lttb"]), min_size=n, max_size=n))
-    aggregate = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    if draw(st.booleans()):  # the usual profile: every tag rbe with the same aggregates
+        modes, aggregate = ["rbe"] * n, [True] * n
+    else:
+        modes = draw(st.lists(st.sampled_from(["rbe", "rbe", "raw", "lttb"]), min_size=n, max_size=n))
+        aggregate = draw(st.lists(st.booleans(), min_size=n, max_size=n))
     integer = draw(st.lists(st.booleans(), min_size=n, max_size=n))
     polls = []
     for _ in range(draw(st.integers(1, 4))):
