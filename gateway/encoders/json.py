@@ -199,8 +199,8 @@ class JsonEncoder:
             cells[0::3] = keys if n == len(keys) else [keys[i] for i in rows]
             cells[1::3] = texts
             body = b"".join(cells[:-1])
-        elif not bare.any():
-            body = orjson.dumps(entries(r))[1:-1]
+        elif not bare.any():  # every tag an object: the full shape's writer
+            body = self._objects(asset, r)
         else:
             others = np.flatnonzero(~bare).tolist()
             objects = entries(r, others)
