@@ -115,10 +115,6 @@ class History(BaseModel):
     q: list[str]
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000.0, 3)
-
-
 def _summary(a: "AssetRuntime") -> dict[str, Any]:
     _, _, q, has = a.ring.last()
     s = a.status
@@ -278,16 +274,7 @@ def create_app(gw: "Gateway") -> FastAPI:
         return {
             **_summary(a),
             "poll_interval_s": a.source.poll,
-            "latency_ms_last": _ms(s.latency_last),
-            "latency_ms_p50": _ms(s.latency_p50),
-            "polls": s.polls,
-            "poll_errors": s.poll_errors,
-            "tag_errors": s.tag_errors,
-            "connect_failures": s.connect_failures,
-            "reconnects": s.reconnects,
-            "overruns": s.overruns,
-            "last_error": s.last_error,
-            "last_error_at": s.last_error_at,
+            **s.counters(),
             "driver_counters": _driver_counters(a),
             "tag_values": _tag_values(a),
         }

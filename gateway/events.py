@@ -85,10 +85,6 @@ def meta(gw: "Gateway") -> dict[str, Any]:
     }
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000.0, 3)
-
-
 def asset_snapshot(a: "AssetRuntime") -> dict[str, Any]:
     """One asset's newest tag values (lists in tag order; quality 0 good, 1 uncertain, 2 bad, null never
     read; ``ts`` Unix ms) and its status counters."""
@@ -112,16 +108,7 @@ def asset_snapshot(a: "AssetRuntime") -> dict[str, Any]:
         "state": s.state,
         "state_since": s.state_since,
         "last_poll": s.last_poll_ok,
-        "latency_ms_last": _ms(s.latency_last),
-        "latency_ms_p50": _ms(s.latency_p50),
-        "polls": s.polls,
-        "poll_errors": s.poll_errors,
-        "tag_errors": s.tag_errors,
-        "connect_failures": s.connect_failures,
-        "reconnects": s.reconnects,
-        "overruns": s.overruns,
-        "last_error": s.last_error,
-        "last_error_at": s.last_error_at,
+        **s.counters(),
         "bad_tags": int(np.count_nonzero(has & (q == 2))),
         "v": values,
         "q": quality,

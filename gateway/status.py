@@ -5,8 +5,13 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
 
 
 @dataclass(slots=True)
@@ -24,6 +29,21 @@ class AssetStatus:
     overruns: int = 0  # poll slots skipped because a poll took longer than the interval
     last_error: str | None = None
     last_error_at: float | None = None
+
+    def counters(self) -> dict[str, Any]:
+        """Poll timing (ms) and counters as the status API and the dashboard's events show them."""
+        return {
+            "latency_ms_last": _ms(self.latency_last),
+            "latency_ms_p50": _ms(self.latency_p50),
+            "polls": self.polls,
+            "poll_errors": self.poll_errors,
+            "tag_errors": self.tag_errors,
+            "connect_failures": self.connect_failures,
+            "reconnects": self.reconnects,
+            "overruns": self.overruns,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+        }
 
     def record_poll(self, latency: float, bad_tags: int) -> None:
         self.polls += 1
