@@ -7,7 +7,10 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
+import signal
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,3 +285,29 @@ class TcpProxy:
                     continue
                 writer.write(data)
                 await writer.drain()
+
+
+# ------------------------------------------------------------------------------------ the gateway process
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+async def start_gateway(cfg: Path) -> asyncio.subprocess.Process:
+    """``iiot-gateway run cfg`` as its own process (this checkout's code), its log discarded."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "run", str(cfg), cwd=REPO, stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+async def stop_gateway(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM, and the orderly stop the gateway promises: exit code 0 within 10 s."""
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def reap(proc: asyncio.subprocess.Process) -> None:
+    """For ``finally:`` — kill a gateway process a failed test left running."""
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()

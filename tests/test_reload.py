@@ -4,16 +4,13 @@ edited, then SIGHUP (a real process) or ``POST /api/v1/reload`` (in process) re-
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from pathlib import Path
 
 import httpx
 from e2e.harness import NAMESPACE, running_gateway, write_config
-from helpers import free_port, wait_until
+from helpers import free_port, reap, start_gateway, stop_gateway, wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "reload-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -104,9 +101,7 @@ async def test_sighup_reloads_the_file_of_a_running_process(tmp_path, mqtt_broke
     path = config(tmp_path, mqtt_broker, modbus_sim.port)
     api_port = int(path.read_text().split("listen: 127.0.0.1:")[1].split()[0])
     sub = await mqtt_subscriber(f"{NAMESPACE}/press/data")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "run", str(path), cwd=ROOT, stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = await start_gateway(path)
     try:
         assert await wait_until(lambda: len(sub.messages) >= 3, timeout=20)
         path.write_text(with_extra_tag(path))
@@ -116,12 +111,9 @@ async def test_sighup_reloads_the_file_of_a_running_process(tmp_path, mqtt_broke
             detail = (await client.get(f"http://127.0.0.1:{api_port}/api/v1/assets/press")).json()
         assert detail["tags"] == 2 and [t["name"] for t in detail["tag_values"]] == ["strokes", "oil_temp"]
         assert proc.returncode is None  # still the same process
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        await stop_gateway(proc)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await reap(proc)
 
 
 async def test_a_changed_uplink_restarts_and_keeps_its_seq(tmp_path, mqtt_broker, mqtt_subscriber, modbus_sim):

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections import Counter
-from pathlib import Path
 
 import httpx
 
 from faultkit import NS, data_messages, gateway_yaml, plc, spooled_seqs
-from helpers import free_port, wait_until
+from helpers import free_port, reap, start_gateway, stop_gateway, wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-async def start_gateway(cfg: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "run", str(cfg), cwd=ROOT, stderr=asyncio.subprocess.DEVNULL
-    )
 
 
 async def test_sigkill_during_outage_loses_nothing_spooled(tmp_path, mqtt_broker, mqtt_subscriber):
@@ -44,12 +35,9 @@ async def test_sigkill_during_outage_loses_nothing_spooled(tmp_path, mqtt_broker
         proc = await start_gateway(cfg)
         assert await wait_until(lambda: set(spooled) <= {m["seq"] for m in data_messages(sub)}, timeout=30)
         assert await wait_until(lambda: max(m["seq"] for m in data_messages(sub)) > spooled[-1] + 3, timeout=20)
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        await stop_gateway(proc)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await reap(proc)
         await dev.stop()
     msgs = data_messages(sub)
     replayed = {m["seq"] for m in msgs if m.get("replay")}
@@ -83,12 +71,9 @@ async def test_durability_always_survives_sigkill_while_the_link_is_up(tmp_path,
         proc = await start_gateway(cfg)
         assert await wait_until(lambda: set(range(1, top + 1)) <= {m["seq"] for m in data_messages(sub)}, timeout=20)
         assert await wait_until(lambda: max(m["seq"] for m in data_messages(sub)) > top, timeout=20)
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        await stop_gateway(proc)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await reap(proc)
         await dev.stop()
     # everything still in the spools at the kill was sent again after the restart, marked as replayed (a message
     # whose PUBACK came just before the kill, before its ack reached the WAL, arrives twice: once live)
@@ -148,12 +133,9 @@ async def test_drops_and_seq_gaps_stay_exact_across_sigkills_in_a_long_outage(tm
         while (st := await _status(api_port))["spool"]["messages"] > 0:
             await asyncio.sleep(0.2)
         final = st["spool"]
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        await stop_gateway(proc)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await reap(proc)
         await dev.stop()
     received = {m["seq"] for m in data_messages(sub)}
     assert gaps, "a kill during an outage skips part of a reserved block"
