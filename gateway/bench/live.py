@@ -55,6 +55,16 @@ def plant(n_float32: int, n_int16: int = 0) -> Plant:
     return Plant(cfg)
 
 
+def listen(port: int, on_message: Any) -> mqtt.Client:
+    """A paho client on its own network thread, subscribed to every data topic of the bench's gateway."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.subscribe(f"{NS}/+/data/#", qos=0)
+    client.loop_start()
+    return client
+
+
 class Subscriber:
     """Counts samples and records arrival times of data messages (paho's network thread)."""
 
@@ -65,11 +75,7 @@ class Subscriber:
         self.wire_bytes = 0  # PUBLISH packets as the gateway sent them with QoS 1
         self.probe: list[tuple[float, Any, int]] = []  # (arrival, value, sample ts ms)
         self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe(f"{NS}/+/data/#", qos=0)
-        self.client.loop_start()
+        self.client = listen(port, self._on_message)
 
     def _on_message(self, client, userdata, msg) -> None:
         now = time.time()
@@ -447,11 +453,7 @@ class FirstMessage:
         self.first_live: float | None = None
         self.first_replayed: float | None = None
         self.messages = 0
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe(f"{NS}/+/data/#", qos=0)
-        self.client.loop_start()
+        self.client = listen(port, self._on_message)
 
     def _on_message(self, client, userdata, msg) -> None:
         now = time.monotonic()
