@@ -1,54 +1,60 @@
-"""The driver contract and the driver registry.
+"""The driver contract: what a southbound driver is, what it gets, and how the gateway finds it.
 
-A driver speaks one protocol to one device (one configured ``source``). The engine creates it,
-then calls, always from the one asyncio task that owns the source (never concurrently):
+A driver package exposes one :class:`DriverSpec` through the entry-point group ``iiot_gateway.drivers``
+(``name = "package.module:SPEC"``). The spec names the driver (the ``driver:`` key in YAML), its pydantic
+models (``SourceConfig`` for the ``source:`` block, with a ``driver: Literal[name]`` field; ``TagConfig`` for
+one tag, a subclass of :class:`gateway.config.common.TagBase`), an optional whole-config ``check`` that
+``validate`` runs too, and ``create(source, tags, context) -> Driver``.
+
+A :class:`Driver` speaks one protocol to one device (one configured source). The gateway calls it from the
+one task that owns the source, never two calls at once:
 
 - ``await connect()`` — open the connection; raise :class:`DeviceUnavailable` if the device cannot be
-  reached. The engine retries with capped exponential backoff.
-- ``await read() -> Batch`` — one poll of every tag in the plan. Raise :class:`DeviceUnavailable` when
-  the connection is lost (the engine closes, marks the asset disconnected and reconnects); mark single
-  tags bad in the batch when only they failed (e.g. a Modbus exception on one read request).
-- ``await write(tag, value) -> Any`` — write one tag (only tags with ``writable: true`` reach it), read it
-  back and return the value read back. Raise ``ValueError``/``TypeError`` for a value the tag cannot hold,
+  reached. The gateway retries with jittered, capped exponential backoff.
+- ``await read() -> Batch`` — one poll of every tag. Raise :class:`DeviceUnavailable` when the connection is
+  lost; mark single tags bad in the batch when only they failed.
+- ``await write(tag, value) -> Any`` — write one tag (only ``writable: true`` tags reach it), read it back and
+  return the value read back. Raise ``ValueError``/``TypeError`` for a value the tag cannot hold,
   :class:`gateway.scaling.TagNotWritable` for a tag the protocol cannot write, :class:`WriteError` when the
-  device refuses or reads back something else, :class:`DeviceUnavailable` when the link is gone. The engine
-  calls it between polls, from the same task, so it never overlaps a read.
+  device refuses or reads back something else, :class:`DeviceUnavailable` when the link is gone.
 - ``await close()`` — release the connection; must not raise.
-- optional ``subscribe()`` — an async iterator of Batches, used instead of ``read()`` when the driver
-  instance has ``streaming = True`` (e.g. OPC UA ``mode: subscribe``, a serial instrument that streams).
-  After each (re)connect it should first yield one full read, so nothing is missed silently; it raises
-  :class:`DeviceUnavailable` when the link is lost. Batches may hold a subset of tags (``Batch.index``),
-  each tag at most once per batch (split a burst of changes of one tag into several batches).
+- ``counters() -> Mapping[str, int]`` — the driver's own counters, shown on the status API.
 
-Optional attributes the engine reads or sets: ``streaming`` (see ``subscribe``), ``float32_tags`` (a bool
-array: publish those tags at float32 precision), ``counters`` (an object with ``as_dict()``, shown on the
-status API), and ``state_dir`` — when the driver has this attribute, the engine sets it to
-``gateway.state_dir`` (a ``Path``) after construction, for files the driver keeps (certificates).
+A :class:`StreamingDriver` also has ``subscribe()``, an async iterator of Batches the gateway uses instead of
+``read()`` (e.g. OPC UA ``mode: subscribe``, a serial instrument that streams). After each connect it first
+yields one full read; it raises :class:`DeviceUnavailable` when the link is lost. Batches may hold a subset of
+tags (``Batch.index``), each tag at most once per batch. Writes never run while the stream is inside the
+driver unless the class sets ``writes_during_stream = True`` (its protocol multiplexes requests, as OPC UA
+does): otherwise the gateway serves queued writes between two batches.
+
+:class:`DriverContext` is everything a driver gets from the gateway besides its config: the asset id, the
+directory for files it keeps (certificates), the per-tag publish metadata (:class:`TagMeta`, which it may
+refine, e.g. from the types of the values read), and :class:`Shared` for resources several sources share (the
+arbiter of one RS-485 port). Drivers keep no module-level registries.
 
 Timeouts wrap every call from outside (``source.timeout``); drivers do not sleep, retry or log and swallow
-errors on their own.
-
-Each driver class declares ``name`` (the ``driver:`` key in YAML), ``SourceConfig`` (pydantic model of
-its ``source:`` block; a ``driver: Literal[name]`` field is required) and ``TagConfig`` (pydantic model of
-one tag, subclassing :class:`gateway.config.common.TagBase`). A driver may also define a classmethod
-``check_config(source, tags)`` that raises ``ValueError`` for a config its models accept one by one but it
-cannot serve as a whole (e.g. a tag larger than the read limit); it runs during config validation, so the
-error comes with the asset's file and line. Drivers are found through the entry-point group
-``iiot_gateway.drivers``; the gateway never imports a particular driver.
+errors on their own. Drivers import only the contract modules of the gateway: this module,
+``gateway.batch``, ``gateway.config.common`` and ``gateway.scaling``.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
+import numpy as np
 from pydantic import BaseModel
 
 from gateway.batch import Batch
 
 ENTRY_POINT_GROUP = "iiot_gateway.drivers"
+
+T = TypeVar("T")
 
 
 class DeviceUnavailable(Exception):
@@ -59,13 +65,52 @@ class WriteError(Exception):
     """A write was refused or failed (message says why)."""
 
 
+@dataclass
+class TagMeta:
+    """Per-tag publish metadata of one source, one bool per tag, shared by reference between the driver and
+    every uplink's reducer: ``float32`` — publish at float32 precision (the value is a 32-bit float on the
+    device); ``integer`` — publish as a JSON integer. The gateway fills both from the config before
+    ``create``; a driver may set more (never clear) when it learns types from the values (OPC UA)."""
+
+    float32: np.ndarray
+    integer: np.ndarray
+
+    @classmethod
+    def empty(cls, n_tags: int) -> "TagMeta":
+        return cls(np.zeros(n_tags, dtype=bool), np.zeros(n_tags, dtype=bool))
+
+
+class Shared:
+    """Resources several sources of one gateway share, by key (e.g. ``"serial:/dev/ttyUSB0"`` -> the bus
+    arbiter of that port). Owned by the gateway; a driver gets it through its context."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, Any] = {}
+
+    def get(self, key: str, make: Callable[[], T]) -> T:
+        """The resource ``key``, created by ``make()`` on first use."""
+        if key not in self._items:
+            self._items[key] = make()
+        item: T = self._items[key]
+        return item
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+
+@dataclass(frozen=True)
+class DriverContext:
+    """What the gateway gives a driver besides its config (see the module docstring)."""
+
+    asset: str
+    state_dir: Path
+    meta: TagMeta
+    shared: Shared = field(default_factory=Shared)
+
+
 @runtime_checkable
 class Driver(Protocol):
-    name: ClassVar[str]
-    SourceConfig: ClassVar[type[BaseModel]]
-    TagConfig: ClassVar[type[BaseModel]]
-
-    def __init__(self, source: Any, tags: list[Any]) -> None: ...
+    """One connection to one device (see the module docstring for the rules of each call)."""
 
     async def connect(self) -> None: ...
 
@@ -75,16 +120,54 @@ class Driver(Protocol):
 
     async def close(self) -> None: ...
 
+    def counters(self) -> Mapping[str, int]:
+        """The driver's own counters for the status API (none by default)."""
+        return {}
+
+
+@runtime_checkable
+class StreamingDriver(Driver, Protocol):
+    """A driver that pushes batches: the gateway iterates :meth:`subscribe` instead of calling ``read()``."""
+
+    #: True when ``write()`` may run while ``subscribe()`` waits inside the driver (the protocol multiplexes
+    #: requests on one connection); False: writes are served between two batches
+    writes_during_stream: ClassVar[bool] = False
+
+    def subscribe(self) -> AsyncIterator[Batch]: ...
+
+
+def _no_check(source: Any, tags: list[Any]) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class DriverSpec:
+    """A driver as the gateway finds it (the object an ``iiot_gateway.drivers`` entry point names).
+
+    ``check(source, tags)`` raises ``ValueError`` for a config the models accept one by one but the driver
+    cannot serve as a whole (e.g. a tag larger than the read limit); ``validate`` and ``run`` both run it, so
+    the error comes with the asset's file and line. ``create`` may import heavy libraries lazily (a gateway
+    without an OPC UA source never imports asyncua).
+    """
+
+    name: str
+    SourceConfig: type[BaseModel]
+    TagConfig: type[BaseModel]
+    create: Callable[[Any, list[Any], DriverContext], Driver]
+    check: Callable[[Any, list[Any]], None] = _no_check
+
 
 @functools.cache
-def registry() -> dict[str, type[Driver]]:
-    """Driver name -> driver class, from the ``iiot_gateway.drivers`` entry points (loaded once).
+def registry() -> dict[str, Any]:
+    """Driver name -> driver spec, from the ``iiot_gateway.drivers`` entry points (loaded once).
 
     A plug-in that fails to import is logged and left out: it must not take the other drivers down.
     """
-    found: dict[str, type[Driver]] = {}
+    found: dict[str, Any] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
+            # TRANSITION (issue 13): the four bundled drivers still register classes; once they are ported this
+            # refuses anything but a DriverSpec
             found[ep.name] = ep.load()
         except Exception as exc:
             logging.getLogger("gateway.driver").warning(
