@@ -149,7 +149,7 @@ class _ProxiedRig(Rig):
 
 
 # the bundled plant (simulators/plant.yaml): constants on the test bench, tables hr 300 / ir 200
-_MODBUS_TAGS = [
+_MODBUS_TAGS: list[dict[str, Any]] = [
     {"name": "int16", "address": "40101", "type": "int16", "writable": True},
     {"name": "float32", "address": "40131", "type": "float32", "byte_order": "ABCD"},
     {"name": "scaled", "address": "40235", "type": "int16", "scale": 0.1, "offset": -50},
@@ -182,7 +182,7 @@ def _rtu_line(link: str | None = None) -> ModbusRtuSimulator:
     return ModbusRtuSimulator({7: slave}, link=link)
 
 
-_RTU_TAGS = [
+_RTU_TAGS: list[dict[str, Any]] = [
     {"name": "int16", "address": "hr:0", "type": "int16", "writable": True},
     {"name": "float32", "address": "hr:2", "type": "float32"},
     {"name": "outside", "address": "ir:150", "type": "uint16"},
