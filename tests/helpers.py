@@ -11,7 +11,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +83,7 @@ class AmqttBrokerHandle:
 
     def __init__(self, port: int | None = None, host: str = "127.0.0.1", *, stop_timeout: float = 5.0) -> None:
         self.host, self.port, self.stop_timeout = host, port or free_port(host), stop_timeout
-        self._broker = None
+        self._broker: Any = None
 
     @property
     def running(self) -> bool:
@@ -292,11 +292,12 @@ class TcpProxy:
 REPO = Path(__file__).resolve().parents[1]
 
 
-async def start_gateway(cfg: Path) -> asyncio.subprocess.Process:
-    """``iiot-gateway run cfg`` as its own process (this checkout's code), its log discarded."""
+async def start_gateway(cfg: Path, *, pythonpath: Sequence[Path] = ()) -> asyncio.subprocess.Process:
+    """``iiot-gateway run cfg`` as its own process (this checkout's code), its log discarded; ``pythonpath``:
+    more import roots for the child (e.g. a driver distribution the test registered without installing it)."""
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway.cli", "run", str(cfg), cwd=REPO, stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [REPO, *pythonpath]))},
     )
 
 
