@@ -303,6 +303,41 @@ class FileRig(Rig):
         pass
 
 
+class OpcUaSubscribeRig(OpcUaRig):
+    """The OPC UA PLC in ``mode: subscribe`` (monitored items), behind the TCP proxy."""
+
+    async def start(self, tmp_path: Path) -> None:
+        await super().start(tmp_path)
+        self.source = {**self.source, "mode": "subscribe", "poll": "100ms"}
+
+
+class SerialStreamRig(Rig):
+    """The bundled temperature transmitter streaming 20 lines a second on a pty: away = instrument stopped."""
+
+    async def start(self, tmp_path: Path) -> None:
+        self.instrument = SerialInstrument("thermo", mode="stream", rate=20, link=str(tmp_path / "thermo"))
+        await self.instrument.start()
+        self.source = {
+            "driver": "serial_line", "port": self.instrument.path, "mode": "stream", "timeout": 1,
+            "max_silence": "1s", "pattern": r"T1=(?P<t1>[-+]\d+\.\d+);T2=(?P<t2>[-+]\d+\.\d+);(?P<status>OK|ER)",
+        }  # fmt: skip
+        self.tags = [
+            {"name": "zone1", "group": "t1", "unit": "degC"},
+            {"name": "zone2_f", "group": "t2", "unit": "degF", "scale": 1.8, "offset": 32},
+            {"name": "status_number", "group": "status"},  # "OK" is no number
+        ]
+        self.bad, self.expected = "status_number", {"zone1": 23.45, "zone2_f": 67.64}
+
+    async def away(self) -> None:
+        await self.instrument.stop()
+
+    async def back(self) -> None:
+        await self.instrument.start()
+
+    async def stop(self) -> None:
+        await self.instrument.stop()
+
+
 #: driver name -> its rig; every registered driver needs one
 RIGS: dict[str, Callable[[], Rig]] = {
     "modbus_tcp": ModbusTcpRig,
@@ -311,6 +346,13 @@ RIGS: dict[str, Callable[[], Rig]] = {
     "opcua": OpcUaRig,
     "serial_line": SerialLineRig,
     EXAMPLE: FileRig,
+}
+
+
+#: driver name -> a rig of its streaming mode, for the drivers that have one (``subscribe()``)
+STREAM_RIGS: dict[str, Callable[[], Rig]] = {
+    "opcua": OpcUaSubscribeRig,
+    "serial_line": SerialStreamRig,
 }
 
 

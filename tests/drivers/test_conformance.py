@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
-from driver_rigs import EXAMPLE, KNOWN_FAILURES, RIGS, Rig, build, counters_of, example_installed
+from driver_rigs import EXAMPLE, KNOWN_FAILURES, RIGS, STREAM_RIGS, Rig, build, counters_of, example_installed
 
 from gateway.batch import Batch, Quality
 from gateway.driver import DeviceUnavailable, Driver, registry
@@ -210,5 +210,69 @@ async def test_write_of_a_value_the_tag_cannot_hold_raises_and_the_connection_st
         batch = await timed(r, driver.read())
         assert_good_read(r, batch)
         assert batch.values[positions(r)[tag]] == before, "nothing was written"
+    finally:
+        await driver.close()
+
+
+# ------------------------------------------------------------------------------------------- streaming drivers
+
+
+@pytest.fixture(params=sorted(STREAM_RIGS))
+async def stream_rig(request, tmp_path) -> AsyncIterator[tuple[str, Rig]]:
+    r = STREAM_RIGS[request.param]()
+    await r.start(tmp_path)
+    try:
+        yield request.param, r
+    finally:
+        await r.stop()
+
+
+async def next_batch(stream: AsyncIterator[Batch], timeout: float = 10) -> Batch:
+    """The next batch of a stream; ``timeout`` only guards against a hang (a quiet stream may wait long)."""
+    async with asyncio.timeout(timeout):
+        return await anext(stream)
+
+
+def assert_subset(rig: Rig, batch: Batch) -> None:
+    if batch.index is None:
+        assert len(batch) == len(rig.tags)
+        return
+    index = batch.index.tolist()
+    assert len(index) == len(set(index)) == len(batch), "each tag at most once per batch"
+    assert all(0 <= i < len(rig.tags) for i in index)
+
+
+async def test_stream_starts_with_a_full_read_after_each_connect(stream_rig, tmp_path) -> None:
+    name, r = stream_rig
+    driver: Any = await connected(name, r, tmp_path / "state")
+    try:
+        stream = driver.subscribe()
+        assert_good_read(r, await next_batch(stream))
+        await stream.aclose()
+        await driver.close()
+        await timed(r, driver.connect())
+        stream = driver.subscribe()
+        assert_good_read(r, await next_batch(stream))
+        await stream.aclose()
+    finally:
+        await driver.close()
+
+
+async def test_stream_raises_device_unavailable_when_the_device_goes_away(stream_rig, tmp_path) -> None:
+    name, r = stream_rig
+    driver: Any = await connected(name, r, tmp_path / "state")
+    try:
+        stream = driver.subscribe()
+        assert_good_read(r, await next_batch(stream))
+        await r.away()
+        with pytest.raises(DeviceUnavailable):
+            while True:  # batches already on their way may still come
+                assert_subset(r, await next_batch(stream))
+        await driver.close()
+        await r.back()
+        await timed(r, driver.connect())
+        stream = driver.subscribe()
+        assert_good_read(r, await next_batch(stream))
+        await stream.aclose()
     finally:
         await driver.close()
