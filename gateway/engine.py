@@ -30,7 +30,7 @@ from gateway.publisher import Publisher
 from gateway.source import AssetRuntime
 from gateway.uplink.links import Link
 from gateway.uplink.mqtt import MqttUplink
-from gateway.writes import MqttCommands
+from gateway.commands import MqttCommands
 
 log = logging.getLogger("gateway")
 
