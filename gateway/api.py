@@ -20,6 +20,7 @@ import secrets
 import socket
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,7 +36,8 @@ from gateway.batch import QUALITY_NAMES
 from gateway.events import EventHub
 from gateway.logsafe import safe
 from gateway.reduce import json_list, json_value
-from gateway.writes import MAX_COMMAND_BYTES, WriteFailed, decode_json, perform
+from gateway.commands import MAX_COMMAND_BYTES, decode_json
+from gateway.writes import WriteFailed, perform
 
 _log = logging.getLogger("gateway.writes")
 
@@ -49,6 +51,29 @@ PAGE_POLICY = {
     "worker-src 'self' blob:; frame-ancestors 'self'",
 }
 
+#: kind of a failed write (gateway.writes.KINDS) -> HTTP status of the API answer
+HTTP_STATUS: dict[str, int] = {
+    "unknown": 404,  # no such asset or tag
+    "not_writable": 403,  # writable is false, or the protocol cannot write this tag
+    "invalid": 422,  # wrong type, out of range, not encodable for the tag
+    "unavailable": 503,  # the device is disconnected, or the connection broke during the write
+    "busy": 503,  # too many writes queued for this asset
+    "device": 502,  # the device refused the write, or read back another value
+    "timeout": 504,  # no answer in time: the write may or may not have happened
+    "unsupported": 501,  # the driver cannot write at all
+    "malformed": 400,  # a body or MQTT command that is not valid JSON or lacks fields
+    "too_large": 413,  # a body or MQTT command larger than MAX_COMMAND_BYTES
+    # MQTT commands only:
+    "retained": 409,  # a retained command (a stale setpoint replayed by the broker)
+    "stale": 409,  # past its "expires", or its "ts" is further from now than cmd_max_age
+}
+
+
+def http_status(kind: str | None) -> int:
+    """The HTTP status of a failed write of ``kind`` (500 for a kind without one)."""
+    return HTTP_STATUS.get(kind or "", 500)
+
+
 if TYPE_CHECKING:
     from gateway.engine import Gateway
     from gateway.source import AssetRuntime
@@ -61,7 +86,7 @@ class TagStatus(BaseModel):
     ts: int | None = Field(description="Sample time, Unix epoch milliseconds UTC")
     age_s: float | None = Field(description="Seconds since the sample was taken")
     unit: str | None = None
-    error: str | None = Field(None, description="Why the tag is bad")
+    error: str | None = Field(default=None, description="Why the tag is bad")
     description: str | None = None
 
 
@@ -369,13 +394,13 @@ def create_app(gw: "Gateway") -> FastAPI:
             body = decode_json(data)
         except WriteFailed as exc:
             if exc.kind != "malformed":
-                return refuse(exc.http_status, exc.kind, exc.message)
+                return refuse(http_status(exc.kind), exc.kind, exc.message)
             body = None
         if not isinstance(body, dict) or "value" not in body or len(body) != 1:
             return refuse(400, "malformed", 'the body must be a JSON object {"value": ...}')
         outcome = await perform(gw.assets, asset, tag, body["value"], origin=f"api {peer}")
         if not outcome.ok:
-            return JSONResponse({"detail": outcome.error, "error": outcome.kind}, status_code=outcome.http_status)
+            return JSONResponse({"detail": outcome.error, "error": outcome.kind}, status_code=http_status(outcome.kind))
         return JSONResponse({"asset": asset, "tag": tag, "ok": True, "value": outcome.value,
                              "requested": outcome.requested})
 
@@ -413,7 +438,7 @@ class _EmbeddedServer(uvicorn.Server):
     """uvicorn inside our loop: the daemon owns SIGINT/SIGTERM, not uvicorn."""
 
     @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[override]
+    def capture_signals(self) -> Iterator[None]:
         yield
 
 

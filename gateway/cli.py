@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
+from typing import Any
 
 from gateway import __version__
 
@@ -27,123 +27,15 @@ def setup_logging(level: str) -> None:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL if level != "debug" else logging.DEBUG)
 
 
-def install_stop_signals(stop: asyncio.Event) -> None:
-    """SIGINT/SIGTERM set ``stop``; a second one ends the process at once."""
-    loop = asyncio.get_running_loop()
+def _load_or_exit(path: str) -> Any:
+    from gateway.config.cli import load_or_exit
 
-    def _on_signal(signame: str) -> None:
-        if stop.is_set():
-            logging.getLogger("gateway").warning("second %s: exiting now", signame)
-            raise SystemExit(130)
-        logging.getLogger("gateway").info("%s received, stopping", signame)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, _on_signal, sig.name)
-
-
-def install_reload_signal(gw) -> None:
-    """SIGHUP re-reads the config file (gateway/reload.py); an invalid one is refused and logged."""
-    from gateway.reload import ReloadRefused, reload_file
-
-    loop = asyncio.get_running_loop()
-    pending: set[asyncio.Task] = set()
-
-    async def reload() -> None:
-        try:
-            await reload_file(gw)
-        except ReloadRefused:
-            pass  # logged by reload_file
-
-    def on_hup() -> None:
-        logging.getLogger("gateway").info("SIGHUP received: reloading %s", gw.config_path)
-        task = loop.create_task(reload(), name="reload")
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-
-
-async def run_gateway(cfg, stop: asyncio.Event | None = None, config_path: str | None = None) -> int:
-    """Run the daemon on a loaded config until ``stop`` is set (or a signal arrives)."""
-    from gateway.engine import Gateway
-
-    from gateway.spool import SpoolError
-    from gateway.uplink.tls import UplinkConfigError, build_ssl_context
-
-    log = logging.getLogger("gateway")
-    for up in cfg.all_uplinks:  # unreadable certificate files are a config error: say so before starting
-        for tls in [up.tls] + [link.tls for link in up.links or ()]:
-            if tls is None:
-                continue
-            try:
-                await asyncio.to_thread(build_ssl_context, tls)
-            except UplinkConfigError as exc:
-                log.error("uplink %s: %s", up.name, exc)
-                return EXIT_CONFIG
-    try:
-        gw = Gateway(cfg)
-    except (ValueError, TypeError, MemoryError) as exc:  # a config problem validate missed: a bug, not a traceback loop
-        log.error("the gateway cannot start with this config: %s (validate should have said so: please report it)", exc)
-        return EXIT_CONFIG
-    try:
-        sock = gw.bind_api()
-    except OSError as exc:
-        log.error("cannot serve the status API on %s: %s", cfg.api.listen, exc.strerror or exc)
-        return 1
-    gw.config_path = config_path
-    if stop is None:
-        stop = asyncio.Event()
-        install_stop_signals(stop)
-        install_reload_signal(gw)
-    systemd = _systemd_notifications(gw, stop)
-    try:
-        await gw.run(stop, sock)
-    except SpoolError as exc:
-        log.error("%s", exc)
-        return 1
-    except Exception as exc:  # already logged where it happened; the daemon is down in order
-        log.error("gateway stopped after a fatal error: %s", exc)
-        return 1
-    finally:
-        for task in systemd:
-            task.cancel()
-    return 0
-
-
-def _systemd_notifications(gw, stop: asyncio.Event) -> list[asyncio.Task]:
-    """Under systemd (``$NOTIFY_SOCKET``): READY=1 after every uplink's first connect attempt, WATCHDOG=1 pings
-    until the daemon is down, STOPPING=1 when a stop begins (gateway/sdnotify.py). Nothing outside systemd."""
-    from gateway.sdnotify import Notifier
-
-    notifier = Notifier()
-    if not notifier.enabled:
-        return []
-
-    async def say_stopping() -> None:
-        try:
-            await stop.wait()
-            notifier.send("STOPPING=1")
-            await asyncio.Event().wait()  # keep the socket until the daemon is down
-        finally:
-            notifier.close()
-
-    settled = [lambda up=n.uplink: up.settled for n in gw.norths]
-    return [asyncio.create_task(notifier.supervise(settled), name="systemd-notify"),
-            asyncio.create_task(say_stopping(), name="systemd-stopping")]
-
-
-def _load_or_exit(path: str):
-    from gateway.config import ConfigError, load_config
-
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
+    return load_or_exit(path)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.daemon import run_gateway
+
     cfg = _load_or_exit(args.file)
     setup_logging(args.log_level or cfg.gateway.log_level)
     return asyncio.run(run_gateway(cfg, config_path=args.file))

@@ -55,9 +55,12 @@ _SYNC_INTERVAL = 1.0  # outage mode: spooled data reaches the disk within this (
 
 
 class Uplink(Protocol):
-    connected: bool
-    accepts_data: bool
-    settled: bool
+    @property
+    def connected(self) -> bool: ...
+    @property
+    def accepts_data(self) -> bool: ...
+    @property
+    def settled(self) -> bool: ...
 
     def try_send(self, topic: str, payload: bytes, *, qos: int) -> int | None: ...
     def set_delivery(self, on_ack: Callable[[int], None], on_lost: Callable[[], None],

@@ -12,7 +12,8 @@ import logging
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from gateway.cli import _load_or_exit, install_stop_signals, run_gateway
+from gateway.config.cli import load_or_exit
+from gateway.daemon import install_stop_signals, run_gateway
 
 log = logging.getLogger("gateway.demo")
 
@@ -96,6 +97,6 @@ def main_demo(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"{path}: no such file (run the demo from the project folder, or pass --config)")
         return 2
-    cfg = _load_or_exit(str(path))
+    cfg = load_or_exit(str(path))
     modbus_port, opcua_port = _apply_overrides(cfg, args)
     return asyncio.run(_demo(cfg, modbus_port, opcua_port))

@@ -1,10 +1,10 @@
-"""The daemon: one root TaskGroup with the uplinks, the status API, the publishers and one task per source.
+"""The engine: one root TaskGroup with the sources (one task each), the uplinks and the status API it is given.
 
-North side, per uplink (``uplinks:``, or the one ``mqtt:``): an :class:`~gateway.uplink.mqtt.MqttUplink`
-(links, failover, budget), a :class:`~gateway.delivery.Delivery` with its own spool directory
-``<spool.path>/<uplink name>`` and seq counter, and a :class:`~gateway.publisher.Publisher` with its own
-reducers and profile. A dead cloud broker never holds up the plant broker: the uplinks share nothing but the
-ring buffers they read.
+The engine owns the sources and the lifecycle; :mod:`gateway.daemon` (the composition root) builds the
+uplinks (one :class:`~gateway.daemon.North` each: MQTT uplink, delivery with its spool, publisher, commands)
+through its :class:`~gateway.daemon.UplinkBuilder` and, when ``api.enabled``, gives the engine the status
+API's ``serve_api``. Hot reload (:mod:`gateway.reload`) builds added or changed uplinks with the same builder.
+A dead cloud broker never holds up the plant broker: the uplinks share nothing but the ring buffers they read.
 
 Start sinks before sources, stop sources before sinks: on stop, the source tasks are cancelled first
 (drivers closed), then one final publish per uplink drains what they produced, then the deliveries spool
@@ -19,31 +19,26 @@ import logging
 import shutil
 import socket
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
-from gateway.delivery import Delivery
 from gateway.driver import registry
-from gateway.publisher import Publisher
 from gateway.source import AssetRuntime
-from gateway.uplink.links import Link
-from gateway.uplink.mqtt import MqttUplink
-from gateway.writes import MqttCommands
+
+if TYPE_CHECKING:
+    from gateway.daemon import North
+    from gateway.delivery import Delivery
+    from gateway.publisher import Publisher
+    from gateway.uplink.mqtt import MqttUplink
+
+#: builds the uplinks of a config, those named in ``only`` when given (gateway.daemon.UplinkBuilder)
+NorthBuilder = Callable[..., "list[North]"]
+#: the status API for a bound socket: (server with ``should_exit``, coroutine that serves) (gateway.api.serve_api)
+ServeApi = Callable[["Gateway", socket.socket], "tuple[Any, Coroutine[Any, Any, None]]"]
 
 log = logging.getLogger("gateway")
-
-
-@dataclass
-class North:
-    """Everything of one uplink."""
-
-    cfg: Any
-    uplink: MqttUplink
-    delivery: Delivery
-    publisher: Publisher
-    commands: MqttCommands | None
 
 
 def migrate_spool(base: Path, name: str) -> None:
@@ -60,6 +55,9 @@ def migrate_spool(base: Path, name: str) -> None:
 
 
 class Gateway:
+    """Sources, lifecycle and status of the daemon; build one with :func:`gateway.daemon.build`, which also
+    sets :attr:`build_norths`, :attr:`norths` and (API enabled) :attr:`serve_api`."""
+
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         self.started_at = time.time()
@@ -68,7 +66,11 @@ class Gateway:
         self.status_topic = f"{self.namespace}/_gateway/{cfg.gateway.id}/status"
         self.metrics_topic = f"{self.namespace}/_gateway/{cfg.gateway.id}/metrics"
         self.spool_base = Path(cfg.spool.path) if cfg.spool.path else Path(cfg.gateway.state_dir) / "spool"
-        self.norths = self._norths(cfg)
+        #: the uplinks, in config order, and the builder of more (set by gateway.daemon.build)
+        self.norths: list[North] = []
+        self.build_norths: NorthBuilder | None = None
+        #: the status API's server factory; None: no API (api.enabled is false), FastAPI is never imported
+        self.serve_api: ServeApi | None = None
         self.config_loaded = True
         self._api_server: Any = None
         #: while running: the root task group, the stop event, and the tasks of each source and uplink
@@ -88,50 +90,6 @@ class Gateway:
         return AssetRuntime(a, registry()[a.source.driver], buffer_seconds=cfg.buffer.seconds,
                             on_state=self._asset_state_changed, state_dir=cfg.gateway.state_dir,
                             log_summary_interval=cfg.gateway.log_summary_interval)
-
-    def _norths(self, cfg: Any, only: set[str] | None = None) -> list[North]:
-        """The uplinks of ``cfg`` (those named in ``only``, when given), built but not started."""
-        ups = cfg.all_uplinks
-        writable = any(getattr(t, "writable", False) for a in self.assets.values() for t in a.tags)
-        return [self._north(up, i, len(ups), writable) for i, up in enumerate(ups) if only is None or up.name in only]
-
-    def _north(self, up: Any, index: int, count: int, writable: bool) -> North:
-        gid = self.cfg.gateway.id
-        path = self.spool_base / up.name
-        publisher: Publisher | None = None
-        accept_commands = writable and (up.commands if up.commands is not None else index == 0)
-
-        def link_up(link: Link) -> None:
-            if publisher is not None:
-                publisher.use_link(link)
-
-        node = None
-        if up.format == "sparkplug":
-            from gateway.encoders.sparkplug import EdgeNode
-
-            node = EdgeNode(up.group_id, gid, self.assets, path, key=up.name, profile=up.reduce)
-        uplink = MqttUplink(up, client_id=gid if count == 1 else f"{gid}-{up.name}",
-                            status_topic=None if node is not None else self.status_topic,
-                            on_connection_change=lambda connected: delivery.link_changed(connected),
-                            on_link_change=link_up, state_dir=path,
-                            will=node.will if node is not None else None,
-                            goodbye=node.death if node is not None else None)
-        delivery = Delivery(uplink, self.cfg.spool, path=path, ack_timeout=self.cfg.spool.ack_timeout or up.keepalive,
-                            max_queued=up.max_queued, wire=lambda t, b, r: publisher.wire(t, b, r))  # type: ignore[union-attr]
-        commands = None
-        if node is not None:
-            from gateway.publisher_sparkplug import SparkplugPublisher
-
-            publisher = SparkplugPublisher(up, self.assets, self.namespace, uplink, delivery, node=node,
-                                           commands=accept_commands)
-        else:
-            publisher = Publisher(up, self.assets, self.namespace, uplink, delivery, metrics=self._metrics_body,
-                                  metrics_topic=self.metrics_topic)
-            if accept_commands:
-                #: write commands on {namespace}/{asset}/cmd of this uplink's broker, answered on the same
-                commands = MqttCommands(self.assets, self.namespace, uplink.publish, max_age=up.cmd_max_age)
-                uplink.subscribe(commands.topic_filter, commands.on_message)
-        return North(up, uplink, delivery, publisher, commands)
 
     # -- the first uplink, for callers that know one (tests, the demo) --------------------------------
     @property
@@ -180,8 +138,8 @@ class Gateway:
 
     async def run(self, stop: asyncio.Event, api_socket: socket.socket | None = None) -> None:
         """Run until ``stop`` is set, then shut down in order (sources, final publish, uplink, API)."""
-        from gateway.api import serve_api  # FastAPI import is heavy; only the daemon needs it
-
+        if api_socket is not None and self.serve_api is None:
+            raise RuntimeError("an API socket but no API: build the gateway with gateway.daemon.build()")
         log.info(
             "iiot-gateway %s starting: %d asset(s), %d tag(s); uplink(s) %s",
             __version__, len(self.assets), sum(len(a.tags) for a in self.assets.values()),
@@ -193,7 +151,7 @@ class Gateway:
         try:
             for north in self.norths:
                 await north.delivery.open()
-            await self._run_tasks(stop, api_socket, serve_api)
+            await self._run_tasks(stop, api_socket)
         finally:  # whatever ended the run, unacknowledged messages go to the spool and its lock is released
             for north in self.norths:
                 await north.delivery.close()
@@ -267,14 +225,14 @@ class Gateway:
         await asyncio.gather(*(n.uplink.stop() for n in norths))
         await asyncio.gather(*(t[0] for t in tasks if t[0] is not None), return_exceptions=True)
 
-    async def _run_tasks(self, stop: asyncio.Event, api_socket: socket.socket | None, serve_api: Any) -> None:
+    async def _run_tasks(self, stop: asyncio.Event, api_socket: socket.socket | None) -> None:
         async with asyncio.TaskGroup() as tg:
             self._tg, self._stop = tg, stop
             api_task = None
             for n in self.norths:
                 self._start_north(n)
-            if api_socket is not None:
-                self._api_server, api_coro = serve_api(self, api_socket)
+            if api_socket is not None and self.serve_api is not None:
+                self._api_server, api_coro = self.serve_api(self, api_socket)
                 api_task = tg.create_task(self._guarded(api_coro, "status API", stop), name="api")
             for a in self.assets.values():
                 self._start_source(a)

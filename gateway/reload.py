@@ -131,7 +131,8 @@ async def apply(gw: Gateway, new: Any) -> Plan:
             n.publisher.assets = gw.assets
             for asset in started:
                 n.publisher.add_asset(asset)
-        fresh = gw._norths(new, only=set(p.uplinks_changed) | set(p.uplinks_added))
+        assert gw.build_norths is not None  # gateway.daemon.build() sets it
+        fresh = gw.build_norths(new, only=set(p.uplinks_changed) | set(p.uplinks_added))
         for n in fresh:
             await n.delivery.open()
             gw._start_north(n)

@@ -16,6 +16,15 @@ EXIT_CONFIG = 2
 SCHEMA_TITLE = "iiot-gateway config"
 
 
+def load_or_exit(path: str) -> Any:
+    """The validated config of ``path``; on errors they are printed (file:line each) and the process exits 2."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
 def summary(path: str, config: Any) -> str:
     """``config/demo.yaml: OK — 2 assets, 8 tags (modbus_tcp: 1, opcua: 1)``."""
     assets = config.assets

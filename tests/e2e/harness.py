@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 
 from gateway.config import load_config
+from gateway.daemon import build
 from gateway.engine import Gateway
 from helpers import free_port
 
@@ -62,7 +63,7 @@ class RunningGateway:
 @contextlib.asynccontextmanager
 async def running_gateway(config_path: Path) -> AsyncIterator[RunningGateway]:
     cfg = load_config(config_path)
-    gw = Gateway(cfg)
+    gw = build(cfg)
     sock = gw.bind_api()
     stop = asyncio.Event()
     task = asyncio.create_task(gw.run(stop, sock))

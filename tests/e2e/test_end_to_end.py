@@ -268,7 +268,7 @@ async def test_modbus_exception_marks_only_that_reads_tags_bad_and_is_logged_onc
 
 async def test_a_failing_uplink_stops_the_daemon_in_order_instead_of_hanging(tmp_path, mqtt_broker, modbus_sim):
     from gateway.config import load_config
-    from gateway.engine import Gateway
+    from gateway.daemon import build
     from gateway.uplink.tls import UplinkConfigError
 
     from gateway.config import TlsSection
@@ -277,7 +277,7 @@ async def test_a_failing_uplink_stops_the_daemon_in_order_instead_of_hanging(tmp
                             assets_yaml=PRESS.format(port=modbus_sim.port))
     cfg = load_config(cfg_path)  # validate loads mqtt.tls files too: the CA file goes missing after it
     cfg.mqtt.tls = TlsSection(ca_file=str(tmp_path / "missing-ca.pem"))
-    gw = Gateway(cfg)
+    gw = build(cfg)
     sock = gw.bind_api()
     port = sock.getsockname()[1]
     with pytest.raises(UplinkConfigError, match="cannot load CA bundle"):

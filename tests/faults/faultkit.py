@@ -88,10 +88,10 @@ class InProcess:
 
     def __init__(self, config: Path) -> None:
         from gateway.config import load_config
-        from gateway.engine import Gateway
+        from gateway.daemon import build
 
         self.cfg = load_config(config)
-        self.gw = Gateway(self.cfg)
+        self.gw = build(self.cfg)
         self._stop = None
         self._task = None
 
