@@ -187,17 +187,17 @@ async def _wait(pred, timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
-async def run_live(quick: bool) -> dict[str, Any]:
+async def run_live(quick: bool, parts: frozenset[str] | None = None) -> dict[str, Any]:
+    """The figures that need a broker, the simulators and the gateway process (those in ``parts``, else all)."""
+    steps = {"payload": _payload_bytes, "end_to_end": _end_to_end, "latency": _latency, "scale": _scale,
+             "startup": _startup_full_spool}
+    wanted = [name for name in steps if parts is None or name in parts]
+    if not wanted:
+        return {}
     broker = LocalBroker(port=free_port())
     await broker.start()
     try:
-        return {
-            "payload": await _payload_bytes(broker.port, quick),
-            "end_to_end": await _end_to_end(broker.port, quick),
-            "latency": await _latency(broker.port, quick),
-            "scale": await _scale(broker.port, quick),
-            "startup": await _startup_full_spool(broker.port, quick),
-        }
+        return {name: await steps[name](broker.port, quick) for name in wanted}
     finally:
         await broker.stop()
 
