@@ -65,7 +65,7 @@ class _Protocol(asyncio.Protocol):
         self.client._lost(exc)
 
 
-class MbapClient(ModbusClientMixin):  # type: ignore[type-arg]
+class MbapClient(ModbusClientMixin):
     """Modbus TCP client of one device: ``connect()``, ``close()``, ``connected`` and the request methods.
 
     ``timeout`` bounds the connect and each request (or each :meth:`execute_many` window). ``name`` names the
@@ -101,7 +101,7 @@ class MbapClient(ModbusClientMixin):  # type: ignore[type-arg]
                 transport, _ = await loop.create_connection(lambda: _Protocol(self), self.host, self.port)
         except (OSError, TimeoutError):
             return False
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport
         self._rx.clear()
         return True
 
@@ -112,7 +112,7 @@ class MbapClient(ModbusClientMixin):  # type: ignore[type-arg]
         self._fail(ConnectionException(f"connection to {self.name} was closed"))
 
     # -- requests -------------------------------------------------------------------------------------
-    async def execute(self, no_response_expected: bool, request: ModbusPDU) -> ModbusPDU:  # type: ignore[override]
+    async def execute(self, no_response_expected: bool, request: ModbusPDU) -> ModbusPDU:
         """Send ``request`` and return its decoded answer (see the module docstring for what is accepted)."""
         if no_response_expected:
             raise NotImplementedError("requests without a response are not supported over Modbus TCP")
