@@ -250,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="measure throughput, CPU, bytes, latency and memory on this machine")
     bn.add_argument("--quick", action="store_true", help="shorter runs (under a minute)")
     bn.add_argument("--json", metavar="FILE", help="also write the JSON document to FILE")
+    bn.add_argument("--only", metavar="PART[,PART]",
+                    help="run only these parts: hot_path, uplink, ring_buffer, payload, end_to_end, latency, "
+                         "scale, startup")
     bn.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     bn.set_defaults(func=cmd_bench)
     return p

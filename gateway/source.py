@@ -222,6 +222,8 @@ class AssetRuntime:
         Returns the connection error a write ended in (the caller reconnects), else None at ``until``.
         """
         loop = asyncio.get_running_loop()
+        if until is not None and self._writes.empty() and loop.time() >= until:
+            return None  # polling as fast as the device answers: no timer, no queue waiter per poll
         while True:
             try:
                 async with asyncio.timeout_at(until):
@@ -288,6 +290,8 @@ class AssetRuntime:
         A subscription or stream batch (``index`` set) holds only some tags: the asset's state is then the
         ring's newest quality of every tag, not the batch's.
         """
+        if batch.index is None and not self._bad_texts and not bad.any():
+            return  # all good, as before: nothing to log (the usual poll)
         errors, error_text = batch.errors, batch.error_text
         if batch.index is not None:
             _, _, quality, has = self.ring.last()

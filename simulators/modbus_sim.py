@@ -30,6 +30,8 @@ signal produces a different value (constants: until :meth:`ModbusSimulator.set`)
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 import random
 import struct
@@ -39,7 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pymodbus.exceptions import ModbusIOException
 from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
+from pymodbus.transaction import TransactionManager
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from simulators.addressing import TABLE_LABEL
@@ -52,6 +57,55 @@ log = logging.getLogger(__name__)
 
 _FC_TABLE = {1: "co", 5: "co", 15: "co", 2: "di", 4: "ir", 3: "hr", 6: "hr", 16: "hr", 22: "hr", 23: "hr"}
 _DEFAULTS: dict[str, Value] = {"string": "", "bool": False, "bit": False}
+
+
+class _PipelinedHandler(ServerRequestHandler):
+    """pymodbus's connection handler, serving every request a chunk of received bytes holds, in order.
+
+    pymodbus 3.16 decodes one request per chunk and leaves the rest in its buffer until more bytes come, so
+    a client with several requests in flight (Modbus TCP allows it; the gateway's ``max_in_flight``) would
+    wait for a timeout. Real PLCs answer them one after another; so does this simulator.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._queue: collections.deque[tuple[Any, Any]] = collections.deque()
+        self._serving: asyncio.Task[None] | None = None
+
+    def callback_data(self, data: bytes, addr: tuple | None = None) -> int:
+        # the request being served keeps its last_pdu: handle_request reads it across an await
+        current = (self.last_pdu, self.last_addr)
+        used = 0
+        try:
+            while used < len(data):
+                try:
+                    n = TransactionManager.callback_data(self, data[used:], addr)
+                except ModbusIOException:  # pymodbus's own answer to an undecodable request
+                    self.last_pdu = None
+                    return used + ServerRequestHandler.callback_data(self, data[used:], addr)
+                if not n:
+                    break
+                used += n
+                if self.last_pdu is not None:
+                    self._queue.append((self.last_pdu, self.last_addr))
+        finally:
+            self.last_pdu, self.last_addr = current
+        if self._queue and self._serving is None:
+            self._serving = asyncio.get_running_loop().create_task(self._serve())
+        return used
+
+    async def _serve(self) -> None:
+        try:
+            while self._queue:
+                self.last_pdu, self.last_addr = self._queue.popleft()
+                await self.handle_request()
+        finally:
+            self._serving = None
+
+
+class _Server(ModbusTcpServer):
+    def callback_new_connection(self) -> _PipelinedHandler:
+        return _PipelinedHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
 
 
 @dataclass(eq=False)
@@ -115,7 +169,7 @@ class ModbusSimulator:
             ),
             action=self._on_request,
         )
-        server = ModbusTcpServer(device, address=(self.host, self.port), trace_packet=self._outgoing)
+        server = _Server(device, address=(self.host, self.port), trace_packet=self._outgoing)
         try:
             await server.serve_forever(background=True)
         except RuntimeError as exc:

@@ -29,3 +29,16 @@ def test_bench_quick_prints_every_figure(tmp_path):
         assert doc["end_to_end"][key] > 0
     assert {"rbe (any change) / none", "raw / zlib"} <= set(doc["uplink"]["settings"])
     assert doc["latency"]["poll_mode"]["e2e_p50_ms"] > 0
+
+
+def test_bench_only_runs_the_parts_named():
+    proc = subprocess.run([sys.executable, "-m", "gateway.cli", "bench", "--only", "ring_buffer"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["ring_buffer"]["bytes_per_sample"] > 0
+    assert "hot_path" not in doc and "end_to_end" not in doc
+    assert list(doc["targets"]) == ["ring buffer bytes per sample"]
+    bad = subprocess.run([sys.executable, "-m", "gateway.cli", "bench", "--only", "ring_buffer,e2e"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown part(s) e2e" in bad.stderr and "end_to_end" in bad.stderr

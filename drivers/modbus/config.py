@@ -80,6 +80,14 @@ class ModbusTcpSource(ModbusReadLimits):
     host: str = Field(min_length=1, description="Host name or IP address of the device")
     port: int = Field(502, ge=1, le=65535)
     unit: int = Field(1, ge=0, le=247, description="Modbus unit id (slave / device id)")
+    max_in_flight: int = Field(
+        1, ge=1, le=16,
+        description=(
+            "Requests of one poll sent back to back on the connection before their answers (matched by "
+            "transaction id). 1 (the default) is safe with every device; raise it only for a device or "
+            "gateway that accepts several transactions per connection."
+        ),
+    )
 
     def claims(self) -> tuple[Claim, ...]:
         """The device's TCP address: shared with other Modbus TCP assets (units behind one gateway)."""

@@ -64,6 +64,37 @@ def _list(values: np.ndarray, integer: bool) -> list[Any]:
     return [None if x != x else x for x in values.tolist()]
 
 
+def _split_lists(text: bytes, counts: list[int]) -> list[bytes]:
+    """``[a,b,c,d,e]`` (one JSON array of numbers or strings without commas) cut into arrays of ``counts``
+    elements, by byte slicing at the commas: no object per element."""
+    commas = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == 0x2C).tolist()
+    bounds = [0, *commas, len(text) - 1]  # element i lies between bounds[i] + 1 and bounds[i + 1]
+    out, i = [], 0
+    for c in counts:
+        out.append(b"[" + text[bounds[i] + 1 : bounds[i + c]] + b"]" if c else b"[]")
+        i += c
+    return out
+
+
+def _series_texts(series: list[Any], integer: np.ndarray) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """The ``ts``, ``v`` and ``q`` arrays of every series as JSON texts: one formatting pass over the samples
+    of all of them (values of integer tags as integers, NaN as null, like :func:`entries`)."""
+    counts = [len(s.values) for s in series]
+    if not sum(counts):
+        empty = [b"[]"] * len(series)
+        return empty, list(empty), list(empty)
+    ts = _split_lists(orjson.dumps(np.concatenate([s.ts_ms for s in series]), option=_NUMPY), counts)
+    qs = _split_lists(b"[" + b",".join(_Q_TEXT[np.concatenate([s.quality for s in series])].tolist()) + b"]",
+                      counts)
+    ints = integer[[s.pos for s in series]]
+    values = np.concatenate([s.values for s in series]).astype(np.float64)
+    vs = _split_lists(orjson.dumps(values, option=_NUMPY), counts)
+    if ints.any():  # integer tags' series as integers (null for NaN): these few through Python numbers
+        for k in np.flatnonzero(ints).tolist():
+            vs[k] = orjson.dumps(_list(series[k].values, True))
+    return ts, vs, qs
+
+
 def entries(r: Reduced, positions: list[int] | None = None) -> dict[str, dict[str, Any]]:
     """The full-format ``tags`` object of ``r`` (of the rows at ``positions`` only, when given)."""
     names = r.names
@@ -130,8 +161,8 @@ class JsonEncoder:
         if not r.plain:
             uniform = (not (r.errors or r.strings or r.series) and len(r.agg_pos) == n
                        and len(set(r.agg_keys)) == 1)
-            if not uniform:  # errors, strings, series, mixed aggregates: the dict path, one orjson call
-                return orjson.dumps(entries(r))[1:-1]
+            if not uniform:  # errors, strings, series, mixed aggregates: one piece per row, from the arrays
+                return b",".join(self._members(asset, r, range(n)))
             agg_keys = r.agg_keys[0]  # every row aggregated alike (the usual profile): columns too
         keys = self._name_keys(asset, r.names)
         rows = r.rows.tolist()
@@ -154,6 +185,39 @@ class JsonEncoder:
         out[width - 1::width] = [b"},"] * n
         out[-1] = b"}"
         return b"".join(out)
+
+    def _members(self, asset: str, r: Reduced, sel: range | list[int]) -> list[bytes]:
+        """``"name":{...}`` of the rows at ``sel`` with whatever each carries (error, aggregates, a series),
+        keys in the order :func:`entries` gives them. Every column is formatted in one pass over all rows
+        (series: one pass over all their samples); per row only the row's pieces are joined."""
+        keys = self._name_keys(asset, r.names)
+        rows = r.rows.tolist()
+        ts = orjson.dumps(r.ts_ms, option=_NUMPY)[1:-1].split(b",")
+        vals = _texts(r.values, r.integer)
+        for j, text in r.strings.items():
+            vals[j] = orjson.dumps(text)
+        qs = _Q_TEXT[r.quality].tolist()
+        extra: dict[int, list[bytes]] = {}
+        for j, text in r.errors.items():
+            extra.setdefault(j, []).append(b',"err":' + orjson.dumps(text))
+        if len(r.agg_pos):
+            agg_integer = r.integer[r.agg_pos]
+            cols = {key: (orjson.dumps(a, option=_NUMPY)[1:-1].split(b",") if key == "n" else
+                          _texts(a, agg_integer if key != "mean" else np.zeros(len(a), dtype=bool)))
+                    for key, a in r.agg.items()}
+            labels = {key: b',"' + key.encode() + b'":' for key in cols}
+            for k, (j, agg_keys) in enumerate(zip(r.agg_pos.tolist(), r.agg_keys)):
+                extra.setdefault(j, []).extend(labels[key] + cols[key][k] for key in agg_keys)
+        for mode, series in r.series.items():
+            label = b',"' + mode.encode() + b'":{"ts":'
+            for s, t, v, q in zip(series, *_series_texts(series, r.integer)):
+                extra.setdefault(s.pos, []).append(b"".join((label, t, b',"v":', v, b',"q":', q, b"}")))
+        out = []
+        for j in sel:
+            head = b"".join((keys[rows[j]], b'{"ts":', ts[j], b',"v":', vals[j], b',"q":', qs[j]))
+            more = extra.get(j)
+            out.append(head + b"".join(more) + b"}" if more else head + b"}")
+        return out
 
     def reference(self, asset: str, seq: int, ts_ms: int, reduced: Reduced) -> bytes:
         """The full shape through Python dicts and orjson: the reference the array writer is checked against."""
@@ -203,11 +267,9 @@ class JsonEncoder:
             body = self._objects(asset, r)
         else:
             others = np.flatnonzero(~bare).tolist()
-            objects = entries(r, others)
-            names = r.names
             parts = [keys[i] + t for i, t in zip(rows, texts)]
-            for j in others:
-                parts[j] = keys[rows[j]] + orjson.dumps(objects[names[rows[j]]])
+            for j, member in zip(others, self._members(asset, r, others)):
+                parts[j] = member
             body = b",".join(parts)
         head = orjson.dumps({"seq": seq, "ts": msg_ts, "asset": asset})
         return head[:-1] + b',"tags":{' + body + b"}}"

@@ -57,12 +57,15 @@ async def check(driver) -> None:
     assert counters["mismatched_answers"] == 0
 
 
-async def test_modbus_tcp_against_libmodbus(libmodbus: Path) -> None:
+@pytest.mark.parametrize("max_in_flight", [1, 8])
+async def test_modbus_tcp_against_libmodbus(libmodbus: Path, max_in_flight: int) -> None:
+    """libmodbus serves one request at a time per connection; requests sent back to back (``max_in_flight``)
+    wait in the socket and are answered in order, each with its own transaction id: the values are right."""
     port = free_port()
     proc = await start_slave(libmodbus, "tcp", str(port), str(UNIT))
     try:
         driver = ModbusTcpDriver(ModbusTcpSource(driver="modbus_tcp", host="127.0.0.1", port=port, unit=UNIT,
-                                                 timeout=2), TAGS)
+                                                 timeout=2, max_in_flight=max_in_flight), TAGS)
         await check(driver)
         assert driver.counters.stale_answers == 0 and driver.counters.timeouts == 0
     finally:
