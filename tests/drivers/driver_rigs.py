@@ -358,15 +358,7 @@ STREAM_RIGS: dict[str, Callable[[], Rig]] = {
 
 #: (driver, test) -> why it fails today; the suite marks those cases xfail, so they stay visible in every run.
 #: Remove an entry when its driver is fixed.
-_SERIAL_OPEN_RACE = (
-    "a connect cancelled while the port is being opened in a worker thread leaves that open running; close() "
-    "does not wait for it, so the next connect finds the port locked ('port in use') until the thread is done "
-    "(drivers/serial_io.py open_in_thread closes it only then)"
-)
-KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("modbus_rtu", "test_cancel_during_connect_then_close_then_connect_works"): _SERIAL_OPEN_RACE,
-    ("serial_line", "test_cancel_during_connect_then_close_then_connect_works"): _SERIAL_OPEN_RACE,
-}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 
 
 def build(name: str, rig: Rig, state_dir: Path) -> Driver:
