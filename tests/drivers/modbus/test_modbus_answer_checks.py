@@ -19,6 +19,7 @@ from drivers.modbus.config import ModbusTag, ModbusTcpSource
 from drivers.modbus.tcp import ModbusTcpDriver
 from drivers.modbus.tcp_client import MbapClient, TcpCounters
 from gateway.batch import Quality
+from helpers import free_port
 from simulators.config import ANSWER_FAULTS
 from simulators.modbus_sim import ModbusSimulator
 from simulators.plant import Plant
@@ -73,7 +74,7 @@ def driver(port: int) -> ModbusTcpDriver:
 @pytest.mark.parametrize("fault", ANSWER_FAULTS)
 async def test_each_kind_of_mismatched_answer_is_bad_and_counted(tmp_path: Path, fault: str) -> None:
     sim = ModbusSimulator(plant(tmp_path), port=0, answer_fault=fault)
-    sim.port = _free_port()
+    sim.port = free_port()
     async with sim:
         d = driver(sim.port)
         await d.connect()
@@ -98,7 +99,7 @@ async def test_each_kind_of_mismatched_answer_is_bad_and_counted(tmp_path: Path,
 
 
 async def test_correct_answers_of_the_simulator_are_all_good(tmp_path: Path) -> None:
-    sim = ModbusSimulator(plant(tmp_path), port=_free_port())
+    sim = ModbusSimulator(plant(tmp_path), port=free_port())
     async with sim:
         d = driver(sim.port)
         await d.connect()
@@ -174,18 +175,12 @@ def test_answer_mismatch(request_pdu: bytes, answer: bytes, why: str | None) -> 
     assert (got is None) if why is None else (got is not None and why in got)
 
 
-def _free_port() -> int:
-    from helpers import free_port
-
-    return free_port()
 
 
 async def test_mismatched_answers_are_counted_on_the_status_api(tmp_path: Path, mqtt_broker) -> None:
     """What an integrator sees: the tags bad with the mismatch text, the count under driver_counters."""
     from e2e.harness import running_gateway, write_config
-    from helpers import free_port
-
-    sim = ModbusSimulator(plant(tmp_path), port=_free_port(), answer_fault="other_function")
+    sim = ModbusSimulator(plant(tmp_path), port=free_port(), answer_fault="other_function")
     assets = f"""\
         - id: press-1
           source: {{driver: modbus_tcp, host: 127.0.0.1, port: {sim.port}, unit: 1, poll: 100ms, timeout: 1s}}

@@ -5,13 +5,13 @@ Started on a free port on 127.0.0.1, anonymous or user ``operator`` / ``s3cret``
 
 from __future__ import annotations
 
-import socket
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
+from helpers import free_port
 
 OVEN_NS = "urn:acme:oven"
 GUID = uuid.UUID("09087e75-8e5e-499b-954f-f2a9603db28a")
@@ -34,12 +34,6 @@ NODES: dict[str, ua.Variant] = {
     "ns=2;s=Oven1.StartedAt": ua.Variant(SOURCE_TS, ua.VariantType.DateTime),
     "ns=2;s=Oven1.Quality": ua.Variant(1.0, ua.VariantType.Double),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Users:
