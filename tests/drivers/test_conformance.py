@@ -9,6 +9,7 @@ only hangs where it should raise fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -85,30 +86,30 @@ def assert_good_read(rig: Rig, batch: Batch) -> None:
         assert batch.values[pos[name]] == pytest.approx(value), name
 
 
-async def connected(name: str, rig: Rig, state_dir: Path) -> Driver:
-    driver = build(name, rig, state_dir)
-    await timed(rig, driver.connect())
-    return driver
+@contextlib.asynccontextmanager
+async def opened(name: str, rig: Rig, tmp_path: Path, *, connect: bool = True) -> AsyncIterator[Any]:
+    """The rig's driver, connected unless ``connect`` is False; closed on the way out whatever happened."""
+    driver: Driver = build(name, rig, tmp_path / "state")
+    try:
+        if connect:
+            await timed(rig, driver.connect())
+        yield driver
+    finally:
+        await driver.close()
 
 
 async def test_connect_read_close(rig, tmp_path) -> None:
     name, r = rig
-    driver = await connected(name, r, tmp_path / "state")
-    try:
+    async with opened(name, r, tmp_path) as driver:
         assert_good_read(r, await timed(r, driver.read()))
         assert_good_read(r, await timed(r, driver.read()))  # and again on the same connection
         assert all(isinstance(k, str) and isinstance(v, int) for k, v in counters_of(driver).items())
-    finally:
-        await driver.close()
 
 
 async def test_one_bad_tag_is_marked_bad_and_the_others_stand(rig, tmp_path) -> None:
     name, r = rig
-    driver = await connected(name, r, tmp_path / "state")
-    try:
+    async with opened(name, r, tmp_path) as driver:
         batch = await timed(r, driver.read())
-    finally:
-        await driver.close()
     bad = positions(r)[r.bad]
     assert batch.quality[bad] == Quality.BAD and np.isnan(batch.values[bad])
     code = int(batch.errors[bad])
@@ -138,32 +139,25 @@ async def _cancel_soon(call: Awaitable[Any]) -> None:
 
 async def test_cancel_during_connect_then_close_then_connect_works(rig, tmp_path) -> None:
     name, r = rig
-    driver = build(name, r, tmp_path / "state")
-    try:
+    async with opened(name, r, tmp_path, connect=False) as driver:
         await _cancel_soon(driver.connect())
         await driver.close()
         await timed(r, driver.connect())
         assert_good_read(r, await timed(r, driver.read()))
-    finally:
-        await driver.close()
 
 
 async def test_cancel_during_read_then_close_then_connect_works(rig, tmp_path) -> None:
     name, r = rig
-    driver = await connected(name, r, tmp_path / "state")
-    try:
+    async with opened(name, r, tmp_path) as driver:
         await _cancel_soon(driver.read())
         await driver.close()
         await timed(r, driver.connect())
         assert_good_read(r, await timed(r, driver.read()))
-    finally:
-        await driver.close()
 
 
 async def test_device_away_raises_device_unavailable_and_reconnect_works_when_back(rig, tmp_path) -> None:
     name, r = rig
-    driver = await connected(name, r, tmp_path / "state")
-    try:
+    async with opened(name, r, tmp_path) as driver:
         assert_good_read(r, await timed(r, driver.read()))
         await r.away()
         with pytest.raises(DeviceUnavailable):
@@ -175,14 +169,11 @@ async def test_device_away_raises_device_unavailable_and_reconnect_works_when_ba
         await r.back()
         await timed(r, driver.connect())
         assert_good_read(r, await timed(r, driver.read()))
-    finally:
-        await driver.close()
 
 
 async def test_write_reads_back(rig, tmp_path) -> None:
     name, r = rig
-    driver = await connected(name, r, tmp_path / "state")
-    try:
+    async with opened(name, r, tmp_path) as driver:
         if r.write is None:  # a read-only driver says so
             with pytest.raises(NOT_WRITABLE):
                 await timed(r, driver.write(r.tags[0]["name"], 1))
@@ -191,14 +182,11 @@ async def test_write_reads_back(rig, tmp_path) -> None:
         assert await timed(r, driver.write(tag, value)) == pytest.approx(back)
         batch = await timed(r, driver.read())
         assert batch.values[positions(r)[tag]] == pytest.approx(back)
-    finally:
-        await driver.close()
 
 
 async def test_write_of_a_value_the_tag_cannot_hold_raises_and_the_connection_stands(rig, tmp_path) -> None:
     name, r = rig
-    driver = await connected(name, r, tmp_path / "state")
-    try:
+    async with opened(name, r, tmp_path) as driver:
         if r.unwritable is None:
             with pytest.raises(NOT_WRITABLE):
                 await timed(r, driver.write(r.tags[0]["name"], 1))
@@ -210,8 +198,6 @@ async def test_write_of_a_value_the_tag_cannot_hold_raises_and_the_connection_st
         batch = await timed(r, driver.read())
         assert_good_read(r, batch)
         assert batch.values[positions(r)[tag]] == before, "nothing was written"
-    finally:
-        await driver.close()
 
 
 # ------------------------------------------------------------------------------------------- streaming drivers
@@ -244,8 +230,7 @@ def assert_subset(rig: Rig, batch: Batch) -> None:
 
 async def test_stream_starts_with_a_full_read_after_each_connect(stream_rig, tmp_path) -> None:
     name, r = stream_rig
-    driver: Any = await connected(name, r, tmp_path / "state")
-    try:
+    async with opened(name, r, tmp_path) as driver:
         stream = driver.subscribe()
         assert_good_read(r, await next_batch(stream))
         await stream.aclose()
@@ -254,14 +239,11 @@ async def test_stream_starts_with_a_full_read_after_each_connect(stream_rig, tmp
         stream = driver.subscribe()
         assert_good_read(r, await next_batch(stream))
         await stream.aclose()
-    finally:
-        await driver.close()
 
 
 async def test_stream_raises_device_unavailable_when_the_device_goes_away(stream_rig, tmp_path) -> None:
     name, r = stream_rig
-    driver: Any = await connected(name, r, tmp_path / "state")
-    try:
+    async with opened(name, r, tmp_path) as driver:
         stream = driver.subscribe()
         assert_good_read(r, await next_batch(stream))
         await r.away()
@@ -274,5 +256,3 @@ async def test_stream_raises_device_unavailable_when_the_device_goes_away(stream
         stream = driver.subscribe()
         assert_good_read(r, await next_batch(stream))
         await stream.aclose()
-    finally:
-        await driver.close()
