@@ -249,7 +249,22 @@ class OpcUaRig(_ProxiedRig):
         await self.sim.stop()
 
 
-class SerialLineRig(Rig):
+class InstrumentRig(Rig):
+    """A bundled serial instrument on a pty: away = the instrument stopped, back = started again."""
+
+    instrument: SerialInstrument
+
+    async def away(self) -> None:
+        await self.instrument.stop()
+
+    async def back(self) -> None:
+        await self.instrument.start()
+
+    async def stop(self) -> None:
+        await self.instrument.stop()
+
+
+class SerialLineRig(InstrumentRig):
     """The bundled weighing scale on a pty (poll mode), under a stable symlink: away = instrument stopped."""
 
     async def start(self, tmp_path: Path) -> None:
@@ -265,15 +280,6 @@ class SerialLineRig(Rig):
             {"name": "status_number", "group": "status"},  # "ST" is no number
         ]
         self.bad, self.expected = "status_number", {"weight_g": 12345.0, "stable": 1.0}
-
-    async def away(self) -> None:
-        await self.instrument.stop()
-
-    async def back(self) -> None:
-        await self.instrument.start()
-
-    async def stop(self) -> None:
-        await self.instrument.stop()
 
 
 class FileRig(Rig):
@@ -311,7 +317,7 @@ class OpcUaSubscribeRig(OpcUaRig):
         self.source = {**self.source, "mode": "subscribe", "poll": "100ms"}
 
 
-class SerialStreamRig(Rig):
+class SerialStreamRig(InstrumentRig):
     """The bundled temperature transmitter streaming 20 lines a second on a pty: away = instrument stopped."""
 
     async def start(self, tmp_path: Path) -> None:
@@ -327,15 +333,6 @@ class SerialStreamRig(Rig):
             {"name": "status_number", "group": "status"},  # "OK" is no number
         ]
         self.bad, self.expected = "status_number", {"zone1": 23.45, "zone2_f": 67.64}
-
-    async def away(self) -> None:
-        await self.instrument.stop()
-
-    async def back(self) -> None:
-        await self.instrument.start()
-
-    async def stop(self) -> None:
-        await self.instrument.stop()
 
 
 #: driver name -> its rig; every registered driver needs one
