@@ -111,8 +111,6 @@ class ModbusDriverBase(ABC):
         self._client: Any = None
         #: the poll buffer: every register response of a poll, at ``plan.word_offset`` (reused every poll)
         self._words = np.zeros(self.plan.register_words, dtype=np.uint16)
-        #: (max_in_flight, windows of request PDUs) for the pipelined read, built at its first poll
-        self._windows: tuple[int, list[tuple[int, list[ModbusPDU], np.ndarray]]] | None = None
 
     @staticmethod
     def _compile(source: Any, tags: list[ModbusTag]) -> ReadPlan:
@@ -247,9 +245,6 @@ class ModbusDriverBase(ABC):
         client = self._client
         if client is None:
             raise DeviceUnavailable(f"not connected to {self.endpoint}")
-        window = int(getattr(self.source, "max_in_flight", 1))
-        if window > 1 and hasattr(client, "execute_many"):
-            return await self._read_pipelined(client, window)
         plan = self.plan
         batch = Batch.empty(len(plan), 0)
         answers: list[ModbusPDU | BadResponse] = []
@@ -265,44 +260,6 @@ class ModbusDriverBase(ABC):
             batch.ts[request.positions] = time.time_ns()
         self.decode_answers(plan, answers, batch, self._words)
         return batch
-
-    async def _read_pipelined(self, client: Any, window: int) -> Batch:
-        """:meth:`read` with up to ``window`` requests in flight: each window is one write, its answers are
-        matched by transaction id (the client's ``execute_many``); ``ts`` is when a window's last answer came."""
-        plan = self.plan
-        windows = self._windows
-        if windows is None or windows[0] != window:
-            windows = self._windows = (window, self._request_windows(window))
-        batch = Batch.empty(len(plan), 0)
-        answers: list[ModbusPDU | BadResponse] = []
-        for first, pdus, positions in windows[1]:
-            if not client.connected:
-                raise DeviceUnavailable(f"connection to {self.endpoint} was closed")
-            try:
-                answers += await client.execute_many(pdus)
-            except ModbusException as exc:
-                raise DeviceUnavailable(self._failure_text(client, plan.requests[first], exc)) from exc
-            batch.ts[positions] = time.time_ns()
-        self.decode_answers(plan, answers, batch, self._words)
-        return batch
-
-    def _request_windows(self, window: int) -> list[tuple[int, list[ModbusPDU], np.ndarray]]:
-        """The plan's requests as request PDUs in windows of ``window``: (index of the first, PDUs, tag positions)."""
-        from pymodbus.pdu import bit_message, register_message
-
-        unit = self.source.unit
-        kinds = {Table.HOLDING_REGISTER: register_message.ReadHoldingRegistersRequest,
-                 Table.INPUT_REGISTER: register_message.ReadInputRegistersRequest,
-                 Table.COIL: bit_message.ReadCoilsRequest,
-                 Table.DISCRETE_INPUT: bit_message.ReadDiscreteInputsRequest}
-        requests = self.plan.requests
-        pdus = [kinds[r.table](address=r.start, count=r.count, dev_id=unit) for r in requests]
-        out = []
-        for k in range(0, len(requests), window):
-            part = requests[k : k + window]
-            positions = np.concatenate([r.positions for r in part]) if part else np.zeros(0, dtype=np.intp)
-            out.append((k, pdus[k : k + window], positions))
-        return out
 
     @staticmethod
     def decode_answers(plan: ReadPlan, answers: list[Any], batch: Batch, words: np.ndarray | None = None) -> None:
