@@ -89,9 +89,10 @@ def _series_texts(series: list[Any], integer: np.ndarray) -> tuple[list[bytes], 
     ints = integer[[s.pos for s in series]]
     values = np.concatenate([s.values for s in series]).astype(np.float64)
     vs = _split_lists(orjson.dumps(values, option=_NUMPY), counts)
-    if ints.any():  # integer tags' series as integers (null for NaN): these few through Python numbers
-        for k in np.flatnonzero(ints).tolist():
-            vs[k] = orjson.dumps(_list(series[k].values, True))
+    for k in np.flatnonzero(ints).tolist():  # integer tags' series as integers: an int64 pass where it holds them
+        v = series[k].values
+        exact = np.isfinite(v).all() and (np.abs(v) < 2.0**63).all()
+        vs[k] = orjson.dumps(v.astype(np.int64), option=_NUMPY) if exact else orjson.dumps(_list(v, True))
     return ts, vs, qs
 
 
