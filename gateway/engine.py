@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
-from gateway.driver import registry
+from gateway.driver import Shared, registry
 from gateway.source import AssetRuntime
 
 if TYPE_CHECKING:
@@ -62,6 +62,8 @@ class Gateway:
         self.cfg = cfg
         self.started_at = time.time()
         self.namespace: str = cfg.gateway.namespace
+        #: resources the drivers of several assets share (the arbiter of one RS-485 port), kept across reloads
+        self.shared = Shared()
         self.assets: dict[str, AssetRuntime] = {a.id: self._asset(a) for a in cfg.assets}
         self.status_topic = f"{self.namespace}/_gateway/{cfg.gateway.id}/status"
         self.metrics_topic = f"{self.namespace}/_gateway/{cfg.gateway.id}/metrics"
@@ -88,8 +90,8 @@ class Gateway:
     def _asset(self, a: Any) -> AssetRuntime:
         cfg = self.cfg
         return AssetRuntime(a, registry()[a.source.driver], buffer_seconds=cfg.buffer.seconds,
-                            on_state=self._asset_state_changed, state_dir=cfg.gateway.state_dir,
-                            log_summary_interval=cfg.gateway.log_summary_interval)
+                            state_dir=Path(cfg.gateway.state_dir), shared=self.shared,
+                            on_state=self._asset_state_changed, log_summary_interval=cfg.gateway.log_summary_interval)
 
     # -- the first uplink, for callers that know one (tests, the demo) --------------------------------
     @property

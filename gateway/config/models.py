@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -329,15 +330,12 @@ def asset_models() -> dict[str, type[AssetBase]]:
     """Driver name -> asset model with that driver's source and tag models."""
     models: dict[str, type[AssetBase]] = {}
     for name, drv in registry().items():
-        validators = {}
-        check = getattr(drv, "check_config", None)
-        if check is not None:
 
-            def _driver_check(self: AssetBase, _check=check) -> AssetBase:
-                _check(self.source, self.tags)  # type: ignore[attr-defined]
-                return self
+        def _driver_check(self: AssetBase, _check: Callable[[Any, list[Any]], None] = drv.check) -> AssetBase:
+            _check(self.source, self.tags)  # type: ignore[attr-defined]
+            return self
 
-            validators["_driver_check"] = model_validator(mode="after")(_driver_check)
+        validators = {"_driver_check": model_validator(mode="after")(_driver_check)}
         models[name] = create_model(
             f"Asset_{name}",
             __base__=AssetBase,
