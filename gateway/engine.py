@@ -28,6 +28,7 @@ from gateway.driver import Shared, registry
 from gateway.source import AssetRuntime
 
 if TYPE_CHECKING:
+    from gateway.config.models import AssetBase, Config
     from gateway.daemon import North
     from gateway.delivery import Delivery
     from gateway.publisher import Publisher
@@ -58,7 +59,7 @@ class Gateway:
     """Sources, lifecycle and status of the daemon; build one with :func:`gateway.daemon.build`, which also
     sets :attr:`build_norths`, :attr:`norths` and (API enabled) :attr:`serve_api`."""
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.started_at = time.time()
         self.namespace: str = cfg.gateway.namespace
@@ -82,12 +83,12 @@ class Gateway:
         self._north_tasks: dict[int, list[asyncio.Task[None]]] = {}
         #: hot reload (gateway/reload.py): the file it re-reads, the config before the last reload
         self.config_path: str | None = None
-        self.previous_cfg: Any = None
+        self.previous_cfg: Config | None = None
         self.reload_lock = asyncio.Lock()
         #: what made the daemon stop by itself (a failed uplink, API, ...); raised by run() after shutdown
         self.fatal: Exception | None = None
 
-    def _asset(self, a: Any) -> AssetRuntime:
+    def _asset(self, a: AssetBase) -> AssetRuntime:
         cfg = self.cfg
         return AssetRuntime(a, registry()[a.source.driver], buffer_seconds=cfg.buffer.seconds,
                             state_dir=Path(cfg.gateway.state_dir), shared=self.shared,

@@ -11,18 +11,20 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from gateway.batch import Batch, Quality
-from gateway.config.models import AssetBase
 from gateway.driver import DeviceUnavailable, Driver, DriverContext, DriverSpec, Shared, StreamingDriver, TagMeta
 from gateway.logsafe import ChangeLog, safe
 from gateway.reduce import integer_tags
 from gateway.ringbuffer import RingBuffer
 from gateway.status import AssetStatus, Backoff
 from gateway.writes import WriteFailed, classify
+
+if TYPE_CHECKING:
+    from gateway.config.models import AssetBase
 
 log = logging.getLogger("gateway.source")
 

@@ -69,6 +69,12 @@ class _RegistersAsArray:
     debug log line even when debug logging is off, and printing the registers is the costly part.
     """
 
+    #: set by pymodbus on the response (ModbusPDU), named in __str__
+    dev_id: int
+    transaction_id: int
+    #: a NumPy uint16 view instead of ModbusPDU's list of ints
+    registers: Any
+
     def decode(self, data: bytes) -> None:
         n = int(data[0])
         if n >= len(data):

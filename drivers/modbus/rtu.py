@@ -33,7 +33,7 @@ from drivers.modbus.rtu_link import SerialLink, TcpLink
 from gateway.driver import DeviceUnavailable, DriverContext, DriverSpec, Shared
 
 
-class RtuClient(ModbusClientMixin):  # type: ignore[type-arg]
+class RtuClient(ModbusClientMixin):
     """The subset of pymodbus's async client that :class:`ModbusDriverBase` uses, over a bus arbiter.
 
     ``connect()`` opens (or joins) the shared link; ``close()`` leaves it; every request method of
@@ -67,7 +67,7 @@ class RtuClient(ModbusClientMixin):  # type: ignore[type-arg]
             self._joined = False
             self.arbiter.release(self.owner)
 
-    async def execute(self, no_response_expected: bool, request: ModbusPDU) -> ModbusPDU:  # type: ignore[override]
+    async def execute(self, no_response_expected: bool, request: ModbusPDU) -> ModbusPDU:
         """Send one request to this client's unit (``device_id`` arguments are ignored: one client, one slave)."""
         if no_response_expected:
             raise NotImplementedError("broadcast requests (no response expected) are not supported over RTU")
@@ -130,7 +130,7 @@ class _RtuDriverBase(ModbusDriverBase):
         client = self._client
         assert client is not None
         try:
-            await self._send(client, self.plan.requests[0])  # type: ignore[arg-type]
+            await self._send(client, self.plan.requests[0])
         except BadResponse as exc:
             raise DeviceUnavailable(exc.text) from exc
 

@@ -307,7 +307,7 @@ class OpcUaDriver(Driver):
             same = type(got) is type(raw) and got == raw
         if not same:
             raise WriteError(f"{where}: wrote {raw!r} but read back {got!r}")
-        if isinstance(got, bool) or isinstance(got, str):
+        if isinstance(got, (bool, str)) or got is None:  # None: never equal to a value written
             return got
         return engineering(cfg, got)
 
@@ -352,7 +352,7 @@ class OpcUaSubscriber(OpcUaDriver, StreamingDriver):
             created = await client.uaclient.create_subscription(subscription.subscription_params(timing), inbox.callback)
             positions = self._readable.tolist()
             requests = [
-                subscription.item_request(p, self.node_ids[p], self.tags[p], self.source) for p in positions  # type: ignore[arg-type]
+                subscription.item_request(p, self.node_ids[p], self.tags[p], self.source) for p in positions
             ]
             params = ua.CreateMonitoredItemsParameters()
             params.SubscriptionId = created.SubscriptionId
