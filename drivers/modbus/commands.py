@@ -75,7 +75,7 @@ def add_probe_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     pu = pr_sub.add_parser("modbus-rtu", help="a Modbus RTU slave: probe modbus-rtu /dev/ttyUSB0 --address 40133")
     pu.add_argument("target", metavar="PORT", help="serial device, e.g. /dev/ttyUSB0 or /dev/serial/by-id/...")
     pu.add_argument("--baudrate", type=int, default=9600)
-    pu.add_argument("--parity", choices=["N", "E", "O"], default="E")
+    pu.add_argument("--parity", choices=["N", "E", "O", "none", "even", "odd"], default="E")
     pu.add_argument("--stopbits", type=int, choices=[1, 2], default=1)
     for q in (pt, pu):
         q.add_argument("--unit", type=int, default=1, help="unit id (default 1)")
