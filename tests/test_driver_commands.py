@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import gateway_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,15 +56,11 @@ def cli(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_third_party_command_gets_the_state_dir_of_a_config(site, tmp_path) -> None:
-    cfg = tmp_path / "gw.yaml"
-    cfg.write_text(textwrap.dedent(f"""\
-        gateway: {{id: gw, namespace: acme/t, state_dir: {tmp_path / "st"}}}
-        mqtt: {{host: 127.0.0.1, port: 1883}}
-        assets:
-          - id: press
-            source: {{driver: modbus_tcp, host: 127.0.0.1, port: 5020}}
-            tags: [{{name: p, address: 40001, type: int16}}]
-        """))
+    cfg = gateway_config(tmp_path, gateway={"state_dir": tmp_path / "st"}, assets_yaml="""\
+        - id: press
+          source: {driver: modbus_tcp, host: 127.0.0.1, port: 5020}
+          tags: [{name: p, address: 40001, type: int16}]
+        """)
     done = cli(site, "hello", "--config", str(cfg))
     assert (done.returncode, done.stdout) == (3, f"state: {tmp_path / 'st'}\n"), done.stderr
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from serial_helpers import SCALE_PATTERN, scale_asset, write_gateway_yaml
+from helpers import gateway_config
+from serial_helpers import SCALE_PATTERN, scale_asset
 
 import drivers.serial_line
 from drivers.serial_line.driver import SerialLineDriver
@@ -26,7 +27,7 @@ def test_sample_config_loads() -> None:
 
 
 def _errors(tmp_path: Path, asset_yaml: str) -> tuple[str, list[str]]:
-    path = write_gateway_yaml(tmp_path, asset_yaml)
+    path = gateway_config(tmp_path, assets_yaml=asset_yaml)
     with pytest.raises(ConfigError) as e:
         load_config(path, env={})
     return str(e.value), path.read_text().splitlines()
@@ -87,7 +88,7 @@ def test_parity_is_a_word_or_a_letter_and_always_validates_to_the_letter(tmp_pat
     yaml = scale_asset("/dev/ttyUSB0")
     if written is not None:
         yaml = yaml.replace("mode: poll", f"mode: poll\n    parity: {written}")
-    (asset,) = load_config(write_gateway_yaml(tmp_path, yaml), env={}).assets
+    (asset,) = load_config(gateway_config(tmp_path, assets_yaml=yaml), env={}).assets
     assert asset.source.parity == letter
 
 
