@@ -274,7 +274,8 @@ def main_probe(args: argparse.Namespace) -> int:
             rtu = ModbusRtuSource(driver="modbus_rtu", port=args.target, unit=args.unit, baudrate=args.baudrate,
                                   parity=args.parity, stopbits=args.stopbits, timeout=args.timeout,
                                   response_timeout=min(0.5, args.timeout / 2), retries=1)
-            endpoint = f"Modbus RTU {args.target} ({args.baudrate} {8}{args.parity}{args.stopbits}) unit {args.unit}"
+            line = f"{rtu.baudrate} {rtu.bytesize}{rtu.parity}{rtu.stopbits}"
+            endpoint = f"Modbus RTU {args.target} ({line}) unit {args.unit}"
 
             bus = Shared()  # every window's driver joins the one arbiter of the port
 

@@ -66,6 +66,25 @@ def test_the_same_port_through_a_symlink_is_the_same_line(tmp_path):
     assert "assets[1].source.parity: parity 'O' differs" in err
 
 
+def test_parity_as_a_word_and_as_a_letter_is_one_line(tmp_path):
+    """``even`` (an instrument manual) and ``E`` (a Modbus manual) are one setting; ``none`` still differs."""
+    port = str(tmp_path / "ttyRS485")
+    text = HEAD + rtu("a1", port, unit=1, parity="even") + rtu("a2", port, unit=2, parity="E")
+    assert [a.source.parity for a in load_config(write(tmp_path, text), env={}).assets] == ["E", "E"]
+    (err,) = errors_of(text + rtu("a3", port, unit=3, parity="none"), tmp_path)
+    assert err.startswith(f"{line_of(text, 'id: a2') + 4}: assets[2].source.parity: parity 'N' differs from asset "
+                          "'a1' on the same line"), err  # fmt: skip
+
+
+@pytest.mark.parametrize("parity", ["X", "mark", "S"])
+def test_a_wrong_parity_names_file_line_and_field(tmp_path, parity):
+    port = str(tmp_path / "ttyRS485")
+    text = HEAD + rtu("a1", port, unit=1) + rtu("a2", port, unit=2, parity=parity)
+    (err,) = errors_of(text, tmp_path)
+    assert err.startswith(f"{line_of(text, 'id: a2') + 1}: assets[1].source.parity: expected one of: N, E, O, none, "
+                          f"even, odd (got '{parity}')"), err  # fmt: skip
+
+
 def test_mismatched_line_settings_are_what_the_engine_would_refuse_at_start_up(tmp_path):
     """The case above is not a rule of validate's own: building the drivers (Gateway start-up) raises."""
     from ruamel.yaml import YAML

@@ -21,6 +21,7 @@ from drivers.modbus.tcp import ModbusTcpDriver
 from drivers.modbus.tcp_client import MbapClient, TcpCounters
 from gateway.batch import Quality
 from gateway.driver import DriverContext
+from helpers import gateway_config
 from simulators.config import ANSWER_FAULTS
 from simulators.modbus_sim import ModbusSimulator
 from simulators.plant import Plant
@@ -179,7 +180,7 @@ def test_answer_mismatch(request_pdu: bytes, answer: bytes, why: str | None) -> 
 
 async def test_mismatched_answers_are_counted_on_the_status_api(tmp_path: Path, mqtt_broker) -> None:
     """What an integrator sees: the tags bad with the mismatch text, the count under driver_counters."""
-    from e2e.harness import running_gateway, write_config
+    from e2e.harness import running_gateway
     sim = ModbusSimulator(plant(tmp_path), port=free_port(), answer_fault="other_function")
     assets = f"""\
         - id: press-1
@@ -190,7 +191,7 @@ async def test_mismatched_answers_are_counted_on_the_status_api(tmp_path: Path, 
         """
     api_port = free_port()
     async with sim:
-        path = write_config(tmp_path, mqtt_broker, assets, api_port=api_port)
+        path = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, assets_yaml=assets, api_port=api_port)
         async with running_gateway(path) as gw:
             for _ in range(100):  # until the asset has polled a few times
                 detail = (await gw.api.get("/api/v1/assets/press-1")).json()

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from pydantic import ValidationError
-from rtu_helpers import rtu_source, tag
+from rtu_helpers import driver, rtu_source, tag
 
 import drivers.modbus
 from drivers.modbus.rtu import RTU_SPEC, ModbusRtuDriver, ModbusRtuTcpDriver
@@ -164,3 +164,21 @@ def test_one_port_with_two_line_settings_is_refused(tmp_path: Path) -> None:
                         DriverContext.detached("other", len(TAGS), shared=bus))
     assert keep.arbiter is not None
     assert np.all(context.meta.float32 == [True, False])
+
+
+async def test_parity_written_as_a_word_or_a_letter_is_one_line_on_one_arbiter(line: ModbusRtuSimulator) -> None:
+    """``none`` (an instrument manual's word) and ``N`` (a Modbus manual's letter) are the same line: the two
+    slaves share the port's arbiter, and both read the simulator over it."""
+    bus = Shared()  # one gateway's
+    words = driver(line, 1, TAGS, shared=bus, parity="none")
+    letter = driver(line, 2, TAGS, shared=bus, parity="N")
+    try:
+        assert words.source.parity == letter.source.parity == "N"
+        assert words.arbiter is letter.arbiter
+        await words.connect()
+        await letter.connect()
+        assert (await words.read()).values.tolist() == [1.5, -1.0]
+        assert (await letter.read()).values.tolist() == [3.0, -2.0]
+    finally:
+        await words.close()
+        await letter.close()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from serial_helpers import SCALE_PATTERN, scale_asset, write_gateway_yaml
+from helpers import gateway_config
+from serial_helpers import SCALE_PATTERN, scale_asset
 
 import drivers.serial_line
 from drivers.serial_line.driver import SPEC
@@ -28,7 +29,7 @@ def test_sample_config_loads() -> None:
 
 
 def _errors(tmp_path: Path, asset_yaml: str) -> tuple[str, list[str]]:
-    path = write_gateway_yaml(tmp_path, asset_yaml)
+    path = gateway_config(tmp_path, assets_yaml=asset_yaml)
     with pytest.raises(ConfigError) as e:
         load_config(path, env={})
     return str(e.value), path.read_text().splitlines()
@@ -50,7 +51,7 @@ def _line_of(lines: list[str], needle: str) -> int:
         ("command: 'P\\r\\n'", "command:", "source.command", "stream mode sends no command"),
         ("type: bool,", "name: stable", "tags[1].type", "expected one of: number, int, string, bool"),
         ("terminator:", "terminator:", "source.terminator", "bad escape"),
-        ("parity:", "parity:", "source.parity", "expected one of: none, even, odd, mark, space, N, E, O, M, S (got 'X')"),
+        ("parity:", "parity:", "source.parity", "expected one of: N, E, O, M, S, none, even, odd, mark, space (got 'X')"),
     ],
     ids=["bad-regex", "no-named-group", "group-not-in-pattern", "encoding", "stream-with-command", "tag-type",
          "terminator-escape", "parity"],
@@ -82,6 +83,15 @@ def test_poll_mode_without_command_is_an_error_at_the_source(tmp_path: Path) -> 
     text, lines = _errors(tmp_path, yaml)
     assert f"gateway.yaml:{_line_of(lines, 'source:')}:" in text and "assets[0].source.command" in text, text
     assert "poll mode needs a command" in text, text
+
+
+@pytest.mark.parametrize(("written", "letter"), [("even", "E"), ("E", "E"), ("space", "S"), (None, "N")])
+def test_parity_is_a_word_or_a_letter_and_always_validates_to_the_letter(tmp_path: Path, written, letter) -> None:
+    yaml = scale_asset("/dev/ttyUSB0")
+    if written is not None:
+        yaml = yaml.replace("mode: poll", f"mode: poll\n    parity: {written}")
+    (asset,) = load_config(gateway_config(tmp_path, assets_yaml=yaml), env={}).assets
+    assert asset.source.parity == letter
 
 
 def test_group_defaults_to_the_tag_name(tmp_path: Path) -> None:
