@@ -422,6 +422,8 @@ def config_model() -> type[Config]:
     ]
 
     class GatewayConfig(Config):
+        """The whole config file of one gateway."""
+
         assets: list[asset_union] = Field(
             min_length=1, description=f"The machines polled, each with one source and its tags; drivers: {names}"
         )
