@@ -17,6 +17,10 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from simulators.mqtt_broker import EmbeddedBroker
 
 
 def mosquitto_binary() -> str | None:
@@ -64,7 +68,7 @@ class LocalBroker:
         self.log = self.workdir / "mosquitto.log"
         self.extra_conf = extra_conf
         self._proc: subprocess.Popen | None = None
-        self._embedded = None
+        self._embedded: EmbeddedBroker | None = None
 
     def _conf(self) -> Path:
         conf = self.workdir / "mosquitto.conf"
