@@ -270,13 +270,16 @@ async def test_ram_overflow_on_a_slow_link_keeps_every_message_in_seq_order(prox
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
 async def test_a_full_spool_applies_its_policy_and_counts_what_it_dropped(proxy, rigs, mqtt_subscriber, caplog, policy):
+    caplog.set_level(logging.INFO, logger="gateway.delivery")
     sub = await mqtt_subscriber(TOPIC)
     cfg = SpoolSection(max_bytes=64 * 1024, policy=policy, replay_rate=1000)
     rig = await rigs(proxy, spool=cfg)
     await rig.connect()
     await outage(proxy, rig)
-    seqs = rig.submit(40, size=4000)  # about 160 KB into a 64 KiB spool
-    await rig.settle()
+    seqs = []
+    for _ in range(4):  # about 160 KB into a 64 KiB spool, in several writes
+        seqs += rig.submit(10, size=4000)
+        await rig.settle()
     st = rig.stats()
     kept, dropped = st["messages"], st["dropped_messages"]
     assert kept > 0 and dropped > 0 and kept + dropped == 40
@@ -290,6 +293,7 @@ async def test_a_full_spool_applies_its_policy_and_counts_what_it_dropped(proxy,
     assert parsed(sub.messages) == [(s, True) for s in expected]
     assert await wait_until(lambda: rig.stats()["messages"] == 0)
     assert rig.stats()["dropped_messages"] == dropped  # replaying is not dropping
+    assert await wait_until(lambda: f"{dropped} message(s) ({dropped * SAMPLES} samples) dropped in total" in caplog.text)
 
 
 async def test_a_message_larger_than_the_spool_is_dropped_under_its_own_reason(proxy, rigs):
@@ -346,7 +350,8 @@ async def test_durability_always_writes_ahead_and_forgets_once_acknowledged(prox
     rig = await rigs(proxy, spool=SpoolSection(durability="always"), ack_timeout=1.0)
     await rig.connect()
     seqs = rig.submit(20)
-    assert rig.stats()["ram_queued"] == 0  # not sent before it is on disk
+    st = rig.stats()
+    assert (st["inflight"], st["ram_queued"]) == (0, 0)  # not sent before the write-ahead log has it on disk
     await sub.collect(20)
     assert parsed(sub.messages) == [(s, False) for s in seqs]
     assert await wait_until(lambda: rig.delivery.wal is not None and rig.delivery.wal.messages == 0)
