@@ -279,6 +279,21 @@ async def test_ram_overflow_on_a_link_that_keeps_up_sends_every_message_once(pro
     assert any(r for _, r in got)  # the overflow did go through the disk
 
 
+async def test_a_closed_data_gate_spools_and_its_opening_replays_in_order(proxy, rigs, mqtt_subscriber):
+    sub = await mqtt_subscriber(TOPIC)
+    rig = await rigs(proxy, spool=SpoolSection(replay_rate=1000))
+    await rig.connect()
+    before = rig.submit(3)
+    assert await wait_until(lambda: rig.stats()["delivered"] == 3)
+    rig.uplink.hold = True  # connected, but data held back (a byte budget spent, a Sparkplug host offline)
+    held = rig.submit(5)
+    await rig.settle()
+    assert (rig.stats()["messages"], rig.stats()["delivered"]) == (5, 3)
+    rig.uplink.hold = False
+    await sub.collect(8)
+    assert parsed(sub.messages) == [(s, False) for s in before] + [(s, True) for s in held]
+
+
 # ---------------------------------------------------------------------------------------------- full spool
 
 
