@@ -63,8 +63,11 @@ class LocalBroker:
         if kind == "mosquitto" and self.binary is None:
             raise FileNotFoundError("no mosquitto binary on this machine (apt-get install mosquitto)")
         self.kind = "mosquitto" if self.binary else "embedded"
-        self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="iiot-broker-")
-        self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if not workdir:
+            self._tmp = tempfile.TemporaryDirectory(prefix="iiot-broker-")
+            workdir = Path(self._tmp.name)
+        self.workdir = Path(workdir)
         self.log = self.workdir / "mosquitto.log"
         self.extra_conf = extra_conf
         self._proc: subprocess.Popen | None = None
