@@ -38,10 +38,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.seq import SeqCounter
 from gateway.spool import Spool, SpoolError, SpoolRecord
+
+if TYPE_CHECKING:
+    from gateway.config.models import SpoolSection
 
 log = logging.getLogger("gateway.delivery")
 
@@ -100,7 +103,7 @@ class _Job:
 class Delivery:
     """The data path between the engine and the MQTT uplink (see the module docstring)."""
 
-    def __init__(self, uplink: Uplink, cfg: Any, *, path: Path, ack_timeout: float, max_queued: int,
+    def __init__(self, uplink: Uplink, cfg: SpoolSection, *, path: Path, ack_timeout: float, max_queued: int,
                  wire: Wire = plain_wire, max_inflight: int = 64, flush_timeout: float = 2.0) -> None:
         self.cfg = cfg
         self.path = path

@@ -21,7 +21,6 @@ from asyncua import ua
 from asyncua.common.utils import ServiceError
 from asyncua.crypto import cert_gen
 from asyncua.crypto.permission_rules import User, UserRole
-from asyncua.server.user_managers import UserManager
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -116,7 +115,7 @@ class SimulatorSecurity:
             raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
 
 
-class SimulatorUsers(UserManager):
+class SimulatorUsers:
     """asyncua user manager: anonymous (when allowed), the configured users, trusted user certificates."""
 
     def __init__(self, security: SimulatorSecurity) -> None:

@@ -17,7 +17,7 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -167,25 +167,25 @@ class OpcUaSimulator:
         await self.stop()
 
     async def _build(self, server: Server) -> None:
-        assert self.namespace_index is not None
-        idx = ua.Int16(self.namespace_index)  # asyncua's NodeId fields are typed with its own int/str subclasses
+        idx = self.namespace_index
+        assert idx is not None
         folders: dict[str, Node] = {"": server.nodes.objects}
 
         async def folder(path: str) -> Node:
             if path not in folders:
                 parent_path, _, leaf = path.rpartition(".")
                 parent = await folder(parent_path)
-                folders[path] = await parent.add_object(ua.NodeId(ua.String(path), idx), ua.QualifiedName(leaf, idx))
+                folders[path] = await parent.add_object(ua.NodeId(path, idx), ua.QualifiedName(leaf, idx))
             return folders[path]
 
         self._vars = {}
         for cfg in self.section.nodes:
             if cfg.id.startswith("i="):
-                node_id = ua.NodeId(ua.Int32(int(cfg.id[2:])), idx)
+                node_id = ua.NodeId(int(cfg.id[2:]), idx)
                 parent_path, leaf = cfg.parent or "", cfg.name
             else:
                 sid = cfg.id.removeprefix("s=")
-                node_id = ua.NodeId(ua.String(sid), idx)
+                node_id = ua.NodeId(sid, idx)
                 parent_path, _, leaf = sid.rpartition(".")
                 parent_path = cfg.parent if cfg.parent is not None else parent_path
             vtype = ua.VariantType[cfg.type]
@@ -257,7 +257,7 @@ class OpcUaSimulator:
         server = self._server
         if server is None:
             return
-        now = ua.DateTime.now(UTC)
+        now = datetime.now(UTC)
         for var in self._vars.values():
             value = self._value(var, values)
             if var.last is not None and type(var.last) is type(value) and var.last == value:

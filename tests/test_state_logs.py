@@ -215,7 +215,7 @@ async def test_undecodable_opcua_messages_are_counted_not_traced(tmp_path, mqtt_
     try:
         async with running_gateway(with_summary_interval(path, "1h")) as rg:
             runtime = rg.gw.assets["oven"]
-            assert await wait_until(lambda: runtime.driver.counters.bad_frames >= 3, timeout=30)
+            assert await wait_until(lambda: runtime.driver.counters()["bad_frames"] >= 3, timeout=30)
             assert await wait_until(lambda: runtime.status.reconnects >= 3, timeout=30)  # each one dropped it
             detail = (await rg.api.get("/api/v1/assets/oven")).json()
             assert detail["driver_counters"]["bad_frames"] >= 3

@@ -18,6 +18,7 @@ import pytest
 from drivers.modbus.kepware import import_csv, yaml_scalar
 from drivers.modbus.tcp import ModbusTcpDriver
 from gateway.config import load_config
+from gateway.driver import DriverContext
 
 HEADING = ('"Tag Name","Address","Data Type","Respect Data Type","Client Access","Scan Rate","Scaling","Raw Low",'
            '"Raw High","Scaled Low","Scaled High","Scaled Data Type","Clamp Low","Clamp High","Eng Units",'
@@ -96,7 +97,7 @@ async def test_imported_tags_validate_and_read_the_plant(tmp_path, modbus_sim) -
     assert tags["motor_current"].scale == pytest.approx(0.01) and tags["motor_current"].unit == "A"
     assert tags["pressure"].description == "Main cylinder, hydraulic"
 
-    driver = ModbusTcpDriver(asset.source, list(asset.tags))
+    driver = ModbusTcpDriver(asset.source, list(asset.tags), DriverContext.detached("test", len(list(asset.tags))))
     await driver.connect()
     try:
         batch = await driver.read()

@@ -39,7 +39,7 @@ from drivers.modbus.address import (
 from drivers.modbus.base import ModbusDriverBase
 from drivers.modbus.config import REGISTERS, ModbusTag
 from gateway.batch import Quality
-from gateway.driver import DeviceUnavailable
+from gateway.driver import DeviceUnavailable, DriverContext, Shared
 
 TYPES = ("int16", "uint16", "int32", "uint32", "float32", "int64", "uint64", "float64")
 ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")
@@ -266,7 +266,7 @@ def main_probe(args: argparse.Namespace) -> int:
             endpoint = f"Modbus TCP {host}:{port} unit {args.unit}"
 
             def make(tags: list[ModbusTag]) -> ModbusDriverBase:
-                return ModbusTcpDriver(tcp, tags)
+                return ModbusTcpDriver(tcp, tags, DriverContext.detached("probe", len(tags)))
         else:
             from drivers.modbus.rtu import ModbusRtuDriver
             from drivers.modbus.rtu_config import ModbusRtuSource
@@ -276,8 +276,10 @@ def main_probe(args: argparse.Namespace) -> int:
                                   response_timeout=min(0.5, args.timeout / 2), retries=1)
             endpoint = f"Modbus RTU {args.target} ({args.baudrate} {8}{args.parity}{args.stopbits}) unit {args.unit}"
 
+            bus = Shared()  # every window's driver joins the one arbiter of the port
+
             def make(tags: list[ModbusTag]) -> ModbusDriverBase:
-                return ModbusRtuDriver(rtu, tags)
+                return ModbusRtuDriver(rtu, tags, DriverContext.detached("probe", len(tags), shared=bus))
     except ProbeError as exc:
         print(f"probe: {exc}", file=sys.stderr)
         return 2

@@ -243,7 +243,7 @@ class SerialLineTag(TagBase):
         return tuple(self.false_values) if self.false_values is not None else DEFAULT_FALSE
 
 
-def check_config(source: SerialLineSource, tags: list[SerialLineTag]) -> None:
+def check(source: SerialLineSource, tags: list[SerialLineTag]) -> None:
     """Every tag's group exists in the pattern (errors point at the tag's line)."""
     groups = source.regex.groupindex
     errors: list[InitErrorDetails] = []

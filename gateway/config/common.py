@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model, model_validator
 
@@ -131,6 +131,9 @@ def empty_is_none(v: Any) -> Any:
 
 class SourceBase(StrictModel):
     """Fields every source has. Drivers subclass it and add ``driver: Literal[...]`` and their connection."""
+
+    if TYPE_CHECKING:  # every driver's subclass declares it, as a Literal of its own name
+        driver: str
 
     poll: Duration = Field(1.0, gt=0, description="Poll interval")
     timeout: Duration = Field(2.0, gt=0, description="Timeout of one connect or read")

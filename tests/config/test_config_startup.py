@@ -16,7 +16,7 @@ from config_helpers import line_of, write
 from gateway.config import ConfigError, load_config
 from gateway.config.cli import cmd_validate
 from gateway.config.models import asset_models
-from gateway.driver import registry
+from gateway.driver import DriverContext, Shared, registry
 
 HEAD = """\
 gateway: {id: gw-1, namespace: acme/site}
@@ -73,12 +73,13 @@ def test_mismatched_line_settings_are_what_the_engine_would_refuse_at_start_up(t
     port = str(tmp_path / "ttyRS485")
     assets = YAML(typ="safe").load(rtu("a1", port, unit=1) + rtu("a2", port, unit=2, parity="N"))
     model = asset_models()["modbus_rtu"]
-    drivers = registry()["modbus_rtu"]
+    spec = registry()["modbus_rtu"]
     first = model.model_validate(assets[0])
     second = model.model_validate(assets[1])
-    held = drivers(first.source, first.tags)
+    shared = Shared()  # one gateway's
+    held = spec.create(first.source, first.tags, DriverContext.detached("a1", len(first.tags), shared=shared))
     with pytest.raises(ValueError, match="different line settings"):
-        drivers(second.source, second.tags)
+        spec.create(second.source, second.tags, DriverContext.detached("a2", len(second.tags), shared=shared))
     del held
 
 

@@ -104,12 +104,6 @@ def test_validate_knows_the_driver(installed, tmp_path) -> None:
     assert "(file: 1)" in done.stdout
 
 
-#: TRANSITION (issue 13): on a branch where the engine still builds drivers as classes (the bundled drivers
-#: are not ported yet), it cannot create a DriverSpec driver; the lead deletes this with make_driver's fallback
-ENGINE_OLD_STYLE = not all(isinstance(entry, DriverSpec) for entry in registry().values())
-
-
-@pytest.mark.xfail(ENGINE_OLD_STYLE, reason="the engine calls driver classes until the contract port", strict=True)
 async def test_a_gateway_runs_the_driver_and_publishes_its_values(installed, tmp_path, mqtt_broker,
                                                                   mqtt_subscriber) -> None:
     cfg = config(tmp_path, mqtt_broker.port)

@@ -7,6 +7,7 @@ from typing import Any
 from drivers.modbus.config import ModbusTag
 from drivers.modbus.rtu import ModbusRtuDriver
 from drivers.modbus.rtu_config import ModbusRtuSource
+from gateway.driver import DriverContext
 from simulators.codec import encode_number
 from simulators.modbus_rtu_sim import ModbusRtuSimulator, RtuSlave
 
@@ -28,4 +29,4 @@ def slave_with(values: dict[int, tuple[str, float, str]]) -> RtuSlave:
 
 
 def driver(sim: ModbusRtuSimulator, unit: int, tags: list[ModbusTag], **extra: Any) -> ModbusRtuDriver:
-    return ModbusRtuDriver(rtu_source(sim.path, unit, **extra), tags)
+    return ModbusRtuDriver(rtu_source(sim.path, unit, **extra), tags, DriverContext.detached("test", len(tags)))

@@ -8,9 +8,10 @@ import pytest
 from serial_helpers import SCALE_PATTERN, scale_asset, write_gateway_yaml
 
 import drivers.serial_line
-from drivers.serial_line.driver import SerialLineDriver
+from drivers.serial_line.driver import SPEC
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load_config
+from gateway.driver import DriverContext, StreamingDriver
 
 SAMPLE = Path(drivers.serial_line.__file__).parent / "sample.yaml"
 
@@ -21,8 +22,9 @@ def test_sample_config_loads() -> None:
     assert scale.source.command_bytes == b"P\r\n" and scale.source.terminator_bytes == b"\r\n"
     assert scale.source.checksum.kind == "xor8"
     assert [t.group_name for t in probe.tags] == ["t1", "t2", "status"]
-    assert SerialLineDriver(probe.source, probe.tags).streaming
-    assert not SerialLineDriver(scale.source, scale.tags).streaming
+    # mode: stream makes a streaming driver (the gateway iterates subscribe()), poll mode a polled one
+    assert isinstance(SPEC.create(probe.source, probe.tags, DriverContext.detached("probe", 3)), StreamingDriver)
+    assert not isinstance(SPEC.create(scale.source, scale.tags, DriverContext.detached("scale", 1)), StreamingDriver)
 
 
 def _errors(tmp_path: Path, asset_yaml: str) -> tuple[str, list[str]]:
