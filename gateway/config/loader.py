@@ -22,6 +22,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from gateway.config.bounds import MAX_DEPTH, flow_depth, graph_bounds, read_bounded
 from gateway.config.cross import CROSS_CHECK
 from gateway.config.errors import ConfigError, ConfigIssue
+from gateway.config.fastyaml import plain_data
 from gateway.config.messages import readable
 from gateway.config.secrets import is_secret_key, is_secret_path, literal_parts, redact, texts_in_yaml, texts_of
 from gateway.config.substitution import FORMS, Substituted, SubstitutionError, substitute
@@ -122,6 +123,19 @@ def load_config(
         problem = f"cannot read the config file: {e.strerror or e}"
         raise ConfigError([ConfigIssue(file, None, None, "", problem)]) from None
 
+    too_deep = flow_depth(file, text)
+    if too_deep is not None:
+        raise ConfigError([too_deep])
+    env = env if env is not None else os.environ
+    data = plain_data(text, env, Path(file).parent)
+    if data is not None:  # most files: read without positions; only a file with errors is read again with them
+        try:
+            return model.model_validate(data)
+        except ValidationError:
+            pass
+        finally:
+            del data
+
     doc = _parse(file, text)
     if doc.tree is None:
         doc.issues.append(ConfigIssue(file, 1, 1, "", "the file is empty; expected gateway:, mqtt: and assets:"))
@@ -130,7 +144,7 @@ def load_config(
     if doc.issues and not isinstance(doc.tree, CommentedMap):
         raise ConfigError(doc.issues)
 
-    doc.data = _plain(doc, doc.tree, (), (0, 0), env if env is not None else os.environ, Path(file).parent)
+    doc.data = _plain(doc, doc.tree, (), (0, 0), env, Path(file).parent)
     doc.issues.extend(_duplicates(doc))
     try:
         config = model.model_validate(doc.data)
@@ -145,9 +159,6 @@ def load_config(
 
 def _parse(file: str, text: str) -> _Document:
     yaml = _yaml()
-    too_deep = flow_depth(file, text)
-    if too_deep is not None:
-        raise ConfigError([too_deep])
     found: dict[str, Any] = {}
 
     def check(root: Any) -> None:
