@@ -76,14 +76,14 @@ def plain_data(text: str, env: Mapping[str, str], base: Path) -> Any:
         parser.dispose()
 
 
-def _scalar(event: Any, float_type: type, env: Mapping[str, str], base: Path) -> Any:
+def _scalar(event: Any, float_type: type, env: Mapping[str, str], base: Path, strings: _Strings) -> Any:
     if event.anchor is not None or event.tag is not None:
         raise _RoundTrip
     value: str = event.value
     if event.style:  # quoted or block: a string
         if event.style == ">":  # folded: ruamel keeps fold positions; not worth a second reading here
             raise _RoundTrip
-        return _substituted(value, env, base)
+        return strings[_substituted(value, env, base)]
     if value in _NULL:
         return None
     if value in _BOOL:
@@ -93,7 +93,7 @@ def _scalar(event: Any, float_type: type, env: Mapping[str, str], base: Path) ->
         if _FLOAT.fullmatch(value):
             if "_" in value or value[-1] in "fFnN":  # underscores, .inf, .nan
                 raise _RoundTrip
-            return float_type(float(value), value)
+            return float_type(float(value), strings[value])
         if _INT.fullmatch(value):
             if _DECIMAL.fullmatch(value) is None:
                 raise _RoundTrip
@@ -102,12 +102,21 @@ def _scalar(event: Any, float_type: type, env: Mapping[str, str], base: Path) ->
             raise _RoundTrip
     elif first in "<=":  # merge key, value key
         raise _RoundTrip
-    return _substituted(value, env, base)
+    return strings[_substituted(value, env, base)]
 
 
 def _substituted(text: str, env: Mapping[str, str], base: Path) -> str:
     result = substitute(text, env, base)
     return text if result is None else result.value
+
+
+class _Strings(dict[str, str]):
+    """One ``str`` object per distinct text of a file: a type, unit or address written on 10 000 tags is kept
+    (in the validated models too) once, not once per tag."""
+
+    def __missing__(self, text: str) -> str:
+        self[text] = text
+        return text
 
 
 def _build(parser: Any, env: Mapping[str, str], base: Path, float_type: type) -> Any:
@@ -125,6 +134,7 @@ def _build(parser: Any, env: Mapping[str, str], base: Path, float_type: type) ->
     stack: list[list[Any]] = []
     current: Any = root
     key: Any = None  # the mapping key waiting for its value (None: the next scalar is a key)
+    strings = _Strings()
     _check_node(event)
     while True:
         event = parser.get_event()
@@ -144,7 +154,7 @@ def _build(parser: Any, env: Mapping[str, str], base: Path, float_type: type) ->
                 raise _RoundTrip  # a complex key, an alias
             if event.anchor is not None or event.tag is not None:
                 raise _RoundTrip
-            key = event.value
+            key = strings[event.value]
             if not event.style:
                 if key in _NULL or key in _BOOL or (key and key[0] in "-+0123456789.<="):
                     raise _RoundTrip  # a key that is not (certainly) a string
@@ -152,7 +162,7 @@ def _build(parser: Any, env: Mapping[str, str], base: Path, float_type: type) ->
                 raise _RoundTrip  # a duplicate key: reported, with both lines, on the round-trip path
             continue
         if isinstance(event, ScalarEvent):
-            value = _scalar(event, float_type, env, base)
+            value = _scalar(event, float_type, env, base, strings)
         elif isinstance(event, (MappingStartEvent, SequenceStartEvent)):
             _check_node(event)
             if len(stack) + 3 > MAX_DEPTH:  # the root, the open ones, this one, a scalar in it
