@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from gateway.config import YamlFloat, load_config
-from gateway.config import loader as rt
+from gateway.config import roundtrip as rt
 from gateway.config.fastyaml import plain_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,3 +128,17 @@ def test_a_file_that_fails_validation_still_gets_lines(tmp_path):
     with pytest.raises(Exception) as info:
         load_config(path, env={})
     assert f"{path}:9:" in str(info.value) and "assets[0].tags[0].type" in str(info.value)
+
+
+def test_a_valid_file_is_loaded_without_importing_ruamel(tmp_path):
+    """ruamel.yaml and the round-trip path (about 2 MiB of a Pi's RAM) are loaded only for a file with errors."""
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text((REPO / "config" / "demo.yaml").read_text())
+    bad.write_text(good.read_text().replace("type: float32", "type: float33", 1))
+    code = ("import sys; from gateway.config import ConfigError, load_config\n"
+            "try: load_config(sys.argv[1], env={})\nexcept ConfigError: pass\n"
+            "print(sorted(m for m in ('ruamel.yaml', 'gateway.config.roundtrip') if m in sys.modules))")
+    run = [sys.executable, "-c", code]
+    assert subprocess.run(run + [str(good)], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    out = subprocess.run(run + [str(bad)], capture_output=True, text=True, check=True).stdout
+    assert "ruamel.yaml" in out
