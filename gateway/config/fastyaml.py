@@ -10,8 +10,8 @@ where the round-trip tree was tens of MiB, in a tenth of the time.
 It returns ``None`` — read the file on the round-trip path, which is the reference and the only one that
 reports errors — for anything else: a YAML or substitution error, a duplicate key, anchors and aliases, merge
 keys, tags, directives, folded scalars, non-string keys, integers other than plain decimals, floats with
-``_``, ``.inf``/``.nan``, timestamps, several documents, a top level that is not a mapping, nesting deeper than
-:data:`~gateway.config.bounds.MAX_DEPTH`. A file that validates on this path needs no error lines; one that
+``_``, ``.inf``/``.nan``, timestamps, tabs, several documents, a top level that is not a mapping, nesting
+deeper than :data:`~gateway.config.bounds.MAX_DEPTH`. A file that validates on this path needs no error lines; one that
 does not is read again with positions, so errors keep their file, line and field.
 """
 
@@ -57,13 +57,18 @@ _DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _TIMESTAMP_START = re.compile(r"[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}")  # a superset of what resolves as a timestamp
 
 
+#: Characters libyaml and ruamel.yaml read differently: a tab outside quotes (libyaml takes it as a separator,
+#: ruamel refuses it), and NEL, LINE SEPARATOR, PARAGRAPH SEPARATOR (line breaks in YAML 1.1, not in 1.2)
+_READ_DIFFERENTLY = re.compile("[\t\x85\u2028\u2029]")
+
+
 class _RoundTrip(Exception):
     """This file needs the round-trip path."""
 
 
 def plain_data(text: str, env: Mapping[str, str], base: Path) -> Any:
     """The file's data as the round-trip path would give it, or ``None`` when that path must read it."""
-    if CParser is None:
+    if CParser is None or _READ_DIFFERENTLY.search(text) is not None:
         return None
     from gateway.config.loader import YamlFloat
 

@@ -110,8 +110,29 @@ def test_what_is_handed_to_the_round_trip_path(text):
     assert plain_data(text, ENV, REPO) is None
 
 
-def test_block_scalars_and_multi_line_plain_scalars():
-    assert same_or_handed_over("a: |\n  line 1\n  line 2\nb: |-\n  kept\nc: plain\n  continued\n  here\n")
+@pytest.mark.parametrize("text", [
+    "a: |\n  line 1\n  line 2\nb: |-\n  kept\nc: plain\n  continued\n  here\n",
+    "a: |+\n  kept\n\nb: |2\n    indented\n",
+    'a: "folded\n  double"\nb: \'it\'\'s\'\nc: "tab\\there \\u00e9 \\x41"\n',
+    "a: 1\r\nb: [x, y]\r\nc: {d: e}\r\n",  # CRLF
+    "\ufeffa: 1\n",  # a byte order mark
+    "# comment\n---\na: 1 # trailing\n...\n",
+    "a:\n- 1\n- - nested\n  - list\n- {k: v}\n",
+    "a: b: c\n",  # invalid: both refuse
+    "a:\tb\n", "a: b\t\n", "a:\n\t- b\n",  # tabs that ruamel refuses and libyaml takes
+])
+def test_yaml_syntax_forms(text):
+    try:
+        round_trip(text, REPO)
+    except Exception:  # noqa: BLE001 - refused on the round-trip path: must be handed over
+        assert plain_data(text, ENV, REPO) is None
+        return
+    assert same_or_handed_over(text)
+
+
+def test_tabs_and_yaml_1_1_line_breaks_are_handed_over():
+    for char in "\t\x85\u2028\u2029":
+        assert plain_data(f"a: x{char}y\n", ENV, REPO) is None
 
 
 def test_nesting_too_deep_is_handed_over():
