@@ -156,7 +156,7 @@ def show(type_: str, value: float) -> str:
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
     if type_ in ("float32", "float64"):
-        v = np.float32(value) if type_ == "float32" else np.float64(value)
+        v: np.floating[Any] = np.float32(value) if type_ == "float32" else np.float64(value)
         if v == 0 or 1e-4 <= abs(v) < 1e9:
             return np.format_float_positional(v, unique=True, trim="-")
         return np.format_float_scientific(v, unique=True, trim="-")

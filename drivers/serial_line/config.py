@@ -44,7 +44,7 @@ def control_bytes(text: str) -> bytes:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", DeprecationWarning)
-            return codecs.escape_decode(raw)[0]  # type: ignore[attr-defined]
+            return codecs.escape_decode(raw)[0]
     except (ValueError, DeprecationWarning) as e:
         raise ValueError(f"bad escape in {text!r} ({e}); use \\r, \\n, \\t, \\xNN or \\\\") from None
 

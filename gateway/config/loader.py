@@ -29,13 +29,14 @@ class YamlFloat(float):
     """
 
     __slots__ = ("text",)
+    text: str
 
     def __new__(cls, value: float, text: str) -> YamlFloat:
         obj = super().__new__(cls, value)
         obj.text = text
         return obj
 
-    def __getnewargs__(self) -> tuple[float, str]:  # copy / pickle keep the text
+    def __getnewargs__(self) -> tuple[float, str]:  # type: ignore[override]  # copy / pickle keep the text
         return (float(self), self.text)
 
 

@@ -384,7 +384,7 @@ def _validation_issues(doc: _Document, error: ValidationError, model: type[BaseM
 
 def _expanded(errors: list[Any]) -> list[Any]:
     """The root model's cross checks (one pydantic error) as one error per conflict, at its own place."""
-    out = []
+    out: list[Any] = []
     for err in errors:
         if err["type"] == CROSS_CHECK:
             out.extend({"type": CROSS_CHECK, "loc": tuple(loc), "msg": message, "input": None}
