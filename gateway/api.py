@@ -161,8 +161,17 @@ def _tag_values(a: "AssetRuntime") -> list[TagStatus]:
     out = []
     for i, tag in enumerate(a.tags):
         if not has[i]:
-            out.append(TagStatus(name=tag.name, value=None, quality=None, ts=None, age_s=None, unit=tag.unit,
-                                 description=tag.description))
+            out.append(
+                TagStatus(
+                    name=tag.name,
+                    value=None,
+                    quality=None,
+                    ts=None,
+                    age_s=None,
+                    unit=tag.unit,
+                    description=tag.description,
+                )
+            )
             continue
         s = a.ring.last_string[i]
         if q[i] == 2:  # bad: no value, strings included
@@ -203,7 +212,10 @@ def create_app(gw: "Gateway") -> FastAPI:
         """FastAPI's schema plus the bearer scheme that the write endpoint names (Swagger UI's Authorize)."""
         schema = generated_openapi()  # built once and cached by FastAPI
         schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
-            "type": "http", "scheme": "bearer", "description": "api.token of the gateway (docs/write-back.md)"}
+            "type": "http",
+            "scheme": "bearer",
+            "description": "api.token of the gateway (docs/write-back.md)",
+        }
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -220,9 +232,11 @@ def create_app(gw: "Gateway") -> FastAPI:
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
         page = get_swagger_ui_html(
-            openapi_url="/openapi.json", title=f"{app.title} - Swagger UI",
+            openapi_url="/openapi.json",
+            title=f"{app.title} - Swagger UI",
             swagger_js_url="/vendor/swagger-ui/swagger-ui-bundle.js",
-            swagger_css_url="/vendor/swagger-ui/swagger-ui.css", swagger_favicon_url=favicon,
+            swagger_css_url="/vendor/swagger-ui/swagger-ui.css",
+            swagger_favicon_url=favicon,
             oauth2_redirect_url=None,  # no OAuth here: the write endpoint takes a bearer token
             swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the validator service
         )
@@ -231,16 +245,28 @@ def create_app(gw: "Gateway") -> FastAPI:
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
-        page = get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc",
-                              redoc_js_url="/vendor/redoc/redoc.standalone.js", redoc_favicon_url=favicon,
-                              with_google_fonts=False)
+        page = get_redoc_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url="/vendor/redoc/redoc.standalone.js",
+            redoc_favicon_url=favicon,
+            with_google_fonts=False,
+        )
         page.headers.update(PAGE_POLICY)
         return page
 
-    @app.get("/api/v1/events", tags=["gateway"], response_class=Response,
-             responses={200: {"content": {"text/event-stream": {}},
-                              "description": "`meta` once, then a `snapshot` event every second"},
-                        503: {"description": "too many event streams open"}})
+    @app.get(
+        "/api/v1/events",
+        tags=["gateway"],
+        response_class=Response,
+        responses={
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "`meta` once, then a `snapshot` event every second",
+            },
+            503: {"description": "too many event streams open"},
+        },
+    )
     async def events() -> Response:
         """Live feed of the dashboard (server-sent events): a ``meta`` event with the assets and their tags,
         then once a second a ``snapshot`` with every tag's newest value, quality, time and error, the
@@ -255,8 +281,12 @@ def create_app(gw: "Gateway") -> FastAPI:
 
     app.state.loop_lag = None  # a gateway.looplag.LoopLag once serve_api runs
 
-    @app.get("/metrics", tags=["health"], response_class=Response,
-             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition"}})
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition"}},
+    )
     async def metrics() -> Response:
         """Prometheus metrics: sources, uplinks, links, spools, event-loop lag, build info (README)."""
         # prometheus_client is imported on the first scrape only
@@ -274,8 +304,12 @@ def create_app(gw: "Gateway") -> FastAPI:
         """Ready when the config is loaded and every uplink is connected to its broker."""
         ok = gw.ready
         down = [n.uplink.name for n in gw.norths if not n.uplink.connected]
-        body = {"status": "ready" if ok else "not ready", "config_loaded": gw.config_loaded,
-                "broker_connected": gw.uplink.connected, "uplinks_down": down}
+        body = {
+            "status": "ready" if ok else "not ready",
+            "config_loaded": gw.config_loaded,
+            "broker_connected": gw.uplink.connected,
+            "uplinks_down": down,
+        }
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/api/v1/gateway", tags=["gateway"])
@@ -288,8 +322,12 @@ def create_app(gw: "Gateway") -> FastAPI:
         """Every configured asset with its connection state."""
         return [_summary(a) for a in gw.assets.values()]
 
-    @app.get("/api/v1/assets/{asset}", response_model=AssetDetail, tags=["assets"],
-             responses={404: {"description": "unknown asset"}})
+    @app.get(
+        "/api/v1/assets/{asset}",
+        response_model=AssetDetail,
+        tags=["assets"],
+        responses={404: {"description": "unknown asset"}},
+    )
     async def asset_detail(asset: str) -> dict[str, Any]:
         """One asset: connection state, poll timing and counters, last error, and every tag's newest value."""
         a = asset_or_404(asset)
@@ -302,8 +340,12 @@ def create_app(gw: "Gateway") -> FastAPI:
             "tag_values": _tag_values(a),
         }
 
-    @app.get("/api/v1/assets/{asset}/tags/{tag}/history", response_model=History, tags=["assets"],
-             responses={404: {"description": "unknown asset or tag"}})
+    @app.get(
+        "/api/v1/assets/{asset}/tags/{tag}/history",
+        response_model=History,
+        tags=["assets"],
+        responses={404: {"description": "unknown asset or tag"}},
+    )
     async def tag_history(asset: str, tag: str, seconds: float = Query(60.0, gt=0, le=86400)) -> dict[str, Any]:
         """Samples of one tag from the ring buffer over the last ``seconds``."""
         a = asset_or_404(asset)
@@ -325,9 +367,12 @@ def create_app(gw: "Gateway") -> FastAPI:
         "/api/v1/reload",
         tags=["gateway"],
         openapi_extra={"security": [{"bearer": []}]},
-        responses={401: {"description": "missing or wrong token"}, 403: {"description": "no api.token configured"},
-                   409: {"description": "the change needs a restart, or nothing to roll back to"},
-                   422: {"description": "the file is invalid: the running config is kept"}},
+        responses={
+            401: {"description": "missing or wrong token"},
+            403: {"description": "no api.token configured"},
+            409: {"description": "the change needs a restart, or nothing to roll back to"},
+            422: {"description": "the file is invalid: the running config is kept"},
+        },
     )
     async def reload(request: Request, rollback: bool = Query(False)) -> JSONResponse:
         """Re-read the config file and restart only the changed assets and uplinks (README: Hot reload);
@@ -356,7 +401,7 @@ def create_app(gw: "Gateway") -> FastAPI:
             "security": [{"bearer": []}],
         },
         responses={
-            400: {"description": "the body is not JSON of the form {\"value\": ...}"},
+            400: {"description": 'the body is not JSON of the form {"value": ...}'},
             413: {"description": f"the body is larger than {MAX_COMMAND_BYTES} bytes"},
             401: {"description": "missing or wrong bearer token"},
             403: {"description": "API writes are off (no api.token) or the tag is not writable"},
@@ -399,8 +444,9 @@ def create_app(gw: "Gateway") -> FastAPI:
         outcome = await perform(gw.assets, asset, tag, body["value"], origin=f"api {peer}")
         if not outcome.ok:
             return JSONResponse({"detail": outcome.error, "error": outcome.kind}, status_code=http_status(outcome.kind))
-        return JSONResponse({"asset": asset, "tag": tag, "ok": True, "value": outcome.value,
-                             "requested": outcome.requested})
+        return JSONResponse(
+            {"asset": asset, "tag": tag, "ok": True, "value": outcome.value, "requested": outcome.requested}
+        )
 
     return app
 

@@ -106,8 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("schema", help="print the JSON Schema of the config (for editor completion)")
     s.add_argument("--markdown", action="store_true", help="write the config reference (docs/config.md) instead")
-    s.add_argument("-o", "--output", default="docs/config.md",
-                   help="with --markdown: file to write, '-' for stdout (default: docs/config.md)")
+    s.add_argument(
+        "-o",
+        "--output",
+        default="docs/config.md",
+        help="with --markdown: file to write, '-' for stdout (default: docs/config.md)",
+    )
     s.set_defaults(func=cmd_schema)
 
     sim = sub.add_parser("simulate", help="run the bundled Modbus TCP and OPC UA PLC simulators")
@@ -115,17 +119,32 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--modbus-port", type=int, default=5020)
     sim.add_argument("--opcua-port", type=int, default=4840)
-    sim.add_argument("--opcua-secure", metavar="PKI_DIR", default=None,
-                     help="serve OPC UA secured only (Basic256Sha256, Aes128/Aes256; Sign/SignAndEncrypt), with its "
-                     "certificate in PKI_DIR/own and the client certificates it trusts in PKI_DIR/trusted")
-    sim.add_argument("--opcua-user", action="append", default=[], metavar="NAME:PASSWORD",
-                     help="with --opcua-secure: a user the simulator accepts (repeatable)")
+    sim.add_argument(
+        "--opcua-secure",
+        metavar="PKI_DIR",
+        default=None,
+        help="serve OPC UA secured only (Basic256Sha256, Aes128/Aes256; Sign/SignAndEncrypt), with its "
+        "certificate in PKI_DIR/own and the client certificates it trusts in PKI_DIR/trusted",
+    )
+    sim.add_argument(
+        "--opcua-user",
+        action="append",
+        default=[],
+        metavar="NAME:PASSWORD",
+        help="with --opcua-secure: a user the simulator accepts (repeatable)",
+    )
     from simulators.serial_instrument import add_instrument_arguments
 
     add_instrument_arguments(sim)
     sim.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    sim.add_argument("--rtu", nargs="?", const="1", default=None, metavar="UNITS",
-                     help="also serve Modbus RTU slaves (unit ids, default 1) on a pty and print its path")
+    sim.add_argument(
+        "--rtu",
+        nargs="?",
+        const="1",
+        default=None,
+        metavar="UNITS",
+        help="also serve Modbus RTU slaves (unit ids, default 1) on a pty and print its path",
+    )
     sim.add_argument("--rtu-link", metavar="PATH", default=None, help="with --rtu: a stable symlink to the pty")
     sim.set_defaults(func=cmd_simulate)
 
@@ -154,9 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="measure throughput, CPU, bytes, latency and memory on this machine")
     bn.add_argument("--quick", action="store_true", help="shorter runs (under a minute)")
     bn.add_argument("--json", metavar="FILE", help="also write the JSON document to FILE")
-    bn.add_argument("--only", metavar="PART[,PART]",
-                    help="run only these parts: hot_path, uplink, ring_buffer, payload, end_to_end, latency, "
-                         "scale, startup")
+    bn.add_argument(
+        "--only",
+        metavar="PART[,PART]",
+        help="run only these parts: hot_path, uplink, ring_buffer, payload, end_to_end, latency, scale, startup",
+    )
     bn.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     bn.set_defaults(func=cmd_bench)
     return p

@@ -55,8 +55,9 @@ def decode_json(data: bytes) -> Any:
     try:
         return json.loads(data, parse_int=_parse_int)
     except RecursionError:
-        raise WriteFailed("invalid", "the JSON is nested too deeply (a value is a number, true/false or text)") \
-            from None
+        raise WriteFailed(
+            "invalid", "the JSON is nested too deeply (a value is a number, true/false or text)"
+        ) from None
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise WriteFailed("malformed", f"not valid JSON ({safe(exc, 120)})") from None
 
@@ -143,8 +144,12 @@ def check_fresh(cmd: Command, *, now_ms: float, max_age: float) -> None:
             raise BadCommand(f"command is {age:.1f} s old (\"ts\"); older than cmd_max_age {max_age:g} s",
                              cmd.request_id, kind="stale")  # fmt: skip
         if -age > max_age:
-            raise BadCommand(f"command's \"ts\" is {-age:.1f} s in the future (more than cmd_max_age "
-                             f"{max_age:g} s): is the sender's clock right?", cmd.request_id, kind="stale")
+            raise BadCommand(
+                f'command\'s "ts" is {-age:.1f} s in the future (more than cmd_max_age '
+                f"{max_age:g} s): is the sender's clock right?",
+                cmd.request_id,
+                kind="stale",
+            )
 
 
 Publish = Callable[..., None]
@@ -164,8 +169,15 @@ class MqttCommands:
     - one that is not a JSON object of the known fields, or that names an unknown asset or tag.
     """
 
-    def __init__(self, assets: Mapping[str, AssetRuntime], namespace: str, publish: Publish, *,
-                 max_age: float = CMD_MAX_AGE, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        assets: Mapping[str, AssetRuntime],
+        namespace: str,
+        publish: Publish,
+        *,
+        max_age: float = CMD_MAX_AGE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.assets = assets
         self.namespace = namespace
         self.max_age = max_age
@@ -192,8 +204,12 @@ class MqttCommands:
             tag, value = cmd.tag, cmd.value if _is_scalar(cmd.value) else None
             origin += f" id={cmd.request_id!r}" + (f" by {cmd.by!r} (unverified)" if cmd.by else "")
             if retained:
-                raise BadCommand("retained commands are not executed (publish commands without the retain flag; "
-                                 "clear this one with an empty retained message)", cmd.request_id, kind="retained")
+                raise BadCommand(
+                    "retained commands are not executed (publish commands without the retain flag; "
+                    "clear this one with an empty retained message)",
+                    cmd.request_id,
+                    kind="retained",
+                )
             check_fresh(cmd, now_ms=self._clock() * 1000.0, max_age=self.max_age)
         except BadCommand as exc:
             if exc.request_id is not None and "id=" not in origin:

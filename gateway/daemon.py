@@ -76,23 +76,35 @@ class UplinkBuilder:
 
             assert up.group_id is not None  # required with format: sparkplug (MqttSection's validator)
             node = EdgeNode(up.group_id, gid, gw.assets, path, key=up.name, profile=up.reduce)
-        uplink = MqttUplink(up, client_id=gid if count == 1 else f"{gid}-{up.name}",
-                            status_topic=None if node is not None else gw.status_topic,
-                            on_connection_change=lambda connected: delivery.link_changed(connected),
-                            on_link_change=link_up, state_dir=path,
-                            will=node.will if node is not None else None,
-                            goodbye=node.death if node is not None else None)
-        delivery = Delivery(uplink, gw.cfg.spool, path=path, ack_timeout=gw.cfg.spool.ack_timeout or up.keepalive,
-                            max_queued=up.max_queued, wire=lambda t, b, r: publisher.wire(t, b, r))  # type: ignore[union-attr]
+        uplink = MqttUplink(
+            up,
+            client_id=gid if count == 1 else f"{gid}-{up.name}",
+            status_topic=None if node is not None else gw.status_topic,
+            on_connection_change=lambda connected: delivery.link_changed(connected),
+            on_link_change=link_up,
+            state_dir=path,
+            will=node.will if node is not None else None,
+            goodbye=node.death if node is not None else None,
+        )
+        delivery = Delivery(
+            uplink,
+            gw.cfg.spool,
+            path=path,
+            ack_timeout=gw.cfg.spool.ack_timeout or up.keepalive,
+            max_queued=up.max_queued,
+            wire=lambda t, b, r: publisher.wire(t, b, r),
+        )  # type: ignore[union-attr]
         commands = None
         if node is not None:
             from gateway.publisher_sparkplug import SparkplugPublisher
 
-            publisher = SparkplugPublisher(up, gw.assets, gw.namespace, uplink, delivery, node=node,
-                                           commands=accept_commands)
+            publisher = SparkplugPublisher(
+                up, gw.assets, gw.namespace, uplink, delivery, node=node, commands=accept_commands
+            )
         else:
-            publisher = Publisher(up, gw.assets, gw.namespace, uplink, delivery, metrics=gw._metrics_body,
-                                  metrics_topic=gw.metrics_topic)
+            publisher = Publisher(
+                up, gw.assets, gw.namespace, uplink, delivery, metrics=gw._metrics_body, metrics_topic=gw.metrics_topic
+            )
             if accept_commands:
                 #: write commands on {namespace}/{asset}/cmd of this uplink's broker, answered on the same
                 commands = MqttCommands(gw.assets, gw.namespace, uplink.publish, max_age=up.cmd_max_age)
@@ -211,5 +223,7 @@ def _systemd_notifications(gw: Gateway, stop: asyncio.Event) -> list[asyncio.Tas
             notifier.close()
 
     settled = [lambda up=n.uplink: up.settled for n in gw.norths]
-    return [asyncio.create_task(notifier.supervise(settled), name="systemd-notify"),
-            asyncio.create_task(say_stopping(), name="systemd-stopping")]
+    return [
+        asyncio.create_task(notifier.supervise(settled), name="systemd-notify"),
+        asyncio.create_task(say_stopping(), name="systemd-stopping"),
+    ]

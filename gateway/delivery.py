@@ -56,6 +56,7 @@ def plain_wire(topic: str, body: bytes, replay: bool) -> tuple[str, bytes]:
     """A ``wire`` that sends the body as it is (tests)."""
     return topic, body
 
+
 _WATCH_INTERVAL = 0.25
 _SYNC_INTERVAL = 1.0  # outage mode: spooled data reaches the disk within this (plus the fsync itself)
 
@@ -69,8 +70,12 @@ class Uplink(Protocol):
     def settled(self) -> bool: ...
 
     def try_send(self, topic: str, payload: bytes, *, qos: int) -> int | None: ...
-    def set_delivery(self, on_ack: Callable[[int], None], on_lost: Callable[[], None],
-                     on_data_gate: Callable[[bool], None] | None = None) -> None: ...
+    def set_delivery(
+        self,
+        on_ack: Callable[[int], None],
+        on_lost: Callable[[], None],
+        on_data_gate: Callable[[bool], None] | None = None,
+    ) -> None: ...
     def drop_connection(self, reason: str) -> None: ...
 
 
@@ -103,8 +108,18 @@ class _Job:
 class Delivery:
     """The data path between the engine and the MQTT uplink (see the module docstring)."""
 
-    def __init__(self, uplink: Uplink, cfg: SpoolSection, *, path: Path, ack_timeout: float, max_queued: int,
-                 wire: Wire = plain_wire, max_inflight: int = 64, flush_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        uplink: Uplink,
+        cfg: SpoolSection,
+        *,
+        path: Path,
+        ack_timeout: float,
+        max_queued: int,
+        wire: Wire = plain_wire,
+        max_inflight: int = 64,
+        flush_timeout: float = 2.0,
+    ) -> None:
         self.cfg = cfg
         self.path = path
         self.always = cfg.durability == "always"
@@ -152,11 +167,17 @@ class Delivery:
         await asyncio.get_running_loop().run_in_executor(self._io, self._open_sync)
         self._opened = True
         if self.backlog.messages:
-            log.info("spool %s: %d message(s) from before the restart will be replayed", self.backlog.path,
-                     self.backlog.messages)
+            log.info(
+                "spool %s: %d message(s) from before the restart will be replayed",
+                self.backlog.path,
+                self.backlog.messages,
+            )
         if self.seq.gap:
-            log.warning("seq continues at %d after an unclean stop: numbers %d..%d were never used",
-                        self.seq.next, *self.seq.gap)
+            log.warning(
+                "seq continues at %d after an unclean stop: numbers %d..%d were never used",
+                self.seq.next,
+                *self.seq.gap,
+            )
 
     def _open_sync(self) -> None:
         self.backlog.open()
@@ -186,8 +207,11 @@ class Delivery:
         self._closing = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.flush_timeout
-        while (self._live or any(s.backlog_pos is None for s in self._inflight.values())) and \
-                self._uplink.connected and loop.time() < deadline:
+        while (
+            (self._live or any(s.backlog_pos is None for s in self._inflight.values()))
+            and self._uplink.connected
+            and loop.time() < deadline
+        ):
             await asyncio.sleep(0.02)
         self._on_lost()
         await self._drain_io()
@@ -209,8 +233,13 @@ class Delivery:
             if self.backlog.messages and self._replay_started is None and not self._closing:
                 self._replay_started = time.monotonic()
                 self._replay_count = self.replayed
-                log.info("spool %s: replaying %d message(s) (%d samples) at up to %g/s beside live data",
-                         self.path, self.backlog.messages, self.backlog.samples, float(self.cfg.replay_rate))
+                log.info(
+                    "spool %s: replaying %d message(s) (%d samples) at up to %g/s beside live data",
+                    self.path,
+                    self.backlog.messages,
+                    self.backlog.samples,
+                    float(self.cfg.replay_rate),
+                )
             self._pump()
             self._wake.set()
 
@@ -224,8 +253,12 @@ class Delivery:
 
     def _note_replay_end(self) -> None:
         if self._replay_started is not None and not self.backlog.messages and not self._replay_inflight:
-            log.info("spool %s: replay done, %d message(s) in %.1f s", self.path, self.replayed - self._replay_count,
-                     time.monotonic() - self._replay_started)
+            log.info(
+                "spool %s: replay done, %d message(s) in %.1f s",
+                self.path,
+                self.replayed - self._replay_count,
+                time.monotonic() - self._replay_started,
+            )
             self._replay_started = None
 
     async def _drain_io(self) -> None:
@@ -406,12 +439,18 @@ class Delivery:
         self._dropped_seen = b.dropped_messages
         if full and not self._dropping:
             self._dropping = True
-            log.warning("spool full (%d bytes, spool.max_bytes): %s applies; see dropped_messages/samples",
-                        b.max_bytes, b.policy)
+            log.warning(
+                "spool full (%d bytes, spool.max_bytes): %s applies; see dropped_messages/samples",
+                b.max_bytes,
+                b.policy,
+            )
         elif self._dropping and b.bytes < 0.9 * b.max_bytes:
             self._dropping = False
-            log.info("spool below its quota again; %d message(s) (%d samples) dropped in total",
-                     b.dropped_messages, b.dropped_samples)
+            log.info(
+                "spool below its quota again; %d message(s) (%d samples) dropped in total",
+                b.dropped_messages,
+                b.dropped_samples,
+            )
 
     # ---------------------------------------------------------------------------------------------- tasks
 
@@ -469,8 +508,13 @@ class Delivery:
             oldest = next(iter(self._inflight.values()))
             late = time.monotonic() - oldest.at
             if late > self.ack_timeout and self._uplink.connected:
-                log.warning("no PUBACK for %.1f s (spool.ack_timeout %gs): closing the MQTT link; %d message(s) "
-                            "go to the spool", late, self.ack_timeout, len(self._inflight) + len(self._live))
+                log.warning(
+                    "no PUBACK for %.1f s (spool.ack_timeout %gs): closing the MQTT link; %d message(s) "
+                    "go to the spool",
+                    late,
+                    self.ack_timeout,
+                    len(self._inflight) + len(self._live),
+                )
                 self._uplink.drop_connection(f"no PUBACK within {self.ack_timeout:g}s")
 
     # ---------------------------------------------------------------------------------------------- status

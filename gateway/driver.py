@@ -120,8 +120,9 @@ class DriverContext:
     shared: Shared = field(default_factory=Shared)
 
     @classmethod
-    def detached(cls, asset: str, n_tags: int, *, state_dir: Path | str = "state",
-                 shared: Shared | None = None) -> "DriverContext":
+    def detached(
+        cls, asset: str, n_tags: int, *, state_dir: Path | str = "state", shared: Shared | None = None
+    ) -> "DriverContext":
         """A context for a driver used outside a running gateway (a command-line tool such as ``probe``, a
         test): all-False metadata, the given state directory, ``shared`` or a new :class:`Shared` of its own."""
         return cls(asset, Path(state_dir), TagMeta.empty(n_tags), Shared() if shared is None else shared)
@@ -192,12 +193,16 @@ def registry() -> dict[str, DriverSpec]:
             log.warning("driver %r cannot be loaded: %s: %s", ep.name, type(exc).__name__, exc)
             continue
         if not isinstance(spec, DriverSpec):
-            log.warning("driver %r is left out: its entry point %s names a %s, not a gateway.driver.DriverSpec",
-                        ep.name, ep.value, type(spec).__name__)
+            log.warning(
+                "driver %r is left out: its entry point %s names a %s, not a gateway.driver.DriverSpec",
+                ep.name,
+                ep.value,
+                type(spec).__name__,
+            )
         elif spec.name != ep.name:
-            log.warning("driver %r is left out: its entry point %s names the spec of driver %r", ep.name,
-                        ep.value, spec.name)
+            log.warning(
+                "driver %r is left out: its entry point %s names the spec of driver %r", ep.name, ep.value, spec.name
+            )
         else:
             found[ep.name] = spec
     return dict(sorted(found.items()))
-

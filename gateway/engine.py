@@ -90,9 +90,15 @@ class Gateway:
 
     def _asset(self, a: AssetBase) -> AssetRuntime:
         cfg = self.cfg
-        return AssetRuntime(a, registry()[a.source.driver], buffer_seconds=cfg.buffer.seconds,
-                            state_dir=Path(cfg.gateway.state_dir), shared=self.shared,
-                            on_state=self._asset_state_changed, log_summary_interval=cfg.gateway.log_summary_interval)
+        return AssetRuntime(
+            a,
+            registry()[a.source.driver],
+            buffer_seconds=cfg.buffer.seconds,
+            state_dir=Path(cfg.gateway.state_dir),
+            shared=self.shared,
+            on_state=self._asset_state_changed,
+            log_summary_interval=cfg.gateway.log_summary_interval,
+        )
 
     # -- the first uplink, for callers that know one (tests, the demo) --------------------------------
     @property
@@ -145,9 +151,12 @@ class Gateway:
             raise RuntimeError("an API socket but no API: build the gateway with gateway.daemon.build()")
         log.info(
             "iiot-gateway %s starting: %d asset(s), %d tag(s); uplink(s) %s",
-            __version__, len(self.assets), sum(len(a.tags) for a in self.assets.values()),
-            "; ".join(f"{n.uplink.name}: " + ", ".join(f"{k.name} {k.where}" for k in n.uplink.links)
-                      for n in self.norths),
+            __version__,
+            len(self.assets),
+            sum(len(a.tags) for a in self.assets.values()),
+            "; ".join(
+                f"{n.uplink.name}: " + ", ".join(f"{k.name} {k.where}" for k in n.uplink.links) for n in self.norths
+            ),
         )
         if len(self.norths) == 1:
             await asyncio.to_thread(migrate_spool, self.spool_base, self.norths[0].uplink.name)
@@ -274,8 +283,11 @@ class Gateway:
             return head
         return {
             **head,
-            "uplink": {k: v for k, v in first.items() if k not in ("spool", "seq", "messages_published",
-                                                                      "publish_latency_ms", "profile")},
+            "uplink": {
+                k: v
+                for k, v in first.items()
+                if k not in ("spool", "seq", "messages_published", "publish_latency_ms", "profile")
+            },
             "seq": first["seq"],
             "messages_published": first["messages_published"],
             "spool": first["spool"],
@@ -289,8 +301,12 @@ class Gateway:
             **n.uplink.stats,
             "seq": p.seq,
             "messages_published": p.messages_published,
-            "profile": {"publish_interval_s": p.profile.publish_interval, "payload": p.profile.payload,
-                        "compression": p.profile.compression, "qos": p.profile.qos},
+            "profile": {
+                "publish_interval_s": p.profile.publish_interval,
+                "payload": p.profile.payload,
+                "compression": p.profile.compression,
+                "qos": p.profile.qos,
+            },
             "spool": n.delivery.stats(),
             "publish_latency_ms": p.latency_summary(),
         }

@@ -173,8 +173,11 @@ class EventHub:
 
     def response(self) -> Response:
         if self.clients >= self.max_clients:
-            return Response(orjson.dumps({"detail": f"at most {self.max_clients} event streams at once",
-                                          "error": "busy"}), status_code=503, media_type="application/json")
+            return Response(
+                orjson.dumps({"detail": f"at most {self.max_clients} event streams at once", "error": "busy"}),
+                status_code=503,
+                media_type="application/json",
+            )
         return _EventStream(self)
 
 
@@ -185,8 +188,11 @@ class _EventStream(Response):
         self.hub = hub
         self.status_code = 200
         self.background = None
-        self.raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                            (b"x-accel-buffering", b"no")]
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hub = self.hub

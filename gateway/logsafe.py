@@ -49,8 +49,9 @@ class ChangeLog:
     flapping, that is one line per interval; after a quiet interval the next change is logged at once again.
     """
 
-    def __init__(self, logger: logging.Logger, name: str, interval: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, logger: logging.Logger, name: str, interval: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.logger, self.name, self.interval, self._clock = logger, name, interval, clock
         self._window = float("-inf")  # when the current interval began
         self._logged: set[str] = set()  # kinds logged in full in the current interval

@@ -111,8 +111,9 @@ class GatewayCollector:
         f.add("gauge", "start_time_seconds", "Unix time the gateway started", {}, float(gw.started_at))
         if self.lag is not None:
             f.add("gauge", "event_loop_lag_seconds", "How late the newest timed sleep woke up", {}, self.lag.last)
-            f.add("gauge", "event_loop_lag_max_seconds", "Largest event-loop lag of the last minute", {},
-                  self.lag.max())
+            f.add(
+                "gauge", "event_loop_lag_max_seconds", "Largest event-loop lag of the last minute", {}, self.lag.max()
+            )
         self._sources(f)
         status = gw.gateway_status()
         uplinks = status.get("uplinks") if isinstance(status, dict) else None
@@ -125,16 +126,30 @@ class GatewayCollector:
         for asset_id, a in self.gw.assets.items():
             s = a.status
             lab = {"asset": asset_id}
-            f.add("gauge", "source_up", "1 when the asset's device is connected, else 0", lab,
-                  1.0 if s.state == "connected" else 0.0)
+            f.add(
+                "gauge",
+                "source_up",
+                "1 when the asset's device is connected, else 0",
+                lab,
+                1.0 if s.state == "connected" else 0.0,
+            )
             for name, attr, doc in _SOURCE_COUNTERS:
                 f.add("counter", name, doc, lab, float(getattr(s, attr)))
-            f.add("gauge", "source_poll_duration_seconds", "Duration of the last successful poll", lab,
-                  s.latency_last)
-            f.add("gauge", "source_poll_duration_median_seconds", "Median duration of the last 256 polls", lab,
-                  s.latency_p50)
-            f.add("gauge", "source_last_poll_age_seconds", "Seconds since the last successful poll", lab,
-                  None if s.last_poll_ok is None else max(0.0, now - s.last_poll_ok))
+            f.add("gauge", "source_poll_duration_seconds", "Duration of the last successful poll", lab, s.latency_last)
+            f.add(
+                "gauge",
+                "source_poll_duration_median_seconds",
+                "Median duration of the last 256 polls",
+                lab,
+                s.latency_p50,
+            )
+            f.add(
+                "gauge",
+                "source_last_poll_age_seconds",
+                "Seconds since the last successful poll",
+                lab,
+                None if s.last_poll_ok is None else max(0.0, now - s.last_poll_ok),
+            )
             f.add("gauge", "source_tags", "Configured tags of the asset", lab, float(len(a.tags)))
 
     @staticmethod
@@ -147,17 +162,33 @@ class GatewayCollector:
         links = up.get("links") if isinstance(up, dict) else None
         for link_name, link in (links or {}).items():
             ll = {"uplink": name, "link": str(link_name)}
-            f.add("gauge", "link_connected", "1 when this link carries the uplink's connection", ll,
-                  _num(link, "connected"))
+            f.add(
+                "gauge",
+                "link_connected",
+                "1 when this link carries the uplink's connection",
+                ll,
+                _num(link, "connected"),
+            )
             f.add("gauge", "link_active", "1 for the link in use (or being tried)", ll, _num(link, "active"))
             for key, metric, doc in _LINK_COUNTERS:
                 f.add("counter", metric, doc, ll, _num(link, key))
-            f.add("gauge", "link_budget_today_bytes", "Bytes counted against today's budget", ll,
-                  _num(link, "bytes_today"))
-            f.add("gauge", "link_budget_limit_bytes", "The link's max_bytes_per_day (absent when unlimited)", ll,
-                  _num(link, "max_bytes_per_day"))
-            f.add("gauge", "link_budget_exhausted", "1 when today's budget is spent", ll,
-                  _num(link, "budget_exhausted"))
+            f.add(
+                "gauge",
+                "link_budget_today_bytes",
+                "Bytes counted against today's budget",
+                ll,
+                _num(link, "bytes_today"),
+            )
+            f.add(
+                "gauge",
+                "link_budget_limit_bytes",
+                "The link's max_bytes_per_day (absent when unlimited)",
+                ll,
+                _num(link, "max_bytes_per_day"),
+            )
+            f.add(
+                "gauge", "link_budget_exhausted", "1 when today's budget is spent", ll, _num(link, "budget_exhausted")
+            )
         spool = up.get("spool") if isinstance(up, dict) else None
         if not isinstance(spool, dict):
             return
@@ -165,17 +196,32 @@ class GatewayCollector:
         f.add("gauge", "spool_messages", "Messages held in the spool", lab, _num(spool, "messages"))
         f.add("gauge", "spool_limit_bytes", "The spool's max_bytes", lab, _num(spool, "max_bytes"))
         age = _num(spool, "oldest_age_s")
-        f.add("gauge", "spool_oldest_age_seconds", "Age of the oldest spooled message (0 when empty)", lab,
-              0.0 if age is None else age)
+        f.add(
+            "gauge",
+            "spool_oldest_age_seconds",
+            "Age of the oldest spooled message (0 when empty)",
+            lab,
+            0.0 if age is None else age,
+        )
         for key, metric, doc in _SPOOL_COUNTERS:
             f.add("counter", metric, doc, lab, _num(spool, key))
         reasons = spool.get("dropped_by_reason")
         for reason, counts in (reasons if isinstance(reasons, dict) else {}).items():
             rl = {"uplink": name, "reason": str(reason)}
-            f.add("counter", "spool_dropped_messages", "Messages dropped by the spool, by reason", rl,
-                  _num(counts, "messages"))
-            f.add("counter", "spool_dropped_samples", "Samples in dropped messages, by reason", rl,
-                  _num(counts, "samples"))
+            f.add(
+                "counter",
+                "spool_dropped_messages",
+                "Messages dropped by the spool, by reason",
+                rl,
+                _num(counts, "messages"),
+            )
+            f.add(
+                "counter",
+                "spool_dropped_samples",
+                "Samples in dropped messages, by reason",
+                rl,
+                _num(counts, "samples"),
+            )
 
 
 def render(gw: Gateway, lag: LoopLag | None = None) -> bytes:

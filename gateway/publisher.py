@@ -51,9 +51,17 @@ def source_interval(asset: AssetRuntime) -> float:
 class Publisher:
     """Data messages of every asset for one uplink (see the module docstring)."""
 
-    def __init__(self, cfg: MqttSection, assets: dict[str, AssetRuntime], namespace: str, uplink: MqttUplink,
-                 delivery: Delivery, *, metrics: Callable[[], bytes] | None = None,
-                 metrics_topic: str | None = None) -> None:
+    def __init__(
+        self,
+        cfg: MqttSection,
+        assets: dict[str, AssetRuntime],
+        namespace: str,
+        uplink: MqttUplink,
+        delivery: Delivery,
+        *,
+        metrics: Callable[[], bytes] | None = None,
+        metrics_topic: str | None = None,
+    ) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.assets = assets
@@ -65,8 +73,14 @@ class Publisher:
         self.profile: Profile = uplink.links[0].profile
         self._encoders: dict[str, JsonEncoder] = {}
         self.reducers = {
-            a.id: Reducer(a.tags, a.ring, heartbeat=self.profile.heartbeat, float32=a.float32, integer=a.integer,
-                          profile=self.profile.reduce)
+            a.id: Reducer(
+                a.tags,
+                a.ring,
+                heartbeat=self.profile.heartbeat,
+                float32=a.float32,
+                integer=a.integer,
+                profile=self.profile.reduce,
+            )
             for a in assets.values()
         }
         self._last_publish = {a: float("-inf") for a in assets}
@@ -85,8 +99,14 @@ class Publisher:
     # -- assets (hot reload) ----------------------------------------------------------------------------
     def add_asset(self, asset: AssetRuntime) -> None:
         """An asset added (or rebuilt) by a reload: its own reducer, after-batch publishing as configured."""
-        self.reducers[asset.id] = Reducer(asset.tags, asset.ring, heartbeat=self.profile.heartbeat,
-                                          float32=asset.float32, integer=asset.integer, profile=self.profile.reduce)
+        self.reducers[asset.id] = Reducer(
+            asset.tags,
+            asset.ring,
+            heartbeat=self.profile.heartbeat,
+            float32=asset.float32,
+            integer=asset.integer,
+            profile=self.profile.reduce,
+        )
         self._last_publish[asset.id] = float("-inf")
         self._last_sent.pop(asset.id, None)
         asset.batch_listeners.append(self._published_after_batch)
@@ -112,8 +132,15 @@ class Publisher:
         self.profile = new
         self._plan_after_batch()
         if changed:
-            log.info("uplink %s: link %s active, publishing every %gs, payload %s, compression %s, qos %d",
-                     self.name, link.name, new.publish_interval, new.payload, new.compression, new.qos)
+            log.info(
+                "uplink %s: link %s active, publishing every %gs, payload %s, compression %s, qos %d",
+                self.name,
+                link.name,
+                new.publish_interval,
+                new.payload,
+                new.compression,
+                new.qos,
+            )
         self.publish_last(force=True)
         self.publish_metrics()
 
@@ -187,8 +214,9 @@ class Publisher:
             if not force and old is not None and _same(old, key) and not snap.strings:
                 continue
             self._last_sent[asset.id] = key
-            self.uplink.publish(f"{self.namespace}/{asset.id}/last", enc.full(asset.id, None, now_ms, snap),
-                                qos=1, retain=True)
+            self.uplink.publish(
+                f"{self.namespace}/{asset.id}/last", enc.full(asset.id, None, now_ms, snap), qos=1, retain=True
+            )
 
     def asset_state(self, asset: AssetRuntime) -> None:
         """An asset's state changed: the retained ``{namespace}/{asset}/status`` (the uplink keeps it and says it
@@ -250,5 +278,9 @@ class Publisher:
 
 
 def _same(a: tuple[np.ndarray, np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray, np.ndarray]) -> bool:
-    return (a[0].shape == b[0].shape and bool((a[0] == b[0]).all()) and bool((a[2] == b[2]).all())
-            and bool(np.array_equal(a[1], b[1], equal_nan=True)))
+    return (
+        a[0].shape == b[0].shape
+        and bool((a[0] == b[0]).all())
+        and bool((a[2] == b[2]).all())
+        and bool(np.array_equal(a[1], b[1], equal_nan=True))
+    )

@@ -89,8 +89,11 @@ class SparkplugPublisher(Publisher):
             self._births()
         else:
             self.uplink.hold = True
-            log.info("sparkplug %s: connected; waiting for primary host %s to be online before the births",
-                     self.name, self.primary_host)
+            log.info(
+                "sparkplug %s: connected; waiting for primary host %s to be online before the births",
+                self.name,
+                self.primary_host,
+            )
 
     def _births(self) -> None:
         """NBIRTH, a DBIRTH per asset that has data, then data may flow (the spool replays as historical)."""
@@ -133,8 +136,11 @@ class SparkplugPublisher(Publisher):
             if self.uplink.connected:
                 self._births()
         elif not state.online and was:
-            log.warning("sparkplug %s: primary host %s offline: closing this connection, data goes to the spool",
-                        self.name, self.primary_host)
+            log.warning(
+                "sparkplug %s: primary host %s offline: closing this connection, data goes to the spool",
+                self.name,
+                self.primary_host,
+            )
             self.uplink.hold = True
             self.uplink.drop_connection(f"primary host {self.primary_host} offline")
 
@@ -153,7 +159,8 @@ class SparkplugPublisher(Publisher):
             log.warning("sparkplug %s: DCMD %s refused: %s", self.name, safe(topic), safe(text))
         for w in writes:
             task = asyncio.get_running_loop().create_task(
-                perform(self.assets, w.asset, w.tag, w.value, origin=f"sparkplug {topic}"), name="dcmd")
+                perform(self.assets, w.asset, w.tag, w.value, origin=f"sparkplug {topic}"), name="dcmd"
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

@@ -70,8 +70,12 @@ def plan(old: Any, new: Any) -> Plan:
     """Compare two validated configs. Raises :class:`ReloadRefused` for a section that needs a restart."""
     fixed = [s for s in RESTART_SECTIONS if _dump(getattr(old, s)) != _dump(getattr(new, s))]
     if fixed:
-        raise ReloadRefused([f"{', '.join(s + ':' for s in fixed)} changed: that needs a restart "
-                             "(systemctl restart iiot-gateway); nothing was changed"])
+        raise ReloadRefused(
+            [
+                f"{', '.join(s + ':' for s in fixed)} changed: that needs a restart "
+                "(systemctl restart iiot-gateway); nothing was changed"
+            ]
+        )
     p = Plan()
     before = {a.id: _dump(a) for a in old.assets}
     after = {a.id: _dump(a) for a in new.assets}
@@ -83,13 +87,18 @@ def plan(old: Any, new: Any) -> Plan:
     assets_moved = bool(p.assets_added or p.assets_removed or p.assets_changed)
     writable_before = any(getattr(t, "writable", False) for a in old.assets for t in a.tags)
     writable_after = any(getattr(t, "writable", False) for a in new.assets for t in a.tags)
-    order_changed = [u.name for u in old.all_uplinks if u.name in ups_after] != \
-        [u.name for u in new.all_uplinks if u.name in ups_before]
+    order_changed = [u.name for u in old.all_uplinks if u.name in ups_after] != [
+        u.name for u in new.all_uplinks if u.name in ups_before
+    ]
     for name, up in ups_after.items():
         if name not in ups_before:
             p.uplinks_added.append(name)
-        elif (_dump(up) != ups_before[name] or (up.format == "sparkplug" and assets_moved)
-              or writable_before != writable_after or order_changed):
+        elif (
+            _dump(up) != ups_before[name]
+            or (up.format == "sparkplug" and assets_moved)
+            or writable_before != writable_after
+            or order_changed
+        ):
             p.uplinks_changed.append(name)
     p.uplinks_removed = [u for u in ups_before if u not in ups_after]
     return p
@@ -143,7 +152,9 @@ async def apply(gw: Gateway, new: Any) -> Plan:
                 n.commands.assets = gw.assets
         for asset in started:
             gw._start_source(asset)
-        log.info("reload applied: %s", ", ".join(f"{k.replace('_', ' ')} {', '.join(v)}" for k, v in p.summary().items()))
+        log.info(
+            "reload applied: %s", ", ".join(f"{k.replace('_', ' ')} {', '.join(v)}" for k, v in p.summary().items())
+        )
         if started:
             assert gw._tg is not None  # reloads are applied while the gateway runs
             gw._tg.create_task(_grace_check(gw, [a.id for a in started]), name="reload-grace")
@@ -160,8 +171,12 @@ async def _grace_check(gw: Gateway, asset_ids: list[str], grace: float = GRACE) 
         pass
     down = [a for a in asset_ids if a in gw.assets and gw.assets[a].status.state != "connected"]
     if down:
-        log.warning("reload: asset(s) %s not connected %gs after the reload; POST /api/v1/reload?rollback=true "
-                    "restores the previous config", ", ".join(down), grace)
+        log.warning(
+            "reload: asset(s) %s not connected %gs after the reload; POST /api/v1/reload?rollback=true "
+            "restores the previous config",
+            ", ".join(down),
+            grace,
+        )
 
 
 async def reload_file(gw: Gateway) -> Plan:

@@ -94,5 +94,3 @@ def engineering(tag: TagBase, raw: int | float) -> int | float:
     if not _scaled(tag):
         return raw
     return float(f"{raw * tag.scale + tag.offset:.15g}")
-
-

@@ -79,8 +79,12 @@ class SeqCounter:
                     self.gap = skipped
                 else:
                     self.unsure = skipped
-                    log.warning("seq continues at %d after a reboot or power loss: numbers %d..%d were skipped; "
-                                "some of them may have been used by messages lost with the power", start, *skipped)
+                    log.warning(
+                        "seq continues at %d after a reboot or power loss: numbers %d..%d were skipped; "
+                        "some of them may have been used by messages lost with the power",
+                        start,
+                        *skipped,
+                    )
             nxt = start
         self.next = max(nxt, floor + 1, 1)
         self.reserved = self.next + _SEQ_BLOCK
@@ -121,8 +125,7 @@ class SeqCounter:
         m = self._used
         if m is None:
             return
-        _USED.pack_into(m, 16 + (seq & 1) * _USED.size, seq,
-                        zlib.crc32(struct.pack("<Q", seq), zlib.crc32(self._boot)))
+        _USED.pack_into(m, 16 + (seq & 1) * _USED.size, seq, zlib.crc32(struct.pack("<Q", seq), zlib.crc32(self._boot)))
 
     def _write(self, *, clean: bool, reserved: int | None = None) -> None:
         with self._lock:

@@ -262,8 +262,11 @@ class AssetRuntime:
                 result = await self.driver.write(tag, value)
         except asyncio.CancelledError:
             if not future.done():
-                future.set_exception(WriteFailed("unavailable", f"asset {self.id!r} is stopping; the write "
-                                                 "may or may not have been applied"))
+                future.set_exception(
+                    WriteFailed(
+                        "unavailable", f"asset {self.id!r} is stopping; the write may or may not have been applied"
+                    )
+                )
             raise
         except Exception as exc:
             failed = classify(exc, asset=self.id, timeout=limit)
@@ -345,6 +348,8 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text and not isinstance(exc, DeviceUnavailable) else (
-        text or type(exc).__name__
+    return (
+        f"{type(exc).__name__}: {text}"
+        if text and not isinstance(exc, DeviceUnavailable)
+        else (text or type(exc).__name__)
     )

@@ -228,8 +228,9 @@ class SegmentInfo:
         self.max_seq = max(self.max_seq, seq)
 
     def encode(self) -> bytes:
-        raw = _INDEX.pack(_INDEX_MAGIC, self.start, self.size, self.messages, self.samples, self.min_seq,
-                          self.max_seq, self.flags)
+        raw = _INDEX.pack(
+            _INDEX_MAGIC, self.start, self.size, self.messages, self.samples, self.min_seq, self.max_seq, self.flags
+        )
         return raw + struct.pack("<I", zlib.crc32(raw))
 
 
@@ -249,8 +250,9 @@ class _Found:
 class Spool:
     """A directory of segment files used as a FIFO (see the module docstring for the guarantees)."""
 
-    def __init__(self, path: str | Path, *, max_bytes: int, policy: str = "drop_oldest",
-                 segment_bytes: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, *, max_bytes: int, policy: str = "drop_oldest", segment_bytes: int | None = None
+    ) -> None:
         if policy not in ("drop_oldest", "drop_newest"):
             raise ValueError(f"unknown spool policy {policy!r}")
         self.path = Path(path)
@@ -352,8 +354,10 @@ class Spool:
         if self._segments:
             head = max(head, self._segments[0])
         self.head = self.cursor = self.end = head
-        found = {start: self._scan_segment(start, last=k == len(self._segments) - 1)
-                 for k, start in enumerate(self._segments)}
+        found = {
+            start: self._scan_segment(start, last=k == len(self._segments) - 1)
+            for k, start in enumerate(self._segments)
+        }
         self._account(index, found)
         if not self._segments or self._segments[-1] in self._index:  # no unsealed segment: start one
             start = max([self.end, *(e.start + e.size for e in self._index.values())])
@@ -368,8 +372,13 @@ class Spool:
         self._refresh_oldest()
         self.commit(sync=True)
         if self.damaged_records:
-            log.warning("spool %s: skipped %d damaged stretch(es), %d bytes; %d intact message(s) kept",
-                        self.path, self.damaged_records, self.damaged_bytes, self.messages)
+            log.warning(
+                "spool %s: skipped %d damaged stretch(es), %d bytes; %d intact message(s) kept",
+                self.path,
+                self.damaged_records,
+                self.damaged_bytes,
+                self.messages,
+            )
 
     def _read_state(self) -> tuple[int, bool]:
         """The head and the persisted counters; ``(head, valid)``."""
@@ -401,8 +410,14 @@ class Spool:
         return head, True
 
     def _state(self) -> tuple[int, ...]:
-        return (self.head, self._head_seg, self._head_done, self._head_done_samples,
-                *(x for r in REASONS for x in self.dropped[r]), self.lost_segments)
+        return (
+            self.head,
+            self._head_seg,
+            self._head_done,
+            self._head_done_samples,
+            *(x for r in REASONS for x in self.dropped[r]),
+            self.lost_segments,
+        )
 
     def _read_index(self) -> dict[int, SegmentInfo]:
         try:
@@ -413,8 +428,10 @@ class Spool:
         step = _INDEX.size + 4
         for off in range(0, len(raw) - step + 1, step):
             chunk = raw[off : off + step]
-            if chunk[:4] == _INDEX_MAGIC and zlib.crc32(chunk[: _INDEX.size]) == \
-                    struct.unpack_from("<I", chunk, _INDEX.size)[0]:
+            if (
+                chunk[:4] == _INDEX_MAGIC
+                and zlib.crc32(chunk[: _INDEX.size]) == struct.unpack_from("<I", chunk, _INDEX.size)[0]
+            ):
                 e = SegmentInfo(*_INDEX.unpack_from(chunk)[1:])
                 out[e.start] = e
         return out
@@ -495,23 +512,29 @@ class Spool:
                 self._lose(what, self._neighbours(start, found), size - f.size, None)
             if start in found or start + size > self.head:
                 self._index[start] = SegmentInfo(
-                    start, size, done + f.present, done_samples + f.present_samples,
+                    start,
+                    size,
+                    done + f.present,
+                    done_samples + f.present_samples,
                     f.min_seq if f.min_seq is not None else (e.min_seq if e else 0),
                     f.max_seq if f.max_seq is not None else (e.max_seq if e else 0),
-                    (e.flags if e else 0) | (_HOLE_SEEN if f.size < size else 0))
+                    (e.flags if e else 0) | (_HOLE_SEEN if f.size < size else 0),
+                )
         if newest is not None and newest not in self._index:
             f = found[newest]
             done, done_samples = self._done_in(newest)
-            self._active = SegmentInfo(newest, 0, done + f.present, done_samples + f.present_samples,
-                                       f.min_seq or 0, f.max_seq or 0)
+            self._active = SegmentInfo(
+                newest, 0, done + f.present, done_samples + f.present_samples, f.min_seq or 0, f.max_seq or 0
+            )
 
     def _neighbours(self, start: int, found: dict[int, _Found]) -> tuple[int, int]:
         before = [f.last_seq for s, f in sorted(found.items()) if s <= start and f.last_seq is not None]
         after = [f.first_seq for s, f in sorted(found.items()) if s > start and f.first_seq is not None]
         return (before[-1] + 1 if before else 0, after[0] - 1 if after else 0)
 
-    def _lose(self, what: str, rng: tuple[int, int], missing_bytes: int, lost: tuple[int, int] | None, *,
-              hole: bool = True) -> None:
+    def _lose(
+        self, what: str, rng: tuple[int, int], missing_bytes: int, lost: tuple[int, int] | None, *, hole: bool = True
+    ) -> None:
         """Count and log (once: the index remembers it) messages the spool wrote and cannot give back."""
         if hole:
             self.lost_segments += 1
@@ -520,11 +543,23 @@ class Spool:
         gone = f", {missing_bytes} bytes missing" if missing_bytes > 0 else ""
         if lost is not None:
             self._count_drop(*lost, reason="lost")
-            log.warning("spool %s: %s: %d message(s) (%d samples) lost, seq within %s%s; counted as dropped "
-                        "(reason lost)", self.path, what, lost[0], lost[1], seqs, gone)
+            log.warning(
+                "spool %s: %s: %d message(s) (%d samples) lost, seq within %s%s; counted as dropped (reason lost)",
+                self.path,
+                what,
+                lost[0],
+                lost[1],
+                seqs,
+                gone,
+            )
         else:
-            log.warning("spool %s: %s is gone or cut short%s; an unknown number of messages with seq within %s "
-                        "was lost", self.path, what, gone, seqs)
+            log.warning(
+                "spool %s: %s is gone or cut short%s; an unknown number of messages with seq within %s was lost",
+                self.path,
+                what,
+                gone,
+                seqs,
+            )
 
     def close(self) -> None:
         """Write the head and the counters, sync and close (idempotent)."""
@@ -670,8 +705,10 @@ class Spool:
             buf = self._load(seg)
             base = self.cursor
             d = decode_records(memoryview(buf)[base - seg :], final=True, limit=n)
-            items = sorted([(p, q, r, IN_FLIGHT) for p, q, r in d.records] +
-                           [(p, q, r, DONE) for p, q, r in d.dropped], key=lambda x: x[0])
+            items = sorted(
+                [(p, q, r, IN_FLIGHT) for p, q, r in d.records] + [(p, q, r, DONE) for p, q, r in d.dropped],
+                key=lambda x: x[0],
+            )
             for p, q, r, state in items:
                 o = _Out(base + p, base + q, q - p, r.samples, r.created_ns, seg, state)
                 self._out.append(o)
@@ -750,8 +787,12 @@ class Spool:
         except OSError as exc:
             if not self._mark_failed:
                 self._mark_failed = True
-                log.warning("spool %s: cannot mark a dropped record (%s); after a crash it may be sent although "
-                            "it was counted as dropped", self.path, exc.strerror)
+                log.warning(
+                    "spool %s: cannot mark a dropped record (%s); after a crash it may be sent although "
+                    "it was counted as dropped",
+                    self.path,
+                    exc.strerror,
+                )
 
     def _advance(self) -> None:
         while self._out and self._out[0].state == DONE:

@@ -54,8 +54,9 @@ class SwingingDoor:
         self.up = np.full(n, np.inf)
         self.lo = np.full(n, -np.inf)
 
-    def feed(self, rows: np.ndarray, ts: np.ndarray, values: np.ndarray, quality: np.ndarray,
-             count: np.ndarray) -> Archived:
+    def feed(
+        self, rows: np.ndarray, ts: np.ndarray, values: np.ndarray, quality: np.ndarray, count: np.ndarray
+    ) -> Archived:
         """Feed windows (shape ``(len(rows), k)``, ``count`` valid columns per row) for the tags ``rows``."""
         out_r: list[np.ndarray] = []
         out_t: list[np.ndarray] = []

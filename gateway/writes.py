@@ -183,9 +183,7 @@ def log_outcome(outcome: WriteOutcome, origin: str) -> None:
         log.warning("%s: refused (%s): %s (%.0f ms)", what, outcome.kind, safe(outcome.error, 500), ms)
 
 
-async def perform(
-    assets: Mapping[str, AssetRuntime], asset: str, tag: str, value: Any, *, origin: str
-) -> WriteOutcome:
+async def perform(assets: Mapping[str, AssetRuntime], asset: str, tag: str, value: Any, *, origin: str) -> WriteOutcome:
     """Check and execute one write; never raises for a failed write (the outcome says why). Logged once.
 
     ``origin`` names where the write came from for the log, e.g. ``api 10.0.0.7:51234`` or

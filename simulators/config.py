@@ -191,8 +191,10 @@ class ModbusPoint(_Bound):
         if self.type != "string" and self.length is not None:
             raise ValueError("length is only for type string")
         if self.byte_order not in ALLOWED_ORDERS.get(self.type, BYTE_ORDERS):
-            raise ValueError(f"byte order {self.byte_order} is not meaningful for {self.type}; use one of "
-                             f"{', '.join(ALLOWED_ORDERS[self.type])}")
+            raise ValueError(
+                f"byte order {self.byte_order} is not meaningful for {self.type}; use one of "
+                f"{', '.join(ALLOWED_ORDERS[self.type])}"
+            )
         if self.scale == 0:
             raise ValueError("scale cannot be 0")
         if self.address.offset + max(self.registers, 1) > 65536:
@@ -201,8 +203,15 @@ class ModbusPoint(_Bound):
 
 
 #: Kinds of answers that do not match their request, served by ``modbus.answer_fault`` (see modbus_sim.py).
-ANSWER_FAULTS = ("other_function", "transaction_id_zero", "wrong_unit", "extra_register", "odd_byte_count",
-                 "bits_byte_count_high", "bits_byte_count_low")
+ANSWER_FAULTS = (
+    "other_function",
+    "transaction_id_zero",
+    "wrong_unit",
+    "extra_register",
+    "odd_byte_count",
+    "bits_byte_count_high",
+    "bits_byte_count_low",
+)
 
 
 class ModbusSection(_Strict):
@@ -227,8 +236,9 @@ class ModbusSection(_Strict):
         """Size of ``table``: as configured, else just past the last point (coils/DIs rounded up to 16)."""
         size = self.tables.get(table)  # type: ignore[call-overload]
         if size is None:
-            size = max((p.address.offset + max(p.registers, 1) for p in self.points if p.address.table == table),
-                       default=1)
+            size = max(
+                (p.address.offset + max(p.registers, 1) for p in self.points if p.address.table == table), default=1
+            )
         return -(-size // 16) * 16 if table in ("co", "di") else size
 
     @model_validator(mode="after")
@@ -274,8 +284,9 @@ class OpcUaNode(_Bound):
     """
 
     id: str = Field(pattern=r"^(i=\d+|s=.+|[^=;]+)$")
-    type: Literal["Boolean", "SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64", "Float",
-                  "Double", "String"]
+    type: Literal[
+        "Boolean", "SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64", "Float", "Double", "String"
+    ]
     parent: str | None = None
     browse_name: str | None = None
     writable: bool = False

@@ -245,7 +245,9 @@ class ModbusRtuSimulator:
         faults = self.faults[unit]
         if faults.silent:
             return
-        body = bytes((unit,)) + (self._exception(pdu[0], faults.exception) if faults.exception else self._execute(unit, pdu))
+        body = bytes((unit,)) + (
+            self._exception(pdu[0], faults.exception) if faults.exception else self._execute(unit, pdu)
+        )
         frame = with_crc(body)
         if faults.crc_errors and self._rng.random() < faults.crc_errors:
             frame = frame[:-1] + bytes((frame[-1] ^ 0x5A,))

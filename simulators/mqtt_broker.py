@@ -144,8 +144,9 @@ class EmbeddedBroker:
     same object, like a broker with persistence.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, max_client_buffer: int = 4 << 20,
-                 max_packet: int = 64 << 20) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, max_client_buffer: int = 4 << 20, max_packet: int = 64 << 20
+    ) -> None:
         self.host = host
         self._port = port
         self.max_client_buffer = max_client_buffer

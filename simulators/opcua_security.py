@@ -77,9 +77,14 @@ class SimulatorSecurity:
             return
         key = cert_gen.generate_private_key()
         cert = cert_gen.generate_self_signed_app_certificate(
-            key, "iiot-gateway OPC UA simulator", {},
-            [x509.UniformResourceIdentifier(self.application_uri), x509.DNSName(socket.gethostname()),
-             x509.DNSName("localhost")],
+            key,
+            "iiot-gateway OPC UA simulator",
+            {},
+            [
+                x509.UniformResourceIdentifier(self.application_uri),
+                x509.DNSName(socket.gethostname()),
+                x509.DNSName("localhost"),
+            ],
             extended=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
             days=5 * 365,
         )
@@ -92,8 +97,11 @@ class SimulatorSecurity:
         for path in self.trusted.glob("*"):
             try:
                 data = path.read_bytes()
-                other = (x509.load_pem_x509_certificate(data) if data.lstrip().startswith(b"-----")
-                         else x509.load_der_x509_certificate(data))
+                other = (
+                    x509.load_pem_x509_certificate(data)
+                    if data.lstrip().startswith(b"-----")
+                    else x509.load_der_x509_certificate(data)
+                )
             except (OSError, ValueError):
                 continue
             if _der(other) == der:
@@ -110,8 +118,9 @@ class SimulatorSecurity:
         """Certificate validator of the server: the client's certificate must be in ``trusted/``."""
         if not self.is_trusted(cert):
             path = self.reject(cert)
-            log.warning("OPC UA simulator: refused client certificate %s (move it to %s to trust it)",
-                        path, self.trusted)
+            log.warning(
+                "OPC UA simulator: refused client certificate %s (move it to %s to trust it)", path, self.trusted
+            )
             raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
 
 
@@ -129,6 +138,10 @@ class SimulatorUsers:
             ok = username in self.security.users and self.security.users[username] == password
             return User(role=UserRole.User, name=username) if ok else None
         if certificate is not None and not self.security.allow_anonymous:
-            cert = certificate if isinstance(certificate, x509.Certificate) else x509.load_der_x509_certificate(certificate)
+            cert = (
+                certificate
+                if isinstance(certificate, x509.Certificate)
+                else x509.load_der_x509_certificate(certificate)
+            )
             return User(role=UserRole.User, name="certificate") if self.security.is_trusted(cert) else None
         return User(role=UserRole.User) if self.security.allow_anonymous else None

@@ -142,8 +142,12 @@ class OpcUaSimulator:
         self._server = server
         await self._apply(self.plant.values)
         self.plant.attach(self._apply)
-        log.info("OPC UA simulator listening on %s (namespace %s = ns=%d)",
-                 self.endpoint, self.section.namespace, self.namespace_index)
+        log.info(
+            "OPC UA simulator listening on %s (namespace %s = ns=%d)",
+            self.endpoint,
+            self.section.namespace,
+            self.namespace_index,
+        )
 
     async def stop(self) -> None:
         """Stop serving and close every session and the listening socket (idempotent)."""

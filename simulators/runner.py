@@ -61,18 +61,29 @@ async def run_simulators(
         print(f"plant {Path(plant_path) if plant_path else DEFAULT_PLANT}", flush=True)
         for sim in sims:
             if isinstance(sim, ModbusSimulator):
-                print(f"  Modbus TCP PLC  {sim.host}:{sim.port}  unit {sim.unit}  "
-                      f"({len(sim.point_names)} points)", flush=True)
+                print(
+                    f"  Modbus TCP PLC  {sim.host}:{sim.port}  unit {sim.unit}  ({len(sim.point_names)} points)",
+                    flush=True,
+                )
             else:
-                print(f"  OPC UA PLC      {sim.endpoint}  {sim.section.namespace} = ns={sim.namespace_index}  "
-                      f"({len(sim.node_names)} variables)", flush=True)
+                print(
+                    f"  OPC UA PLC      {sim.endpoint}  {sim.section.namespace} = ns={sim.namespace_index}  "
+                    f"({len(sim.node_names)} variables)",
+                    flush=True,
+                )
                 if sim.security is not None:
-                    print(f"    secured: certificate {sim.security.cert_file}; it trusts the client certificates "
-                          f"in {sim.security.trusted}/ (refused ones land in {sim.security.rejected}/)", flush=True)
+                    print(
+                        f"    secured: certificate {sim.security.cert_file}; it trusts the client certificates "
+                        f"in {sim.security.trusted}/ (refused ones land in {sim.security.rejected}/)",
+                        flush=True,
+                    )
         if rtu is not None:
             units = ",".join(map(str, rtu_units))
-            print(f"  Modbus RTU PLC  {rtu.path}  units {units}  (the modbus point map; in the config: "
-                  f"driver: modbus_rtu, port: {rtu.path}, parity: N)", flush=True)
+            print(
+                f"  Modbus RTU PLC  {rtu.path}  units {units}  (the modbus point map; in the config: "
+                f"driver: modbus_rtu, port: {rtu.path}, parity: N)",
+                flush=True,
+            )
         if stop_event is None:
             await asyncio.Future()  # until cancelled
         else:
@@ -86,25 +97,45 @@ async def run_simulators(
 
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``[FILE] --host --modbus-port --opcua-port`` on ``parser`` (the ``simulate`` sub-command)."""
-    parser.add_argument("file", nargs="?", default=None,
-                        help=f"plant file (default: the bundled {DEFAULT_PLANT.name}, a copy of config/simulator.yaml)")
+    parser.add_argument(
+        "file",
+        nargs="?",
+        default=None,
+        help=f"plant file (default: the bundled {DEFAULT_PLANT.name}, a copy of config/simulator.yaml)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--modbus-port", type=int, default=5020, help="Modbus TCP port (default 5020)")
     parser.add_argument("--opcua-port", type=int, default=4840, help="OPC UA port (default 4840)")
-    parser.add_argument("--opcua-secure", metavar="PKI_DIR", default=None,
-                        help="serve OPC UA secured only, certificates under PKI_DIR (own/, trusted/, rejected/)")
-    parser.add_argument("--opcua-user", action="append", default=[], metavar="NAME:PASSWORD",
-                        help="with --opcua-secure: a user the simulator accepts (repeatable)")
+    parser.add_argument(
+        "--opcua-secure",
+        metavar="PKI_DIR",
+        default=None,
+        help="serve OPC UA secured only, certificates under PKI_DIR (own/, trusted/, rejected/)",
+    )
+    parser.add_argument(
+        "--opcua-user",
+        action="append",
+        default=[],
+        metavar="NAME:PASSWORD",
+        help="with --opcua-secure: a user the simulator accepts (repeatable)",
+    )
     add_rtu_arguments(parser)
 
 
 def add_rtu_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``--rtu [UNITS] --rtu-link PATH`` (Modbus RTU slaves on a pseudo-terminal)."""
-    parser.add_argument("--rtu", nargs="?", const="1", default=None, metavar="UNITS",
-                        help="also serve the modbus point map as Modbus RTU slaves on a pty, unit ids comma "
-                             "separated (default 1); prints the pty path to put in the config's port:")
-    parser.add_argument("--rtu-link", metavar="PATH", default=None,
-                        help="with --rtu: a stable symlink to the pty, e.g. /tmp/iiot-rtu")
+    parser.add_argument(
+        "--rtu",
+        nargs="?",
+        const="1",
+        default=None,
+        metavar="UNITS",
+        help="also serve the modbus point map as Modbus RTU slaves on a pty, unit ids comma "
+        "separated (default 1); prints the pty path to put in the config's port:",
+    )
+    parser.add_argument(
+        "--rtu-link", metavar="PATH", default=None, help="with --rtu: a stable symlink to the pty, e.g. /tmp/iiot-rtu"
+    )
 
 
 def _rtu_units(text: str | None) -> tuple[int, ...]:
@@ -131,9 +162,16 @@ async def _serve_until_signal(ns: argparse.Namespace) -> None:
     try:
         if instrument is not None:
             await start_and_announce(instrument)
-        await run_simulators(ns.file, ns.host, ns.modbus_port, ns.opcua_port, stop_event=stop,
-                             opcua_security=_opcua_security(ns), rtu_units=_rtu_units(ns.rtu),
-                             rtu_link=ns.rtu_link)
+        await run_simulators(
+            ns.file,
+            ns.host,
+            ns.modbus_port,
+            ns.opcua_port,
+            stop_event=stop,
+            opcua_security=_opcua_security(ns),
+            rtu_units=_rtu_units(ns.rtu),
+            rtu_link=ns.rtu_link,
+        )
     finally:
         if instrument is not None:
             await instrument.stop()
@@ -168,8 +206,10 @@ def main_simulate(args: argparse.Namespace | Sequence[str] | None = None) -> int
         opcua_user=getattr(args, "opcua_user", None) or [],
         rtu=getattr(args, "rtu", None),
         rtu_link=getattr(args, "rtu_link", None),
-        **{k: getattr(args, k, None) for k in ("instrument", "instrument_stream", "instrument_checksum",
-                                               "instrument_link")},
+        **{
+            k: getattr(args, k, None)
+            for k in ("instrument", "instrument_stream", "instrument_checksum", "instrument_link")
+        },
     )
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -242,7 +242,7 @@ class SerialInstrument:
             else:
                 self.send_reading()
         if len(self._inbox) > 4096:
-            del self._inbox[:-len(self.command)]
+            del self._inbox[: -len(self.command)]
 
     async def _reply_later(self, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -254,13 +254,26 @@ class SerialInstrument:
 
 def add_instrument_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``--instrument KIND --instrument-stream RATE --instrument-checksum KIND --instrument-link PATH``."""
-    parser.add_argument("--instrument", choices=["scale", "thermo"], default=None,
-                        help="also run a serial ASCII instrument on a pty and print its path "
-                        "(scale: 'ST,GS,+0012.345kg', thermo: 'T1=+023.45;T2=+019.80;OK')")
-    parser.add_argument("--instrument-stream", type=float, default=None, metavar="RATE",
-                        help="stream RATE lines per second (default: answer each 'P\\r\\n' with one line)")
-    parser.add_argument("--instrument-checksum", choices=list(CHECKSUMS), default=None,
-                        help="append '*' and this checksum in hex to every line")
+    parser.add_argument(
+        "--instrument",
+        choices=["scale", "thermo"],
+        default=None,
+        help="also run a serial ASCII instrument on a pty and print its path "
+        "(scale: 'ST,GS,+0012.345kg', thermo: 'T1=+023.45;T2=+019.80;OK')",
+    )
+    parser.add_argument(
+        "--instrument-stream",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help="stream RATE lines per second (default: answer each 'P\\r\\n' with one line)",
+    )
+    parser.add_argument(
+        "--instrument-checksum",
+        choices=list(CHECKSUMS),
+        default=None,
+        help="append '*' and this checksum in hex to every line",
+    )
     parser.add_argument("--instrument-link", default=None, metavar="PATH",
                         help="also make PATH a symlink to the pty, so a config can name a stable port")  # fmt: skip
 

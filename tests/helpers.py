@@ -64,8 +64,9 @@ async def wait_port_open(host: str, port: int, timeout: float = 10.0) -> None:
 # --------------------------------------------------------------------------------------------- brokers
 
 
-def MosquittoBroker(workdir: Path, port: int | None = None, host: str = "127.0.0.1", *,
-                    extra_conf: str = "") -> LocalBroker:
+def MosquittoBroker(
+    workdir: Path, port: int | None = None, host: str = "127.0.0.1", *, extra_conf: str = ""
+) -> LocalBroker:
     """A real Mosquitto on ``host:port`` (a free port by default); ``stop()``/``start()`` on the same port."""
     return LocalBroker(host, port or free_port(host), kind="mosquitto", workdir=workdir, extra_conf=extra_conf)
 
@@ -98,10 +99,12 @@ class AmqttBrokerHandle:
 
         if self._broker is not None:
             return
-        self._broker = Broker({
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-        })
+        self._broker = Broker(
+            {
+                "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+                "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            }
+        )
         await self._broker.start()
 
     async def stop(self, *, graceful: bool = False) -> None:
@@ -188,11 +191,14 @@ class MqttSubscriber:
                 self._changed.clear()
                 await self._changed.wait()
 
-    async def collect(self, n: int, predicate: Callable[[Received], bool] | None = None,
-                      timeout: float = 10.0) -> list[Received]:
+    async def collect(
+        self, n: int, predicate: Callable[[Received], bool] | None = None, timeout: float = 10.0
+    ) -> list[Received]:
         """Wait until ``n`` messages matching ``predicate`` were received (in total); return all that match."""
+
         def matching() -> list[Received]:
             return [m for m in self.messages if predicate is None or predicate(m)]
+
         async with asyncio.timeout(timeout):
             while len(matching()) < n:
                 self._changed.clear()
@@ -300,7 +306,13 @@ async def start_gateway(cfg: Path, *, pythonpath: Sequence[Path] = ()) -> asynci
     """``iiot-gateway run cfg`` as its own process (this checkout's code), its log discarded; ``pythonpath``:
     more import roots for the child (e.g. a driver distribution the test registered without installing it)."""
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "run", str(cfg), cwd=REPO, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "run",
+        str(cfg),
+        cwd=REPO,
+        stderr=asyncio.subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [REPO, *pythonpath]))},
     )
 
@@ -324,8 +336,15 @@ async def reap(proc: asyncio.subprocess.Process) -> None:
 NAMESPACE = "acme/test/line1"
 
 
-def gateway_config(tmp_path: Path, *, assets_yaml: str, mqtt_port: int | None = None, api_port: int | None = None,
-                   name: str = "gateway.yaml", **sections: Any) -> Path:
+def gateway_config(
+    tmp_path: Path,
+    *,
+    assets_yaml: str,
+    mqtt_port: int | None = None,
+    api_port: int | None = None,
+    name: str = "gateway.yaml",
+    **sections: Any,
+) -> Path:
     """Write a whole gateway config to ``tmp_path / name`` and return its path: the one way tests build one.
 
     ``assets_yaml`` is the ``assets:`` list (YAML, any indentation). The other sections have defaults:
@@ -342,8 +361,13 @@ def gateway_config(tmp_path: Path, *, assets_yaml: str, mqtt_port: int | None = 
     """
     default: dict[str, Any] = {
         "gateway": {"id": "test-gw", "namespace": NAMESPACE, "state_dir": tmp_path / "state"},
-        "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "publish_interval": "200ms", "keepalive": "5s",
-                 "reconnect_max": "1s"},
+        "mqtt": {
+            "host": "127.0.0.1",
+            "port": mqtt_port,
+            "publish_interval": "200ms",
+            "keepalive": "5s",
+            "reconnect_max": "1s",
+        },
         "api": {"listen": f"127.0.0.1:{api_port}"} if api_port else {"enabled": False},
         "buffer": {"seconds": 60},
     }

@@ -27,8 +27,15 @@ class Tahu:
 
     def _run(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         text = "".join(json.dumps(r) + "\n" for r in requests)
-        done = subprocess.run([self.node, str(HERE / "tahu.js")], input=text, capture_output=True, text=True,
-                              timeout=60, cwd=HERE, check=False)
+        done = subprocess.run(
+            [self.node, str(HERE / "tahu.js")],
+            input=text,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=HERE,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         out = [json.loads(line) for line in done.stdout.splitlines()]
         assert len(out) == len(requests), done.stderr
@@ -62,10 +69,14 @@ def make_tahu() -> Tahu:
         _unavailable("node and npm are needed to run Eclipse Tahu's JS codec")
     installed = HERE / "node_modules" / "sparkplug-payload" / "package.json"
     if not installed.exists() or json.loads(installed.read_text()).get("version") != TAHU_VERSION:
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=HERE,
-                              capture_output=True, text=True, timeout=600, check=False)
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         if done.returncode != 0:
             _unavailable(f"npm ci of sparkplug-payload@{TAHU_VERSION} failed: {done.stderr[-500:]}")
     return Tahu(node)
-
-

@@ -14,8 +14,12 @@ from gateway.bench import TARGETS, lookup
 @pytest.mark.timeout(240)
 def test_bench_quick_prints_every_figure(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "gateway.cli", "bench", "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=230)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "bench", "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=230,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout)
     assert doc == json.loads(out.read_text())
@@ -32,13 +36,21 @@ def test_bench_quick_prints_every_figure(tmp_path):
 
 
 def test_bench_only_runs_the_parts_named():
-    proc = subprocess.run([sys.executable, "-m", "gateway.cli", "bench", "--only", "ring_buffer"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "bench", "--only", "ring_buffer"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout)
     assert doc["ring_buffer"]["bytes_per_sample"] > 0
     assert "hot_path" not in doc and "end_to_end" not in doc
     assert list(doc["targets"]) == ["ring buffer bytes per sample"]
-    bad = subprocess.run([sys.executable, "-m", "gateway.cli", "bench", "--only", "ring_buffer,e2e"],
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "bench", "--only", "ring_buffer,e2e"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "unknown part(s) e2e" in bad.stderr and "end_to_end" in bad.stderr

@@ -71,15 +71,15 @@ async def test_run_publishes_and_stops_cleanly_on_sigterm(tmp_path, mqtt_broker,
     api_port = free_port()
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(
-        (ROOT / "config/demo.yaml").read_text()
+        (ROOT / "config/demo.yaml")
+        .read_text()
         .replace("gateway:\n", f"gateway:\n  state_dir: {tmp_path / 'state'}\n", 1)
         .replace("port: 1883", f"port: {mqtt_broker.port}")
         .replace("port: 5020", f"port: {modbus_sim.port}")
         .replace("127.0.0.1:8080", f"127.0.0.1:{api_port}")
     )
     sub = await MqttSubscriber(mqtt_broker.host, mqtt_broker.port, f"{NS}/#").start()
-    proc = await asyncio.create_subprocess_exec(*EXE, "run", str(cfg), cwd=ROOT,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(*EXE, "run", str(cfg), cwd=ROOT, stderr=asyncio.subprocess.PIPE)
     try:
         msg = await sub.next(lambda m: m.topic == f"{NS}/press-3/data", timeout=20)
         assert "pressure" in msg.json()["tags"]
@@ -104,8 +104,13 @@ async def test_demo_shows_data_on_mqtt_and_ctrl_c_stops_everything(tmp_path):
     # (about 4 s from start to the first data message here; not asserted as a time: the machines are shared)
     ports = {k: free_port() for k in ("mqtt", "modbus", "opcua", "api")}
     proc = await asyncio.create_subprocess_exec(
-        *EXE, "demo", *(f"--{k}-port={v}" for k, v in ports.items()), f"--state-dir={tmp_path}", cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        *EXE,
+        "demo",
+        *(f"--{k}-port={v}" for k, v in ports.items()),
+        f"--state-dir={tmp_path}",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     sub = None
@@ -132,9 +137,9 @@ async def test_demo_shows_data_on_mqtt_and_ctrl_c_stops_everything(tmp_path):
 async def test_run_with_an_unreadable_tls_ca_file_exits_2_before_starting(tmp_path):
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(
-        (ROOT / "config/demo.yaml").read_text().replace(
-            "  publish_interval: 1s\n", f"  publish_interval: 1s\n  tls: {{ca_file: {tmp_path}/nope.pem}}\n"
-        )
+        (ROOT / "config/demo.yaml")
+        .read_text()
+        .replace("  publish_interval: 1s\n", f"  publish_interval: 1s\n  tls: {{ca_file: {tmp_path}/nope.pem}}\n")
     )
     for command in ("validate", "run"):  # validate runs the check run does before starting
         code, _, err = await run_cli(command, str(cfg), timeout=30)

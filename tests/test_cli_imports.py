@@ -10,14 +10,24 @@ import sys
 
 from helpers import gateway_config
 
-HEAVY = ("simulators.modbus_sim", "simulators.modbus_rtu_sim", "simulators.plant", "pymodbus", "asyncua",
-         "drivers.opcua.tools", "drivers.modbus.probe", "drivers.modbus.kepware")
+HEAVY = (
+    "simulators.modbus_sim",
+    "simulators.modbus_rtu_sim",
+    "simulators.plant",
+    "pymodbus",
+    "asyncua",
+    "drivers.opcua.tools",
+    "drivers.modbus.probe",
+    "drivers.modbus.kepware",
+)
 
 
 def test_building_the_cli_imports_no_simulator() -> None:
-    code = ("import sys; from gateway.cli import build_parser; p = build_parser(); "
-            "p.parse_args(['browse', 'opc.tcp://h:4840']); p.parse_args(['probe', 'modbus', 'h', '--address', '1']); "
-            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    code = (
+        "import sys; from gateway.cli import build_parser; p = build_parser(); "
+        "p.parse_args(['browse', 'opc.tcp://h:4840']); p.parse_args(['probe', 'modbus', 'h', '--address', '1']); "
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -39,9 +49,11 @@ PRESS = """\
 def test_a_gateway_without_the_api_never_imports_fastapi(tmp_path) -> None:
     """FastAPI, uvicorn and the API module are ~20 MiB of a Pi's RAM: only ``api.enabled`` loads them."""
     path = gateway_config(tmp_path, mqtt_port=1883, assets_yaml=PRESS)  # api: enabled: false
-    code = ("import sys; from gateway.config import load_config; from gateway.daemon import build; "
-            f"gw = build(load_config({str(path)!r})); "
-            "print(gw.serve_api, sorted(m for m in ('fastapi', 'uvicorn', 'gateway.api') if m in sys.modules))")
+    code = (
+        "import sys; from gateway.config import load_config; from gateway.daemon import build; "
+        f"gw = build(load_config({str(path)!r})); "
+        "print(gw.serve_api, sorted(m for m in ('fastapi', 'uvicorn', 'gateway.api') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "None []"
     gateway_config(tmp_path, mqtt_port=1883, api_port=8089, assets_yaml=PRESS)  # the same file: built, not bound

@@ -36,8 +36,9 @@ def u32(modbus_sim) -> int:
 def tracebacks(caplog) -> list[str]:
     """Errors and tracebacks of the gateway, uvicorn and asyncio (a protocol callback that raised)."""
     ours = ("gateway", "uvicorn", "asyncio", "fastapi")
-    return [r.getMessage() for r in caplog.records
-            if r.name.startswith(ours) and (r.exc_info or r.levelno >= logging.ERROR)]
+    return [
+        r.getMessage() for r in caplog.records if r.name.startswith(ours) and (r.exc_info or r.levelno >= logging.ERROR)
+    ]
 
 
 async def test_stale_unknown_and_hostile_commands_are_refused_and_answered(
@@ -59,17 +60,23 @@ async def test_stale_unknown_and_hostile_commands_are_refused_and_answered(
             assert says in result["error"], result
             return result
 
-        await refused({"tag": "u32", "value": 11, "id": "old", "ts": now_ms() - 60_000}, "old", "stale",
-                      "s old (\"ts\"); older than cmd_max_age 10 s")
-        await refused({"tag": "u32", "value": 12, "id": "exp", "expires": now_ms() - 5_000}, "exp", "stale",
-                      "expired")
-        await refused({"tag": "u32", "value": 13, "id": "fut", "ts": now_ms() + 3_600_000}, "fut", "stale",
-                      "in the future")
-        await refused({"tag": "u32", "value": 14, "id": "ts?", "ts": "yesterday"}, "ts?", "malformed",
-                      '"ts" must be a number')
+        await refused(
+            {"tag": "u32", "value": 11, "id": "old", "ts": now_ms() - 60_000},
+            "old",
+            "stale",
+            's old ("ts"); older than cmd_max_age 10 s',
+        )
+        await refused({"tag": "u32", "value": 12, "id": "exp", "expires": now_ms() - 5_000}, "exp", "stale", "expired")
+        await refused(
+            {"tag": "u32", "value": 13, "id": "fut", "ts": now_ms() + 3_600_000}, "fut", "stale", "in the future"
+        )
+        await refused(
+            {"tag": "u32", "value": 14, "id": "ts?", "ts": "yesterday"}, "ts?", "malformed", '"ts" must be a number'
+        )
         # an asset the gateway does not have is answered on its own result topic
-        nope = await refused({"tag": "u32", "value": 15, "id": "na"}, "na", "unknown", "unknown asset 'nope'",
-                             asset="nope")
+        nope = await refused(
+            {"tag": "u32", "value": 15, "id": "na"}, "na", "unknown", "unknown asset 'nope'", asset="nope"
+        )
         assert nope["asset"] == "nope"
         # nesting deeper than the recursion limit, and an integer of 10**400 (the id is still read)
         deep = b'{"id": "deep", "tag": "u32", "value": ' + b"[" * 50_000 + b"]" * 5_000 + b"}"
@@ -81,8 +88,9 @@ async def test_stale_unknown_and_hostile_commands_are_refused_and_answered(
         await refused(b"x" * 70_000, None, "too_large", "larger than 65536")
 
         # fresh commands still work, with ts and expires
-        await mqtt_command(mqtt_broker, "press", {"tag": "u32", "value": 16, "id": "ok", "ts": now_ms(),
-                                                  "expires": now_ms() + 10_000})
+        await mqtt_command(
+            mqtt_broker, "press", {"tag": "u32", "value": 16, "id": "ok", "ts": now_ms(), "expires": now_ms() + 10_000}
+        )
         assert (await sub.next(result_of("ok"))).json()["ok"] is True
         assert u32(modbus_sim) == 16  # none of the refused values was written in between
         assert rg.gw.assets["press"].status.state == "connected"
@@ -144,8 +152,9 @@ async def test_api_bodies_are_capped_and_hostile_json_is_422(tmp_path, monkeypat
         assert status == 413 and b"larger than 65536 bytes" in rest
         # a chunked body is refused once it passes the cap: 128 KiB sent of a body that never ends
         chunk = b"%x\r\n%s\r\n" % (16384, b" " * 16384)
-        status, rest = await raw_request(rg.api_port, (base + "Transfer-Encoding: chunked\r\n\r\n").encode(),
-                                         [chunk] * 8)
+        status, rest = await raw_request(
+            rg.api_port, (base + "Transfer-Encoding: chunked\r\n\r\n").encode(), [chunk] * 8
+        )
         assert status == 413
 
         async def put(content: bytes, status: int, says: str) -> None:
@@ -182,8 +191,7 @@ async def test_values_from_outside_cannot_forge_log_lines(
         assert "unknown field" in (await sub.next(result_of("f3"))).json()["error"]
         # path segments of the API, with and without a token (the refusal of a missing token is logged too)
         for headers in ({}, AUTH):
-            r = await rg.api.put("/api/v1/assets/press%0Aforged/tags/u32%0D%0Aok",
-                                 json={"value": 1}, headers=headers)
+            r = await rg.api.put("/api/v1/assets/press%0Aforged/tags/u32%0D%0Aok", json={"value": 1}, headers=headers)
             assert r.status_code in (401, 404)
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("gateway")]
     assert any("write press/u32\\nwrite press/u32 = 1 from api" in m for m in lines)  # logged, escaped

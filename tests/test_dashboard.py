@@ -21,8 +21,15 @@ from e2e.harness import running_gateway
 from helpers import free_port, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 DEMO = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 TOKEN = "dashboard-test-token-0123456789"
 TITLE = "iiot-gateway status API"
@@ -37,10 +44,14 @@ def demo_config(tmp_path: Path, broker, modbus_sim, opcua_sim) -> Path:
         ("  listen: 127.0.0.1:8080\n", f"  listen: 127.0.0.1:{free_port()}\n  token: {TOKEN}\n"),
         ("      port: 5020\n", f"      port: {modbus_sim.port}\n"),
         ("endpoint: opc.tcp://127.0.0.1:4840/", f"endpoint: {opcua_sim.endpoint}"),
-        ("      - {name: recipe, address: 40020, type: string, length: 8}\n",
-         ("      - {name: recipe, address: 40020, type: string, length: 8}\n"
-          "      - {name: pressure_sp, address: 40133, type: float32, byte_order: CDAB, unit: bar, writable: true,"
-          " min: 0, max: 250}\n")),
+        (
+            "      - {name: recipe, address: 40020, type: string, length: 8}\n",
+            (
+                "      - {name: recipe, address: 40020, type: string, length: 8}\n"
+                "      - {name: pressure_sp, address: 40133, type: float32, byte_order: CDAB, unit: bar, writable: true,"
+                " min: 0, max: 250}\n"
+            ),
+        ),
     ]
     for old, new in edits:
         assert text.count(old) == 1, f"config/demo.yaml changed: {old!r} not found once"
@@ -123,8 +134,9 @@ class OfflinePage:
 
     def foreign(self) -> list[str]:
         """Every URL off the gateway that the browser tried to fetch over the network."""
-        return self.blocked + [u for u in self.requests
-                               if not self._own(u) and u not in self.blocked and u not in self.csp]
+        return self.blocked + [
+            u for u in self.requests if not self._own(u) and u not in self.blocked and u not in self.csp
+        ]
 
     async def close(self) -> None:
         await self.page.context.close()
@@ -147,8 +159,8 @@ def events_hub(rg):
 async def test_docs_redoc_and_dashboard_render_with_the_network_blocked(browser, demo_gateway, tmp_path):
     origin = f"http://127.0.0.1:{demo_gateway.api_port}"
     pages = {
-        "/docs": ".swagger-ui .opblock-summary-path",   # Swagger UI drew the operations from /openapi.json
-        "/redoc": "[data-section-id] h2",                # ReDoc drew its sections
+        "/docs": ".swagger-ui .opblock-summary-path",  # Swagger UI drew the operations from /openapi.json
+        "/redoc": "[data-section-id] h2",  # ReDoc drew its sections
         "/": '[data-asset="press-3"] tr[data-tag="pressure"] .v',
     }
     for path, rendered in pages.items():
@@ -168,8 +180,10 @@ async def test_docs_redoc_and_dashboard_render_with_the_network_blocked(browser,
                 assert TITLE in await p.page.inner_text("h1")
             else:
                 await p.page.wait_for_function(
-                    "() => document.querySelector('[data-asset=\"press-3\"] tr[data-tag=\"pressure\"] .v')"
-                    ".textContent !== '—'", timeout=15000)
+                    '() => document.querySelector(\'[data-asset="press-3"] tr[data-tag="pressure"] .v\')'
+                    ".textContent !== '—'",
+                    timeout=15000,
+                )
             await p.page.wait_for_load_state("networkidle")
             await p.page.screenshot(path=tmp_path / f"offline{path.replace('/', '_') or '_root'}.png")
             assert p.foreign() == [], f"{path} tried to leave the gateway: {p.foreign()}"
@@ -192,8 +206,10 @@ async def test_dashboard_shows_assets_live_values_bad_tags_and_writes_a_setpoint
         press, oven = page.locator('[data-asset="press-3"]'), page.locator('[data-asset="oven-1"]')
         pressure = press.locator('tr[data-tag="pressure"] .v')
         await page.wait_for_function(
-            "() => { const e = document.querySelector('[data-asset=\"press-3\"] tr[data-tag=\"pressure\"] .v');"
-            " return e && e.textContent !== '—'; }", timeout=15000)
+            '() => { const e = document.querySelector(\'[data-asset="press-3"] tr[data-tag="pressure"] .v\');'
+            " return e && e.textContent !== '—'; }",
+            timeout=15000,
+        )
         assert await press.locator(".a-state").text_content() == "connected"
         assert await oven.locator(".a-state").text_content() == "connected"
         assert await press.locator('tr[data-tag="recipe"] .v').inner_text() == "RCP-0042"
@@ -206,12 +222,17 @@ async def test_dashboard_shows_assets_live_values_bad_tags_and_writes_a_setpoint
         # the value changes on its own (the simulated press runs): live updates, no reload
         first = await pressure.inner_text()
         await page.wait_for_function(
-            "(first) => document.querySelector('[data-asset=\"press-3\"] tr[data-tag=\"pressure\"] .v')"
-            ".textContent !== first", arg=first, timeout=15000)
+            '(first) => document.querySelector(\'[data-asset="press-3"] tr[data-tag="pressure"] .v\')'
+            ".textContent !== first",
+            arg=first,
+            timeout=15000,
+        )
         # the sparkline has points (history from the ring buffer plus the live values)
         await page.wait_for_function(
-            "() => (document.querySelector('[data-asset=\"press-3\"] tr[data-tag=\"pressure\"] polyline')"
-            ".getAttribute('points') || '').split(' ').length >= 3", timeout=15000)
+            '() => (document.querySelector(\'[data-asset="press-3"] tr[data-tag="pressure"] polyline\')'
+            ".getAttribute('points') || '').split(' ').length >= 3",
+            timeout=15000,
+        )
         # only the writable tag has a write control
         assert await press.locator("button.w-btn").count() == 1
         assert await press.locator('tr[data-tag="pressure_sp"] button.w-btn').count() == 1
@@ -233,22 +254,28 @@ async def test_dashboard_shows_assets_live_values_bad_tags_and_writes_a_setpoint
         assert "401" in await page.inner_text("#w-result")
         await page.fill("#w-token", TOKEN)
         await page.click("#w-submit")
-        await page.wait_for_function("() => document.querySelector('#w-result').classList.contains('ok')",
-                                     timeout=10000)
+        await page.wait_for_function(
+            "() => document.querySelector('#w-result').classList.contains('ok')", timeout=10000
+        )
         assert "reads back 142.5" in await page.inner_text("#w-result")
         await page.click("#w-cancel")
         await page.wait_for_function(
-            "() => document.querySelector('[data-asset=\"press-3\"] tr[data-tag=\"pressure_sp\"] .v')"
-            ".textContent === '142.5'", timeout=10000)
+            '() => document.querySelector(\'[data-asset="press-3"] tr[data-tag="pressure_sp"] .v\')'
+            ".textContent === '142.5'",
+            timeout=10000,
+        )
 
         # a device goes away: its card says so, its tags turn bad, and "bad only" shows just those
         await opcua_sim.stop()
         await page.wait_for_function(
             "() => document.querySelector('[data-asset=\"oven-1\"] .a-state').textContent !== 'connected'",
-            timeout=20000)
+            timeout=20000,
+        )
         await page.wait_for_function(
-            "() => document.querySelector('[data-asset=\"oven-1\"] tr[data-tag=\"zone1_temp\"] .q')"
-            ".textContent === 'bad'", timeout=20000)
+            '() => document.querySelector(\'[data-asset="oven-1"] tr[data-tag="zone1_temp"] .q\')'
+            ".textContent === 'bad'",
+            timeout=20000,
+        )
         assert await oven.locator(".last-error").is_visible()
         await page.check("#bad-only")
         assert await press.locator("tbody tr:visible").count() == 0
@@ -346,9 +373,12 @@ def test_every_web_file_is_package_data_so_an_installed_gateway_serves_it():
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["gateway"]
     web = root / "gateway" / "web"
     files = [p.relative_to(root / "gateway").as_posix() for p in web.rglob("*") if p.is_file()]
-    assert {"web/static/index.html", "web/vendor/swagger-ui/swagger-ui-bundle.js",
-            "web/vendor/redoc/redoc.standalone.js", "web/vendor/redoc/LICENSE"} <= set(files)
+    assert {
+        "web/static/index.html",
+        "web/vendor/swagger-ui/swagger-ui-bundle.js",
+        "web/vendor/redoc/redoc.standalone.js",
+        "web/vendor/redoc/LICENSE",
+    } <= set(files)
     # setuptools globs: '*' does not cross a '/'
-    missing = [f for f in files
-               if not any(fnmatch.fnmatch(f, p) and f.count("/") == p.count("/") for p in patterns)]
+    missing = [f for f in files if not any(fnmatch.fnmatch(f, p) and f.count("/") == p.count("/") for p in patterns)]
     assert missing == [], f"not in [tool.setuptools.package-data] gateway: {missing}"

@@ -44,15 +44,35 @@ class Rig:
     """One uplink's north side as the daemon wires it: MqttUplink -> Delivery, run and stopped in the engine's
     order (delivery opened first, closed before the uplink stops)."""
 
-    def __init__(self, path: Path, proxy: TcpProxy, *, spool: SpoolSection | None = None, ack_timeout: float = 5.0,
-                 max_queued: int = 10_000, max_inflight: int = 64, flush_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        proxy: TcpProxy,
+        *,
+        spool: SpoolSection | None = None,
+        ack_timeout: float = 5.0,
+        max_queued: int = 10_000,
+        max_inflight: int = 64,
+        flush_timeout: float = 2.0,
+    ) -> None:
         self.proxy = proxy
         cfg = MqttSection(host=proxy.host, port=proxy.port, keepalive=5, reconnect_max=1)
-        self.uplink = MqttUplink(cfg, client_id="gw-delivery-test", status_topic=None,
-                                 on_connection_change=lambda up: self.delivery.link_changed(up))
-        self.delivery = Delivery(self.uplink, spool or SpoolSection(), path=path, ack_timeout=ack_timeout,
-                                 max_queued=max_queued, wire=marking_wire, max_inflight=max_inflight,
-                                 flush_timeout=flush_timeout)
+        self.uplink = MqttUplink(
+            cfg,
+            client_id="gw-delivery-test",
+            status_topic=None,
+            on_connection_change=lambda up: self.delivery.link_changed(up),
+        )
+        self.delivery = Delivery(
+            self.uplink,
+            spool or SpoolSection(),
+            path=path,
+            ack_timeout=ack_timeout,
+            max_queued=max_queued,
+            wire=marking_wire,
+            max_inflight=max_inflight,
+            flush_timeout=flush_timeout,
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self.stopped = False
 
@@ -138,8 +158,13 @@ async def test_live_messages_arrive_in_order_once_each_and_never_touch_the_disk(
     assert seqs == sorted(seqs) and len(set(seqs)) == 200
     assert await wait_until(lambda: rig.stats()["inflight"] == 0)
     st = rig.stats()
-    assert (st["delivered"], st["replayed"], st["messages"], st["ram_queued"], st["dropped_messages"]) == \
-        (200, 0, 0, 0, 0)
+    assert (st["delivered"], st["replayed"], st["messages"], st["ram_queued"], st["dropped_messages"]) == (
+        200,
+        0,
+        0,
+        0,
+        0,
+    )
     assert rig.delivery.backlog.end == 0  # outage durability: nothing was written while the link kept up
 
 
@@ -322,7 +347,9 @@ async def test_a_full_spool_applies_its_policy_and_counts_what_it_dropped(proxy,
     assert parsed(sub.messages) == [(s, True) for s in expected]
     assert await wait_until(lambda: rig.stats()["messages"] == 0)
     assert rig.stats()["dropped_messages"] == dropped  # replaying is not dropping
-    assert await wait_until(lambda: f"{dropped} message(s) ({dropped * SAMPLES} samples) dropped in total" in caplog.text)
+    assert await wait_until(
+        lambda: f"{dropped} message(s) ({dropped * SAMPLES} samples) dropped in total" in caplog.text
+    )
 
 
 async def test_a_message_larger_than_the_spool_is_dropped_under_its_own_reason(proxy, rigs):

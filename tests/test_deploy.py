@@ -62,17 +62,18 @@ def test_dockerfile_and_compose_use_the_same_health_check():
 
 
 async def health(code: str, port: int) -> int:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, env={**os.environ, "API_PORT": str(port)},
-                                                stderr=asyncio.subprocess.DEVNULL)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, env={**os.environ, "API_PORT": str(port)}, stderr=asyncio.subprocess.DEVNULL
+    )
     return await proc.wait()
 
 
-async def test_the_health_check_passes_on_a_running_gateway_and_fails_once_it_stops(tmp_path, mqtt_broker,
-                                                                                    modbus_sim):
+async def test_the_health_check_passes_on_a_running_gateway_and_fails_once_it_stops(tmp_path, mqtt_broker, modbus_sim):
     code = compose()["services"]["gateway"]["healthcheck"]["test"][-1]
     port = free_port()
-    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=port,
-                         assets_yaml=PRESS.format(port=modbus_sim.port))
+    cfg = gateway_config(
+        tmp_path, mqtt_port=mqtt_broker.port, api_port=port, assets_yaml=PRESS.format(port=modbus_sim.port)
+    )
     async with running_gateway(cfg) as rg:
         assert await health(code, port) == 0
         await rg.stop()

@@ -15,7 +15,7 @@ from helpers import gateway_config
 
 REPO = Path(__file__).resolve().parents[1]
 
-PLUGIN = '''\
+PLUGIN = """\
 import argparse
 
 
@@ -27,7 +27,7 @@ def register(subparsers, context):
 
 def clash(subparsers, context):
     subparsers.add_parser("run", help="a second run")
-'''
+"""
 
 ENTRY_POINTS = """\
 [iiot_gateway.commands]
@@ -56,11 +56,15 @@ def cli(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_third_party_command_gets_the_state_dir_of_a_config(site, tmp_path) -> None:
-    cfg = gateway_config(tmp_path, gateway={"state_dir": tmp_path / "st"}, assets_yaml="""\
+    cfg = gateway_config(
+        tmp_path,
+        gateway={"state_dir": tmp_path / "st"},
+        assets_yaml="""\
         - id: press
           source: {driver: modbus_tcp, host: 127.0.0.1, port: 5020}
           tags: [{name: p, address: 40001, type: int16}]
-        """)
+        """,
+    )
     done = cli(site, "hello", "--config", str(cfg))
     assert (done.returncode, done.stdout) == (3, f"state: {tmp_path / 'st'}\n"), done.stderr
 

@@ -51,8 +51,9 @@ def test_a_poll_decoded_at_once_equals_each_request_decoded_alone(specs, data):
             order = "ABCD"
         extra = {"length": 3} if t == "string" else {}
         ref = f"hr:{address}.{i % 16}" if t == "bit" else f"hr:{address}"
-        tags.append(ModbusTag(name=f"t{i}", address=ref, type=t, byte_order=order, scale=2.0 if i % 3 else 1.0,
-                              **extra))
+        tags.append(
+            ModbusTag(name=f"t{i}", address=ref, type=t, byte_order=order, scale=2.0 if i % 3 else 1.0, **extra)
+        )
         address += {"int16": 1, "uint16": 1, "bit": 1, "string": 3, "float64": 4}.get(t, 2)
     plan = compile_plan(tags, max_registers_per_read=8, max_gap=0)
     memory = data.draw(st.lists(st.integers(0, 65535), min_size=address, max_size=address))
@@ -60,7 +61,7 @@ def test_a_poll_decoded_at_once_equals_each_request_decoded_alone(specs, data):
     answers = []
     one_by_one = Batch.empty(len(plan), 0)
     for req, f in zip(plan.requests, fails):
-        regs = memory[req.start:req.start + req.count]
+        regs = memory[req.start : req.start + req.count]
         if f == 0:
             answers.append(Exception2([]))
             one_by_one.mark_bad(req.positions, 2, "Modbus exception 2 (illegal data address)")

@@ -27,8 +27,9 @@ class Scrape:
     def __init__(self, text: str) -> None:
         self.text = text
         self.families = {f.name: f for f in text_string_to_metric_families(text)}
-        self.samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-                        for f in self.families.values() for s in f.samples}
+        self.samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value for f in self.families.values() for s in f.samples
+        }
 
     def value(self, name: str, **labels: str) -> float:
         return self.samples[(name, tuple(sorted(labels.items())))]
@@ -45,8 +46,9 @@ async def scrape(rg) -> Scrape:
 
 
 async def test_metrics_follow_the_source_the_uplink_and_the_spool(tmp_path, mqtt_broker, modbus_sim):
-    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(),
-                         assets_yaml=PRESS.format(port=modbus_sim.port))
+    cfg = gateway_config(
+        tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(), assets_yaml=PRESS.format(port=modbus_sim.port)
+    )
     async with running_gateway(cfg) as rg:
         gw = rg.gw
         assert await wait_until(lambda: gw.ready and gw.assets["press-3"].status.polls >= 3)
@@ -58,8 +60,14 @@ async def test_metrics_follow_the_source_the_uplink_and_the_spool(tmp_path, mqtt
         assert first.families["iiot_gateway_source_polls"].type == "counter"
         assert first.families["iiot_gateway_source_up"].type == "gauge"
         assert first.families["iiot_gateway_build_info"].type == "gauge"  # an info metric in text format
-        assert first.value("iiot_gateway_build_info", version=__version__, python=first.labelsets(
-            "iiot_gateway_build_info")[0]["python"]) == 1.0
+        assert (
+            first.value(
+                "iiot_gateway_build_info",
+                version=__version__,
+                python=first.labelsets("iiot_gateway_build_info")[0]["python"],
+            )
+            == 1.0
+        )
         assert first.labelsets("iiot_gateway_link_sent_bytes_total") == [{"uplink": up, "link": link}]
         assert first.labelsets("iiot_gateway_spool_bytes") == [{"uplink": up}]
         reasons = {ls["reason"] for ls in first.labelsets("iiot_gateway_spool_dropped_messages_total")}
@@ -82,14 +90,16 @@ async def test_metrics_follow_the_source_the_uplink_and_the_spool(tmp_path, mqtt
                 await asyncio.sleep(0.1)
         assert second.value("iiot_gateway_event_loop_lag_seconds") >= 0.0
         assert second.value("iiot_gateway_event_loop_lag_max_seconds") >= second.value(
-            "iiot_gateway_event_loop_lag_seconds")
+            "iiot_gateway_event_loop_lag_seconds"
+        )
         # a blocked loop shows: block it for longer than the 0.5 s measuring sleep (a lower bound, not a timing)
         time.sleep(0.8)  # noqa: ASYNC251 -- the point is to block the gateway's event loop
         async with asyncio.timeout(10):
             while (await scrape(rg)).value("iiot_gateway_event_loop_lag_max_seconds") < 0.25:
                 await asyncio.sleep(0.1)
         assert second.value("iiot_gateway_source_polls_total", **src) > first.value(
-            "iiot_gateway_source_polls_total", **src)
+            "iiot_gateway_source_polls_total", **src
+        )
 
         # bytes and messages go up as data is published
         assert await wait_until(lambda: gw.uplink.links[0].messages_sent > msgs + 2)
@@ -102,8 +112,10 @@ async def test_metrics_follow_the_source_the_uplink_and_the_spool(tmp_path, mqtt
         assert await wait_until(lambda: gw.assets["press-3"].status.state == "disconnected")
         down = await scrape(rg)
         assert down.value("iiot_gateway_source_up", **src) == 0.0
-        assert (down.value("iiot_gateway_source_poll_errors_total", **src)
-                + down.value("iiot_gateway_source_connect_failures_total", **src)) >= 1
+        assert (
+            down.value("iiot_gateway_source_poll_errors_total", **src)
+            + down.value("iiot_gateway_source_connect_failures_total", **src)
+        ) >= 1
 
         # the broker stops: the uplink is disconnected and data waits in the spool
         await mqtt_broker.stop()
@@ -122,10 +134,16 @@ async def test_metrics_follow_the_source_the_uplink_and_the_spool(tmp_path, mqtt
 async def test_metrics_label_each_link_of_an_uplink(tmp_path, mqtt_broker, modbus_sim):
     # the first link leads nowhere (a closed port): the uplink fails over to the second, the real broker
     dead = free_port()
-    links = [{"name": "ethernet", "host": "127.0.0.1", "port": dead},
-             {"name": "cellular", "host": mqtt_broker.host, "port": mqtt_broker.port}]
-    cfg = gateway_config(tmp_path, mqtt={"host": None, "links": links}, api_port=free_port(),
-                         assets_yaml=PRESS.format(port=modbus_sim.port))
+    links = [
+        {"name": "ethernet", "host": "127.0.0.1", "port": dead},
+        {"name": "cellular", "host": mqtt_broker.host, "port": mqtt_broker.port},
+    ]
+    cfg = gateway_config(
+        tmp_path,
+        mqtt={"host": None, "links": links},
+        api_port=free_port(),
+        assets_yaml=PRESS.format(port=modbus_sim.port),
+    )
     async with running_gateway(cfg) as rg:
         cell = rg.gw.uplink.links[1]
         assert await wait_until(lambda: rg.gw.uplink.connected and cell.messages_sent > 2, timeout=20)

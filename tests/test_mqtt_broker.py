@@ -50,8 +50,15 @@ class RawClient:
         self.stash: list[tuple[int, bytes]] = []  # PUBLISHes that arrived while waiting for an ack
 
     @classmethod
-    async def connect(cls, broker, client_id: str, *, keepalive: int = 30, will: tuple[str, bytes, bool] | None = None,
-                      protocol: tuple[str, int] = ("MQTT", 4)) -> tuple[RawClient, int]:
+    async def connect(
+        cls,
+        broker,
+        client_id: str,
+        *,
+        keepalive: int = 30,
+        will: tuple[str, bytes, bool] | None = None,
+        protocol: tuple[str, int] = ("MQTT", 4),
+    ) -> tuple[RawClient, int]:
         reader, writer = await asyncio.open_connection(broker.host, broker.port)
         flags = 0x02
         payload = _str(client_id)
@@ -150,7 +157,10 @@ async def test_publish_subscribe_with_wildcards(any_mqtt_broker, subscriber_on):
     await pub.publish("plant/z/temp", b"end", qos=1)
     await temps.next(lambda m: m.text == "end")
     await everything.next(lambda m: m.text == "end")
-    assert [(m.topic, m.text, m.qos) for m in temps.messages] == [("plant/a/temp", "21.5", 1), ("plant/z/temp", "end", 1)]
+    assert [(m.topic, m.text, m.qos) for m in temps.messages] == [
+        ("plant/a/temp", "21.5", 1),
+        ("plant/z/temp", "end", 1),
+    ]
     assert [m.topic for m in everything.messages] == ["plant/a/temp", "plant/a/pressure", "plant/z/temp"]
     pub.disconnect()
 
@@ -201,8 +211,12 @@ async def test_will_on_abrupt_close_but_not_on_disconnect(any_mqtt_broker, subsc
 
 
 async def test_keepalive_expiry_closes_the_client_and_fires_its_will(any_mqtt_broker, subscriber_on, request):
-    amqtt_falls_short(request, "a client that stops sending is never closed, so its will is never published "
-                      "(its handler's read-timeout hook does nothing)", TimeoutError)
+    amqtt_falls_short(
+        request,
+        "a client that stops sending is never closed, so its will is never published "
+        "(its handler's read-timeout hook does nothing)",
+        TimeoutError,
+    )
     sub = await subscriber_on("w/#")
     idle, _ = await RawClient.connect(any_mqtt_broker, "idle", keepalive=1, will=("w/idle", b"timeout", False))
     will = await sub.next(timeout=10)
@@ -227,8 +241,11 @@ async def test_ping_subscribe_unsubscribe(any_mqtt_broker):
 
 
 async def test_a_new_client_gets_only_what_it_subscribed_to(any_mqtt_broker, request):
-    amqtt_falls_short(request, "on CONNECT a client is sent the retained messages matching other clients' "
-                      "subscriptions", AssertionError)
+    amqtt_falls_short(
+        request,
+        "on CONNECT a client is sent the retained messages matching other clients' subscriptions",
+        AssertionError,
+    )
     pub, _ = await RawClient.connect(any_mqtt_broker, "pub")
     await pub.publish("r/status", b"online", qos=1, retain=True)
     other, _ = await RawClient.connect(any_mqtt_broker, "other")
@@ -247,9 +264,13 @@ async def test_a_new_client_gets_only_what_it_subscribed_to(any_mqtt_broker, req
 
 async def test_restart_on_the_same_port_while_clients_are_connected(any_mqtt_broker, request):
     """What the outage tests and the demo's Ctrl-C do: stop the broker under connected clients, start it again."""
-    amqtt_falls_short(request, "Broker.shutdown() often hangs once a connected subscriber has "
-                      "received QoS 1 messages (it waits for a client's reader task that was cancelled but reads on)",
-                      TimeoutError, every_time=False)
+    amqtt_falls_short(
+        request,
+        "Broker.shutdown() often hangs once a connected subscriber has "
+        "received QoS 1 messages (it waits for a client's reader task that was cancelled but reads on)",
+        TimeoutError,
+        every_time=False,
+    )
     broker = any_mqtt_broker
     sub = await MqttSubscriber(broker.host, broker.port, "s/#").start()
     try:

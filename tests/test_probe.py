@@ -47,8 +47,16 @@ def found(matches: list[Reading]) -> set[tuple[str, str, int, str]]:
 
 async def run_cli(*args: str) -> tuple[int, str, str]:
     env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway.cli", "probe", *args, env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "probe",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode(), err.decode()
 
@@ -69,8 +77,10 @@ async def test_the_off_by_one_address_is_found_as_base_0(modbus_sim) -> None:
 
 async def test_a_scaled_integer_is_found_with_its_scale(modbus_sim) -> None:
     result = await probe(tcp(modbus_sim.port), windows_for("40235", count=1), 71.5)  # raw 715
-    assert [(r.type, r.byte_order, r.base, r.scale) for r in result.matches] == [("int16", "ABCD", 1, 0.1),
-                                                                                 ("uint16", "ABCD", 1, 0.1)]
+    assert [(r.type, r.byte_order, r.base, r.scale) for r in result.matches] == [
+        ("int16", "ABCD", 1, 0.1),
+        ("uint16", "ABCD", 1, 0.1),
+    ]
 
 
 async def test_cli_marks_the_match_and_prints_the_tag_line(modbus_sim) -> None:
@@ -109,16 +119,43 @@ async def rtu_line():
 
 
 async def test_rtu_probe_over_a_pty(rtu_line) -> None:
-    rc, out, err = await run_cli("modbus-rtu", rtu_line.path, "--baudrate", "19200", "--parity", "N",
-                                 "--unit", "2", "--address", "40011", "--expect", "21.5")
+    rc, out, err = await run_cli(
+        "modbus-rtu",
+        rtu_line.path,
+        "--baudrate",
+        "19200",
+        "--parity",
+        "N",
+        "--unit",
+        "2",
+        "--address",
+        "40011",
+        "--expect",
+        "21.5",
+    )
     assert rc == 0, err + out
     assert '{address: "40011", type: float32, byte_order: DCBA}' in out
-    rc, out, err = await run_cli("modbus-rtu", rtu_line.path, "--parity", "N", "--unit", "2",
-                                 "--address", "hr:20", "--count", "2", "--expect", "70000", "--json")
+    rc, out, err = await run_cli(
+        "modbus-rtu",
+        rtu_line.path,
+        "--parity",
+        "N",
+        "--unit",
+        "2",
+        "--address",
+        "hr:20",
+        "--count",
+        "2",
+        "--expect",
+        "70000",
+        "--json",
+    )
     assert rc == 0, err + out
     matches = [r for r in json.loads(out)["readings"] if r["match"]]
     assert [(r["type"], r["byte_order"], r["address"]) for r in matches] == [
-        ("int32", "CDAB", "40021"), ("uint32", "CDAB", "40021")]
+        ("int32", "CDAB", "40021"),
+        ("uint32", "CDAB", "40021"),
+    ]
 
 
 async def test_a_base_past_the_end_of_the_table_fails_alone(modbus_sim) -> None:

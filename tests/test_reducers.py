@@ -86,8 +86,9 @@ def test_swinging_door_max_time_and_quality_change():
 def test_uplink_profile_fills_only_what_the_tag_leaves_unset():
     ring = RingBuffer(2, 16)
     profile = ReduceProfile(deadband=5.0, aggregate=["max"])
-    red = Reducer([TagBase(name="a"), TagBase(name="b", deadband=0.0, aggregate=[])], ring, heartbeat=60,
-                  profile=profile)
+    red = Reducer(
+        [TagBase(name="a"), TagBase(name="b", deadband=0.0, aggregate=[])], ring, heartbeat=60, profile=profile
+    )
     write(ring, [1.0, 1.0], 0)
     tags_object(red.reduce(0.0))
     write(ring, [2.0, 2.0], 1)

@@ -28,8 +28,13 @@ EXTRA_TAG = '    - {name: oil_temp, address: "30001", type: int16, scale: 0.1}\n
 
 
 def config(tmp_path, broker, port: int) -> Path:
-    return gateway_config(tmp_path, mqtt_port=broker.port, assets_yaml=ASSETS.format(port=port), api_port=free_port(),
-                          api={"token": TOKEN})
+    return gateway_config(
+        tmp_path,
+        mqtt_port=broker.port,
+        assets_yaml=ASSETS.format(port=port),
+        api_port=free_port(),
+        api={"token": TOKEN},
+    )
 
 
 def with_extra_tag(path: Path) -> str:
@@ -37,7 +42,7 @@ def with_extra_tag(path: Path) -> str:
     lines = path.read_text().splitlines(keepends=True)
     at = next(i for i, line in enumerate(lines) if "name: strokes" in line)
     indent = lines[at][: len(lines[at]) - len(lines[at].lstrip())]
-    return "".join(lines[: at + 1] + [indent + EXTRA_TAG.lstrip()] + lines[at + 1:])
+    return "".join(lines[: at + 1] + [indent + EXTRA_TAG.lstrip()] + lines[at + 1 :])
 
 
 def raw_ts(sub, asset: str) -> list[int]:
@@ -47,7 +52,8 @@ def raw_ts(sub, asset: str) -> list[int]:
 
 
 async def test_reload_adds_a_tag_without_a_gap_elsewhere_refuses_a_bad_file_and_rolls_back(
-        tmp_path, mqtt_broker, mqtt_subscriber, modbus_sim, caplog):
+    tmp_path, mqtt_broker, mqtt_subscriber, modbus_sim, caplog
+):
     path = config(tmp_path, mqtt_broker, modbus_sim.port)
     sub = await mqtt_subscriber(f"{NAMESPACE}/+/data")
     async with running_gateway(path) as rg:
@@ -74,8 +80,10 @@ async def test_reload_adds_a_tag_without_a_gap_elsewhere_refuses_a_bad_file_and_
         assert r.status_code == 200 and r.json()["changed"] == {"assets_changed": ["press"]}, r.text
         assert [t.name for t in gw.assets["press"].tags] == ["strokes", "oil_temp"]
         assert gw.assets["line"].ring is line_ring
-        assert await wait_until(lambda: any(m.topic.endswith("/press/data") and "oil_temp" in m.json()["tags"]
-                                            for m in sub.messages), timeout=15)
+        assert await wait_until(
+            lambda: any(m.topic.endswith("/press/data") and "oil_temp" in m.json()["tags"] for m in sub.messages),
+            timeout=15,
+        )
         assert await wait_until(lambda: len(raw_ts(sub, "line")) >= before + 10, timeout=15)
 
         # a section that needs a restart is refused

@@ -9,7 +9,9 @@ import pytest
 from gateway.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = sorted([*ROOT.glob("drivers/*/sample*.yaml"), *ROOT.glob("drivers/*/*_sample.yaml"), ROOT / "config/demo.yaml"])
+SAMPLES = sorted(
+    [*ROOT.glob("drivers/*/sample*.yaml"), *ROOT.glob("drivers/*/*_sample.yaml"), ROOT / "config/demo.yaml"]
+)
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: str(p.relative_to(ROOT)))

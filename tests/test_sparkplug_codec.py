@@ -63,8 +63,14 @@ def _typed_asset() -> tuple[list[Tag], RingBuffer]:
     return tags, RingBuffer(len(tags), 16)
 
 
-def _write(ring: RingBuffer, values: list[float], *, ts_ns: int, quality: list[int] | None = None,
-           strings: dict[int, str] | None = None) -> None:
+def _write(
+    ring: RingBuffer,
+    values: list[float],
+    *,
+    ts_ns: int,
+    quality: list[int] | None = None,
+    strings: dict[int, str] | None = None,
+) -> None:
     b = Batch.empty(len(values), ts_ns)
     b.values[:] = values
     if quality is not None:
@@ -109,8 +115,11 @@ def test_births_decode_in_tahu_with_names_aliases_datatypes_units_and_values(tmp
     db_topic, dbirth = node.dbirth("press1", snap, T0_MS + 5)
     db2_topic, dbirth2 = node.dbirth("line2", None, T0_MS + 5)
     assert (will_topic, nb_topic, db_topic, db2_topic) == (
-        "spBv1.0/Plant 1/NDEATH/gw-01", "spBv1.0/Plant 1/NBIRTH/gw-01", "spBv1.0/Plant 1/DBIRTH/gw-01/press1",
-        "spBv1.0/Plant 1/DBIRTH/gw-01/line2")
+        "spBv1.0/Plant 1/NDEATH/gw-01",
+        "spBv1.0/Plant 1/NBIRTH/gw-01",
+        "spBv1.0/Plant 1/DBIRTH/gw-01/press1",
+        "spBv1.0/Plant 1/DBIRTH/gw-01/line2",
+    )
     d_will, d_nb, d_db, d_db2 = tahu.decode(will, nbirth, dbirth, dbirth2)
 
     assert [(m["name"], m["type"], _int(m["value"])) for m in d_will["metrics"]] == [(BDSEQ, "Int64", 0)]
@@ -157,8 +166,9 @@ def test_every_datatype_and_negative_integers_decode_in_tahu(tmp_path, tahu):
     names = [t.name for t in tags]
     payloads = []
     for k in range(3):
-        _write(ring, [v[k] for _, _, _, v in TYPED] + [np.nan], ts_ns=T0_NS + k * 1_000_000,
-               strings={len(TYPED): f"s{k}"})
+        _write(
+            ring, [v[k] for _, _, _, v in TYPED] + [np.nan], ts_ns=T0_NS + k * 1_000_000, strings={len(TYPED): f"s{k}"}
+        )
         payloads.append(node.dbirth("a", snapshot(ring, names, _f32(tags), integer_tags(tags)))[1])
     decoded = tahu.decode(*payloads)
     for k, d in enumerate(decoded):
@@ -195,8 +205,11 @@ def test_uint32_is_sent_in_long_value_as_the_reference_codecs_do(tmp_path, tahu)
 
 
 def test_ddata_changed_metrics_only_by_alias_with_quality_nulls_and_aggregates(tmp_path, tahu):
-    tags = [Tag(name="pressure", type="float32", unit="bar", aggregate=["min", "max", "mean"]),
-            Tag(name="setpoint", type="int16"), Tag(name="state", type="string")]
+    tags = [
+        Tag(name="pressure", type="float32", unit="bar", aggregate=["min", "max", "mean"]),
+        Tag(name="setpoint", type="int16"),
+        Tag(name="state", type="string"),
+    ]
     ring = RingBuffer(3, 32)
     node = _node(tmp_path, {"press1": SimpleNamespace(tags=tags)})
     node.will()
@@ -207,18 +220,26 @@ def test_ddata_changed_metrics_only_by_alias_with_quality_nulls_and_aggregates(t
     _write(ring, [2.5, -7, np.nan], ts_ns=T0_NS + 1_000_000, strings={2: "idle"})
     first = node.ddata("press1", reducer.reduce(1.0), T0_MS + 10)
     # next interval: only the setpoint changed (uncertain), the pressure went bad
-    _write(ring, [np.nan, -8, np.nan], ts_ns=T0_NS + 2_000_000, quality=[Quality.BAD, Quality.UNCERTAIN, 0],
-           strings={2: "idle"})
+    _write(
+        ring,
+        [np.nan, -8, np.nan],
+        ts_ns=T0_NS + 2_000_000,
+        quality=[Quality.BAD, Quality.UNCERTAIN, 0],
+        strings={2: "idle"},
+    )
     second = node.ddata("press1", reducer.reduce(2.0), T0_MS + 20)
     assert first[0] == second[0] == "spBv1.0/Plant 1/DDATA/gw-01/press1"
-    d_birth, d1, d2 = tahu.decode(birth, node.wire(first[0], first[1], replay=False)[1],
-                                  node.wire(second[0], second[1], replay=False)[1])
+    d_birth, d1, d2 = tahu.decode(
+        birth, node.wire(first[0], first[1], replay=False)[1], node.wire(second[0], second[1], replay=False)[1]
+    )
     name_of = {_int(m["alias"]): m["name"] for m in d_birth["metrics"]}
     assert all("name" not in m for m in d1["metrics"] + d2["metrics"])  # aliases only in data
 
     def named(d):
-        return [(name_of[_int(m["alias"])], m["type"], m["value"], m.get("properties"), _int(m["timestamp"]))
-                for m in d["metrics"]]
+        return [
+            (name_of[_int(m["alias"])], m["type"], m["value"], m.get("properties"), _int(m["timestamp"]))
+            for m in d["metrics"]
+        ]
 
     assert named(d1) == [
         ("pressure", "Float", 2.5, None, T0_MS + 1),
@@ -318,8 +339,7 @@ def test_dcmd_encoded_by_tahu_parses_to_writes_with_the_birth_datatypes(tmp_path
     tags, _ = _typed_asset()
     for t in tags:
         t.writable = True
-    node = _node(tmp_path, {"press1": SimpleNamespace(tags=tags)},
-                 profile=ReduceProfile(aggregate=["max"]))
+    node = _node(tmp_path, {"press1": SimpleNamespace(tags=tags)}, profile=ReduceProfile(aggregate=["max"]))
     alias = {m.name: m.alias for m in node.devices["press1"].by_name.values()}
     metrics = []
     want = []
@@ -330,13 +350,22 @@ def test_dcmd_encoded_by_tahu_parses_to_writes_with_the_birth_datatypes(tmp_path
                 value = str(v)  # Tahu takes 64-bit values as strings
             by = {"name": name} if k % 2 else {"alias": alias[name]}
             metrics.append({**by, "type": dt.name, "value": value})
-            want.append(Write("press1", name, float(str(np.float32(v))) if dt == DataType.Float else
-                              bool(v) if dt == DataType.Boolean else v))
+            want.append(
+                Write(
+                    "press1",
+                    name,
+                    float(str(np.float32(v))) if dt == DataType.Float else bool(v) if dt == DataType.Boolean else v,
+                )
+            )
     metrics.append({"name": "text", "type": "String", "value": "stop"})
     want.append(Write("press1", "text", "stop"))
     # refused: an unknown metric, an aggregate (read-only), a null, a value outside Int8
-    metrics += [{"name": "nope", "type": "Int32", "value": 1}, {"name": "f64/max", "type": "Double", "value": 1.0},
-                {"name": "f64", "type": "Double", "value": None}, {"name": "i8", "type": "Int32", "value": 300}]
+    metrics += [
+        {"name": "nope", "type": "Int32", "value": 1},
+        {"name": "f64/max", "type": "Double", "value": 1.0},
+        {"name": "f64", "type": "Double", "value": None},
+        {"name": "i8", "type": "Int32", "value": 300},
+    ]
     (payload,) = tahu.encode({"timestamp": T0_MS, "metrics": metrics})
     assert node.device_of("spBv1.0/Plant 1/DCMD/gw-01/press1") == "press1"
     assert node.device_of("spBv1.0/Plant 1/DCMD/gw-01/elsewhere") is None
@@ -349,19 +378,32 @@ def test_dcmd_encoded_by_tahu_parses_to_writes_with_the_birth_datatypes(tmp_path
 
 
 def test_dcmd_in_the_specification_wire_forms_tahu_does_not_send(tmp_path, tahu):
-    tags = [Tag(name="u32", type="uint32"), Tag(name="i16", type="int16"), Tag(name="i64", type="int64"),
-            Tag(name="f", type="float64")]
+    tags = [
+        Tag(name="u32", type="uint32"),
+        Tag(name="i16", type="int16"),
+        Tag(name="i64", type="int64"),
+        Tag(name="f", type="float64"),
+    ]
     node = _node(tmp_path, {"d": SimpleNamespace(tags=tags)})
-    (payload,) = tahu.encode_raw({"timestamp": T0_MS, "metrics": [
-        {"name": "u32", "datatype": 7, "intValue": 4_000_000_000},  # UInt32 in uint32, as the spec says
-        {"name": "i16", "datatype": 2, "longValue": str(2**64 - 5)},  # a signed value in the uint64 field
-        {"name": "i64", "datatype": 4, "longValue": str(2**64 - 1)},
-        {"name": "f", "datatype": 10, "intValue": 3},  # a host writing an integer to a Double
-        {"name": "i16", "datatype": 2, "isNull": True},
-    ]})
+    (payload,) = tahu.encode_raw(
+        {
+            "timestamp": T0_MS,
+            "metrics": [
+                {"name": "u32", "datatype": 7, "intValue": 4_000_000_000},  # UInt32 in uint32, as the spec says
+                {"name": "i16", "datatype": 2, "longValue": str(2**64 - 5)},  # a signed value in the uint64 field
+                {"name": "i64", "datatype": 4, "longValue": str(2**64 - 1)},
+                {"name": "f", "datatype": 10, "intValue": 3},  # a host writing an integer to a Double
+                {"name": "i16", "datatype": 2, "isNull": True},
+            ],
+        }
+    )
     writes, errors = node.parse_dcmd("d", payload)
-    assert writes == [Write("d", "u32", 4_000_000_000), Write("d", "i16", -5), Write("d", "i64", -1),
-                      Write("d", "f", 3.0)]
+    assert writes == [
+        Write("d", "u32", 4_000_000_000),
+        Write("d", "i16", -5),
+        Write("d", "i64", -1),
+        Write("d", "f", 3.0),
+    ]
     assert errors == ["i16: null value"]
 
 
@@ -378,8 +420,9 @@ def test_ncmd_rebirth_by_name_or_alias(tmp_path, tahu):
 
 
 def test_state_messages_of_a_primary_host():
-    assert parse_state("spBv1.0/STATE/scada", b'{"online": true, "timestamp": 1764655200123}') == \
-        HostState("scada", True, 1764655200123)
+    assert parse_state("spBv1.0/STATE/scada", b'{"online": true, "timestamp": 1764655200123}') == HostState(
+        "scada", True, 1764655200123
+    )
     assert parse_state("spBv1.0/STATE/scada", b'{"online":false,"timestamp":1}') == HostState("scada", False, 1)
     for topic, payload in [
         ("spBv1.0/STATE/scada", b"ONLINE"),  # Sparkplug 2.2 form
@@ -394,8 +437,12 @@ def test_state_messages_of_a_primary_host():
 def test_bad_config_and_out_of_range_values_do_not_crash(tmp_path, tahu):
     with pytest.raises(ValueError):
         EdgeNode("a/b", "gw", {}, tmp_path)
-    tags = [Tag(name="small", type="int8"), Tag(name="u", type="uint16"), Tag(name="u64", type="uint64"),
-            Tag(name="top", type="uint64")]
+    tags = [
+        Tag(name="small", type="int8"),
+        Tag(name="u", type="uint16"),
+        Tag(name="u64", type="uint64"),
+        Tag(name="top", type="uint64"),
+    ]
     ring = RingBuffer(4, 4)
     # a misconfigured type: the value cannot be that datatype; 2**63 is a valid UInt64 beyond int64
     _write(ring, [1000.0, -1.0, 2.0**64, 2.0**63], ts_ns=T0_NS)
@@ -424,7 +471,8 @@ def test_aliases_do_not_depend_on_the_link_profile_so_spooled_data_keeps_its_mea
 
 
 async def test_on_a_real_broker_the_will_fires_with_the_nbirth_bdseq_and_a_restart_increments_it(
-        tmp_path, tahu, mqtt_broker, mqtt_subscriber):
+    tmp_path, tahu, mqtt_broker, mqtt_subscriber
+):
     """An edge client (plain paho) connects through a TCP proxy with the node's will, publishes NBIRTH; the
     proxy cuts the link, so the broker publishes the NDEATH. Then a restarted node does the same."""
     import paho.mqtt.client as paho

@@ -50,8 +50,10 @@ def test_change_log_logs_first_changes_then_one_summary_per_interval(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert lines[:2] == ["asset a: 3 tag(s) bad", "asset a: all tags good again"]
     assert len(lines) == 3  # the two first changes and the summary at 60 s
-    assert lines[2] == ("asset a: 598 more state change(s) in the last 60 s not logged one by one (bad 299, "
-                        "good 299); now: all tags good again")
+    assert lines[2] == (
+        "asset a: 598 more state change(s) in the last 60 s not logged one by one (bad 299, "
+        "good 299); now: all tags good again"
+    )
     now[0] = 120.0
     changes.tick()  # the counted changes of the second interval
     assert caplog.records[-1].getMessage().startswith("asset a: 400 more state change(s) in the last 60 s")
@@ -66,12 +68,18 @@ async def test_a_flapping_instrument_logs_its_first_changes_and_then_summaries(t
     caplog.set_level(logging.INFO, logger="gateway")
     async with SerialInstrument("scale", checksum="xor8", seed=3) as scale:
         scale.faults.bad_checksum = 0.5  # every other reply, at random, is rejected: all tags bad, then good
-        path = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, assets_yaml=SCALE.format(port=scale.path),
-                              api_port=free_port(), gateway={"log_summary_interval": "400ms"})
+        path = gateway_config(
+            tmp_path,
+            mqtt_port=mqtt_broker.port,
+            assets_yaml=SCALE.format(port=scale.path),
+            api_port=free_port(),
+            gateway={"log_summary_interval": "400ms"},
+        )
         async with running_gateway(path) as rg:
             asset = rg.gw.assets["scale-1"]
-            assert await wait_until(lambda: asset.changes.suppressed >= 40 and any(
-                SUMMARY in m for m in messages(caplog)), timeout=30)
+            assert await wait_until(
+                lambda: asset.changes.suppressed >= 40 and any(SUMMARY in m for m in messages(caplog)), timeout=30
+            )
             changes = asset.changes.suppressed
     lines = messages(caplog)
     summaries = [m for m in lines if SUMMARY in m]
@@ -173,10 +181,16 @@ async def test_undecodable_modbus_answers_are_counted_not_traced(tmp_path, mqtt_
       tags:
         - {{name: strokes, address: 40003, type: uint32}}
     """
-    path = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, assets_yaml=assets, api_port=free_port(),
-                          gateway={"log_summary_interval": "1h"})
+    path = gateway_config(
+        tmp_path,
+        mqtt_port=mqtt_broker.port,
+        assets_yaml=assets,
+        api_port=free_port(),
+        gateway={"log_summary_interval": "1h"},
+    )
     try:
         async with running_gateway(path) as rg:
+
             async def mismatched() -> int:
                 detail = (await rg.api.get("/api/v1/assets/press")).json()
                 return (detail["driver_counters"] or {}).get("mismatched_answers", 0)
@@ -208,8 +222,13 @@ async def test_undecodable_opcua_messages_are_counted_not_traced(tmp_path, mqtt_
       tags:
         - {{name: zone1_temp, node: "ns=2;s=Oven1.Zone1.Temperature"}}
     """
-    path = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, assets_yaml=assets, api_port=free_port(),
-                          gateway={"log_summary_interval": "1h"})
+    path = gateway_config(
+        tmp_path,
+        mqtt_port=mqtt_broker.port,
+        assets_yaml=assets,
+        api_port=free_port(),
+        gateway={"log_summary_interval": "1h"},
+    )
     try:
         async with running_gateway(path) as rg:
             runtime = rg.gw.assets["oven"]

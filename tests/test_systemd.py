@@ -96,8 +96,14 @@ def notify_socket():
 async def start_daemon(config: Path, notify: NotifySocket, **env: str) -> asyncio.subprocess.Process:
     full = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": notify.path, **env}
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "run", str(config), env=full,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "run",
+        str(config),
+        env=full,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
 
 
@@ -109,10 +115,10 @@ async def stop_daemon(proc: asyncio.subprocess.Process, *, signalled: bool) -> i
         return await proc.wait()
 
 
-async def test_run_says_ready_then_pings_the_watchdog_then_stopping(tmp_path, mqtt_broker, modbus_sim,
-                                                                   notify_socket):
-    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(),
-                         assets_yaml=PRESS.format(port=modbus_sim.port))
+async def test_run_says_ready_then_pings_the_watchdog_then_stopping(tmp_path, mqtt_broker, modbus_sim, notify_socket):
+    cfg = gateway_config(
+        tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(), assets_yaml=PRESS.format(port=modbus_sim.port)
+    )
     proc = await start_daemon(cfg, notify_socket, WATCHDOG_USEC="300000")  # a ping every 0.15 s
     signalled = False
     try:
@@ -142,8 +148,9 @@ async def test_ready_waits_for_the_first_connect_attempt_even_when_it_fails(tmp_
     server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     broker = SimpleNamespace(host="127.0.0.1", port=port)
-    cfg = gateway_config(tmp_path, mqtt_port=broker.port, api_port=free_port(),
-                         assets_yaml=PRESS.format(port=modbus_sim.port))
+    cfg = gateway_config(
+        tmp_path, mqtt_port=broker.port, api_port=free_port(), assets_yaml=PRESS.format(port=modbus_sim.port)
+    )
     proc = await start_daemon(cfg, notify_socket)  # no WATCHDOG_USEC: no pings
     signalled = False
     try:

@@ -21,9 +21,11 @@ from drivers.modbus.tcp import ModbusTcpDriver
 from gateway.config import load_config
 from gateway.driver import DriverContext
 
-HEADING = ('"Tag Name","Address","Data Type","Respect Data Type","Client Access","Scan Rate","Scaling","Raw Low",'
-           '"Raw High","Scaled Low","Scaled High","Scaled Data Type","Clamp Low","Clamp High","Eng Units",'
-           '"Description","Negate Value"')
+HEADING = (
+    '"Tag Name","Address","Data Type","Respect Data Type","Client Access","Scan Rate","Scaling","Raw Low",'
+    '"Raw High","Scaled Low","Scaled High","Scaled Data Type","Clamp Low","Clamp High","Eng Units",'
+    '"Description","Negate Value"'
+)
 
 #: rows as Kepware writes them, for points of the bundled plant (config/simulator.yaml); line 2 is the first
 GOOD = [
@@ -56,14 +58,22 @@ def export(rows: list[str], *, bom: bool = True) -> bytes:
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *map(str, args)], check=False, capture_output=True,
-                          text=True, env=env, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *map(str, args)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
 
 
 def press_config(tmp_path: Path, port: int, tags_yaml: str) -> Path:
     """A gateway config whose one asset, on the Modbus device at ``port``, has the tag lines ``tags_yaml``."""
-    press = (f"- id: press-3\n  source: {{driver: modbus_tcp, host: 127.0.0.1, port: {port}, unit: 1, timeout: 2s}}\n"
-             "  tags:\n") + textwrap.indent(tags_yaml, "    ")
+    press = (
+        f"- id: press-3\n  source: {{driver: modbus_tcp, host: 127.0.0.1, port: {port}, unit: 1, timeout: 2s}}\n"
+        "  tags:\n"
+    ) + textwrap.indent(tags_yaml, "    ")
     return gateway_config(tmp_path, assets_yaml=press, name="plant.yaml")
 
 
@@ -117,17 +127,24 @@ def test_writable_only_when_asked(tmp_path) -> None:
 
 
 def test_column_order_semicolons_and_no_bom(tmp_path) -> None:
-    data = ('Description;Data Type;Address;Tag Name;Eng. Units\n'
-            '"level; tank 1";Word;400007;"level";m\n').encode("cp1252")
+    data = ('Description;Data Type;Address;Tag Name;Eng. Units\n"level; tank 1";Word;400007;"level";m\n').encode(
+        "cp1252"
+    )
     result = import_csv(data)
     assert not result.errors
-    assert result.tags[0].fields == {"name": "level", "address": "400007", "type": "uint16", "unit": "m",
-                                     "description": "level; tank 1"}
+    assert result.tags[0].fields == {
+        "name": "level",
+        "address": "400007",
+        "type": "uint16",
+        "unit": "m",
+        "description": "level; tank 1",
+    }
 
 
 def test_fix_names_keeps_the_exported_name_in_a_comment() -> None:
-    result = import_csv(export(['"Tank Level","400060","Word","1","RO","100","","","","","","","","","","",""']),
-                        fix_names=True)
+    result = import_csv(
+        export(['"Tank Level","400060","Word","1","RO","100","","","","","","","","","","",""']), fix_names=True
+    )
     assert result.tags[0].fields["name"] == "Tank_Level"
     assert "Kepware name: Tank Level" in result.tags[0].comments
 
@@ -161,20 +178,71 @@ def test_any_row_is_a_tag_that_validates_or_an_error_never_a_crash() -> None:
     from drivers.modbus.config import ModbusTag
 
     rng = random.Random(11)
-    addresses = ["400001", "40001", "41", "4001", "300001", "000001", "100001", "400010.3", "400010.16", "400020.16H",
-                 "400020.7L", "4x0001", "hr:0", "465536", "465537", "400001[2]", "", "abc", "40001.", "500001", "3"]
-    types = ["Float", "Double", "Word", "Short", "DWord", "Long", "LLong", "QWord", "Boolean", "String", "Default",
-             "BCD", "float", "", "Float Array", "int16", "bogus"]
+    addresses = [
+        "400001",
+        "40001",
+        "41",
+        "4001",
+        "300001",
+        "000001",
+        "100001",
+        "400010.3",
+        "400010.16",
+        "400020.16H",
+        "400020.7L",
+        "4x0001",
+        "hr:0",
+        "465536",
+        "465537",
+        "400001[2]",
+        "",
+        "abc",
+        "40001.",
+        "500001",
+        "3",
+    ]
+    types = [
+        "Float",
+        "Double",
+        "Word",
+        "Short",
+        "DWord",
+        "Long",
+        "LLong",
+        "QWord",
+        "Boolean",
+        "String",
+        "Default",
+        "BCD",
+        "float",
+        "",
+        "Float Array",
+        "int16",
+        "bogus",
+    ]
     names = ["t", "T-1", "a b", "_x", ".bad", "x" * 70, "ok.name", "", '"quoted"', "a\nb", "on", "1e3"]
     rows = []
     for i in range(300):
         scaling = rng.choice(["", "None", "Linear", "Square Root", "Linear"])
         low, high = rng.choice([("0", "100"), ("5", "5"), ("x", "1"), ("-10", "10")])
         name = rng.choice(names) + (str(i) if rng.random() < 0.8 else "")
-        cells = [name, rng.choice(addresses), rng.choice(types), rng.choice(["RO", "R/W", "", "Read/Write"]),
-                 scaling, low, high, "0", rng.choice(["1", "100", ""]), rng.choice(["", "bar", "°C"]), "d, \"q\""]
+        cells = [
+            name,
+            rng.choice(addresses),
+            rng.choice(types),
+            rng.choice(["RO", "R/W", "", "Read/Write"]),
+            scaling,
+            low,
+            high,
+            "0",
+            rng.choice(["1", "100", ""]),
+            rng.choice(["", "bar", "°C"]),
+            'd, "q"',
+        ]
         rows.append(",".join('"' + c.replace('"', '""') + '"' for c in cells))
-    heading = "Tag Name,Address,Data Type,Client Access,Scaling,Raw Low,Raw High,Scaled Low,Scaled High,Eng Units,Description"
+    heading = (
+        "Tag Name,Address,Data Type,Client Access,Scaling,Raw Low,Raw High,Scaled Low,Scaled High,Eng Units,Description"
+    )
     data = ("\r\n".join([heading, *rows]) + "\r\n").encode("utf-8")
     for fix_names in (False, True):
         result = import_csv(data, writable=True, byte_order="DCBA", fix_names=fix_names)

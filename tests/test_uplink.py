@@ -87,7 +87,11 @@ async def test_last_will_offline_when_the_gateway_process_dies(mqtt_broker, mqtt
         asyncio.run(main())
     """)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", script, cwd=REPO, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-c",
+        script,
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
@@ -249,8 +253,23 @@ async def _make_certs(d: Path) -> None:
     for args in (
         ["req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=test-ca"],
         ["req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
-        ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-         "-out", "server.pem", "-days", "1", "-extfile", "ext.cnf"],
+        [
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+        ],
     ):
         proc = await asyncio.create_subprocess_exec(
             "openssl", *args, cwd=d, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
@@ -266,7 +285,7 @@ async def test_tls_verifies_the_broker_certificate(tmp_path):
     broker = MosquittoBroker(
         tmp_path,
         extra_conf=f"listener {tls_port} 127.0.0.1\ncafile {tmp_path}/ca.pem\n"
-                   f"certfile {tmp_path}/server.pem\nkeyfile {tmp_path}/server.key\n",
+        f"certfile {tmp_path}/server.pem\nkeyfile {tmp_path}/server.key\n",
     )
     await broker.start()
     sub = None

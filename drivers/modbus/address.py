@@ -91,8 +91,7 @@ def address_text(value: Any) -> str:
         text = str(value)
         if value < 0 or len(text) < 5:
             raise AddressError(
-                f"bare number {value} has no table digit (YAML reads an unquoted 00001 as 1); "
-                f"{ACCEPTED_FORMS}"
+                f"bare number {value} has no table digit (YAML reads an unquoted 00001 as 1); {ACCEPTED_FORMS}"
             )
         return text
     if isinstance(value, float):
@@ -150,5 +149,7 @@ def parse_address(value: Any) -> ModbusAddress:
         raise AddressError(f"{text!r} is not a Modbus address; {ACCEPTED_FORMS}")
 
     if addr.bit is not None and addr.table.is_bits:
-        raise AddressError(f"{text!r}: a .bit suffix selects a bit of a register; a {addr.table.label} is already one bit")
+        raise AddressError(
+            f"{text!r}: a .bit suffix selects a bit of a register; a {addr.table.label} is already one bit"
+        )
     return addr

@@ -119,8 +119,17 @@ class UnitCounters:
 
     def as_dict(self) -> dict[str, int]:
         mine = self.stats.per_unit.get(self.unit, {})
-        fields = ("transactions", "answers", "timeouts", "crc_errors", "truncated", "malformed", "mismatched_answers",
-                  "retries", "demoted_skips")
+        fields = (
+            "transactions",
+            "answers",
+            "timeouts",
+            "crc_errors",
+            "truncated",
+            "malformed",
+            "mismatched_answers",
+            "retries",
+            "demoted_skips",
+        )
         out = {k: mine.get(k, 0) for k in fields}
         out["bus_stray_bytes"] = self.stats.stray_bytes
         return out

@@ -82,8 +82,10 @@ class _RegistersAsArray:
         self.registers = np.frombuffer(data, dtype=">u2", count=n // 2, offset=1)
 
     def __str__(self) -> str:
-        return (f"{type(self).__name__}(dev_id={self.dev_id}, transaction_id={self.transaction_id}, "
-                f"{len(self.registers)} registers)")
+        return (
+            f"{type(self).__name__}(dev_id={self.dev_id}, transaction_id={self.transaction_id}, "
+            f"{len(self.registers)} registers)"
+        )
 
 
 class _HoldingRegisters(_RegistersAsArray, ReadHoldingRegistersResponse):
@@ -153,7 +155,9 @@ class ModbusDriverBase(Driver):
         client.register(_InputRegisters)
         if not await client.connect():
             await self.close()
-            raise DeviceUnavailable(f"cannot connect to Modbus device at {self.endpoint} (refused, unreachable or timed out)")
+            raise DeviceUnavailable(
+                f"cannot connect to Modbus device at {self.endpoint} (refused, unreachable or timed out)"
+            )
 
     async def close(self) -> None:
         """Drop the connection. Never raises."""
@@ -193,12 +197,15 @@ class ModbusDriverBase(Driver):
                 response = await request
             except ModbusException as exc:
                 if client.connected and "No response" not in str(exc):
-                    raise WriteError(f"invalid answer from {self.endpoint} to {what} ({exc}); "
-                                     "the write may or may not have been applied") from exc
+                    raise WriteError(
+                        f"invalid answer from {self.endpoint} to {what} ({exc}); "
+                        "the write may or may not have been applied"
+                    ) from exc
                 raise DeviceUnavailable(f"{self.endpoint}: no answer to {what} ({exc})") from exc
             if response.isError():
-                raise WriteError(f"{exception_text(int(getattr(response, 'exception_code', 0)))} "
-                                 f"from {self.endpoint} to {what}")
+                raise WriteError(
+                    f"{exception_text(int(getattr(response, 'exception_code', 0)))} from {self.endpoint} to {what}"
+                )
             return response
 
         if op.table is Table.COIL:
@@ -210,8 +217,10 @@ class ModbusDriverBase(Driver):
             return encode.readback_value(cfg, bit=bool(bits[0]))
 
         async def read_words(count: int) -> tuple[int, ...]:
-            rr = await call(f"read of hr:{op.address}+{count}",
-                            client.read_holding_registers(op.address, count=count, device_id=unit))
+            rr = await call(
+                f"read of hr:{op.address}+{count}",
+                client.read_holding_registers(op.address, count=count, device_id=unit),
+            )
             if len(rr.registers) < count:
                 raise WriteError(f"{self.endpoint}: short answer reading back hr:{op.address}+{count}")
             return tuple(int(w) for w in rr.registers[:count])
@@ -232,8 +241,10 @@ class ModbusDriverBase(Driver):
         back_words = await read_words(len(op.words))
         shown = encode.readback_value(cfg, back_words)
         if back_words != op.words:
-            raise WriteError(f"{self.endpoint}: wrote {value!r} to {tag!r} but read back {shown!r} "
-                             f"(registers {list(back_words)} instead of {list(op.words)})")
+            raise WriteError(
+                f"{self.endpoint}: wrote {value!r} to {tag!r} but read back {shown!r} "
+                f"(registers {list(back_words)} instead of {list(op.words)})"
+            )
         return shown
 
     async def read(self) -> Batch:

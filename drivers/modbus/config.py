@@ -9,7 +9,9 @@ from pydantic import BeforeValidator, Field, PrivateAttr, WithJsonSchema, model_
 from drivers.modbus.address import MAX_OFFSET, ModbusAddress, Table, address_text, parse_address
 from gateway.config.common import Claim, SourceBase, TagBase, tcp_resource
 
-DataType = Literal["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bool", "bit", "string"]
+DataType = Literal[
+    "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bool", "bit", "string"
+]
 ByteOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
 
 #: Registers occupied by one value of each fixed-size register type (strings: ``length``).
@@ -81,7 +83,9 @@ class ModbusTcpSource(ModbusReadLimits):
     port: int = Field(502, ge=1, le=65535)
     unit: int = Field(1, ge=0, le=247, description="Modbus unit id (slave / device id)")
     max_in_flight: int = Field(
-        1, ge=1, le=16,
+        1,
+        ge=1,
+        le=16,
         description=(
             "Requests of one poll sent back to back on the connection before their answers (matched by "
             "transaction id). 1 (the default) is safe with every device; raise it only for a device or "
@@ -129,7 +133,9 @@ class ModbusTag(TagBase):
     @model_validator(mode="after")
     def _consistent(self) -> "ModbusTag":
         ref = parse_address(self.address)
-        where = f"address {self.address!r} ({ref.table.label} {ref.offset}{'' if ref.bit is None else f' bit {ref.bit}'})"
+        where = (
+            f"address {self.address!r} ({ref.table.label} {ref.offset}{'' if ref.bit is None else f' bit {ref.bit}'})"
+        )
         if self.type == "bool":
             if not ref.table.is_bits:
                 raise ValueError(

@@ -68,8 +68,12 @@ _REFUSED_TYPES = {
     "byte": "Byte (8-bit) is not supported: Modbus registers are 16 bits; use Word (uint16)",
     "date": "Date is not supported; read the registers as float64 or int64",
 }
-_DEFAULT_TYPE = {Table.COIL: "bool", Table.DISCRETE_INPUT: "bool", Table.INPUT_REGISTER: "uint16",
-                 Table.HOLDING_REGISTER: "uint16"}
+_DEFAULT_TYPE = {
+    Table.COIL: "bool",
+    Table.DISCRETE_INPUT: "bool",
+    Table.INPUT_REGISTER: "uint16",
+    Table.HOLDING_REGISTER: "uint16",
+}
 
 _KEPWARE_ADDRESS = re.compile(r"^([0134])(\d{1,5})(?:\.(\d{1,3})\s*([HL])?)?$", re.IGNORECASE)
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -220,16 +224,21 @@ def _map_address(text: str) -> tuple[str, int | None, str | None]:
     return raw, None, None
 
 
-def _convert(row: dict[str, str], line: int, *, writable: bool, byte_order: str, fix_names: bool,
-             seen: dict[str, int]) -> ImportedTag:
+def _convert(
+    row: dict[str, str], line: int, *, writable: bool, byte_order: str, fix_names: bool, seen: dict[str, int]
+) -> ImportedTag:
     exported = (row.get("name") or "").strip()
     if not exported:
         raise RowError(line, "", "empty Tag Name")
     name = exported
     if not _NAME_RE.match(name) or len(name) > 64:
         if not fix_names:
-            raise RowError(line, exported, f"tag names may hold letters, digits, '_', '-' and '.' only (max 64); "
-                                           f"rename it, e.g. {suggest_name(name)!r}, or import with --fix-names")
+            raise RowError(
+                line,
+                exported,
+                f"tag names may hold letters, digits, '_', '-' and '.' only (max 64); "
+                f"rename it, e.g. {suggest_name(name)!r}, or import with --fix-names",
+            )
         name = suggest_name(name)
     if name in seen:
         raise RowError(line, exported, f"duplicate tag name {name!r} (first at line {seen[name]})")
@@ -246,14 +255,22 @@ def _convert(row: dict[str, str], line: int, *, writable: bool, byte_order: str,
     if type_ == "bool" and ref.bit is not None:
         type_ = "bit"
     if chars is not None and type_ != "string":
-        raise RowError(line, exported, f"address {row.get('address', '').strip()!r} is a string address but the "
-                                       f"data type is {row.get('type', '').strip()!r}")
+        raise RowError(
+            line,
+            exported,
+            f"address {row.get('address', '').strip()!r} is a string address but the "
+            f"data type is {row.get('type', '').strip()!r}",
+        )
 
     fields: dict[str, Any] = {"name": name, "address": address, "type": type_}
     if type_ == "string":
         if chars is None:
-            raise RowError(line, exported, "a String needs a string address such as 400001.20H "
-                                           "(20 characters, H high byte first or L low byte first)")
+            raise RowError(
+                line,
+                exported,
+                "a String needs a string address such as 400001.20H "
+                "(20 characters, H high byte first or L low byte first)",
+            )
         fields["length"] = (chars + 1) // 2
         if string_order == "L":
             fields["byte_order"] = "BADC"
@@ -309,7 +326,9 @@ def _convert(row: dict[str, str], line: int, *, writable: bool, byte_order: str,
     return ImportedTag(line, fields, comments)
 
 
-def import_csv(data: bytes, *, writable: bool = False, byte_order: str = "ABCD", fix_names: bool = False) -> ImportResult:
+def import_csv(
+    data: bytes, *, writable: bool = False, byte_order: str = "ABCD", fix_names: bool = False
+) -> ImportResult:
     """Convert a Kepware CSV export (the file's bytes) into tags and row errors (see the module docstring).
 
     Raises :class:`NotKepwareCsv` when the data is not such a file.
@@ -325,8 +344,10 @@ def import_csv(data: bytes, *, writable: bool = False, byte_order: str = "ABCD",
     columns = {i: _COLUMNS[_norm(h)] for i, h in enumerate(heading) if _norm(h) in _COLUMNS}
     missing = [label for key, label in (("name", "Tag Name"), ("address", "Address")) if key not in columns.values()]
     if missing:
-        raise NotKepwareCsv(f"the first line is not a Kepware tag heading: no {' or '.join(missing)} column "
-                            f"(found: {', '.join(h.strip() for h in heading[:8]) or 'nothing'})")
+        raise NotKepwareCsv(
+            f"the first line is not a Kepware tag heading: no {' or '.join(missing)} column "
+            f"(found: {', '.join(h.strip() for h in heading[:8]) or 'nothing'})"
+        )
 
     result = ImportResult([], [])
     seen: dict[str, int] = {}

@@ -209,21 +209,41 @@ def _merge_groups(requests: Sequence[ReadRequest], offsets: Sequence[int]):
             continue
         for g in req.numeric:
             numeric.setdefault((g.type, g.byte_order), []).append(
-                NumericGroup(g.type, g.byte_order, g.positions, g.words + off, g.swap_bytes, g.dtype, g.is_float))
+                NumericGroup(g.type, g.byte_order, g.positions, g.words + off, g.swap_bytes, g.dtype, g.is_float)
+            )
         for b in req.bits:
             bits.append(BitGroup(b.positions, b.words + off, b.shifts))
         for sg in req.strings:
             strings.setdefault((sg.words.shape[1], sg.swap_bytes), []).append(
-                StringGroup(sg.positions, sg.words + off, sg.swap_bytes))
+                StringGroup(sg.positions, sg.words + off, sg.swap_bytes)
+            )
     merged_numeric = tuple(
-        NumericGroup(gs[0].type, gs[0].byte_order, np.concatenate([g.positions for g in gs]),
-                     np.concatenate([g.words for g in gs]), gs[0].swap_bytes, gs[0].dtype, gs[0].is_float)
-        for gs in numeric.values())
-    merged_bits = (BitGroup(np.concatenate([b.positions for b in bits]), np.concatenate([b.words for b in bits]),
-                            np.concatenate([b.shifts for b in bits])),) if bits else ()
+        NumericGroup(
+            gs[0].type,
+            gs[0].byte_order,
+            np.concatenate([g.positions for g in gs]),
+            np.concatenate([g.words for g in gs]),
+            gs[0].swap_bytes,
+            gs[0].dtype,
+            gs[0].is_float,
+        )
+        for gs in numeric.values()
+    )
+    merged_bits = (
+        (
+            BitGroup(
+                np.concatenate([b.positions for b in bits]),
+                np.concatenate([b.words for b in bits]),
+                np.concatenate([b.shifts for b in bits]),
+            ),
+        )
+        if bits
+        else ()
+    )
     merged_strings = tuple(
         StringGroup(np.concatenate([g.positions for g in gs]), np.concatenate([g.words for g in gs]), gs[0].swap_bytes)
-        for gs in strings.values())
+        for gs in strings.values()
+    )
     return merged_numeric, merged_bits, merged_strings
 
 

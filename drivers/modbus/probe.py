@@ -69,7 +69,9 @@ class Window:
     def address(self) -> str:
         """Our 1-based numeric form of the window's first register (``40134``)."""
         number = self.offset + 1
-        return f"{_TABLE_DIGIT[self.table]}{number:04d}" if number <= 9999 else f"{_TABLE_DIGIT[self.table]}{number:05d}"
+        return (
+            f"{_TABLE_DIGIT[self.table]}{number:04d}" if number <= 9999 else f"{_TABLE_DIGIT[self.table]}{number:05d}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +141,10 @@ def windows_for(address: Any, count: int = 4) -> list[Window]:
 
 def _tags(window: Window) -> list[ModbusTag]:
     where = f"{window.table.value}:{window.offset}"
-    tags = [ModbusTag(name=f"w{i}", address=f"{window.table.value}:{window.offset + i}", type="uint16")
-            for i in range(window.count)]
+    tags = [
+        ModbusTag(name=f"w{i}", address=f"{window.table.value}:{window.offset + i}", type="uint16")
+        for i in range(window.count)
+    ]
     for type_ in TYPES:
         if REGISTERS[type_] > window.count:
             continue
@@ -173,8 +177,9 @@ def matching_scale(type_: str, value: float, expect: float) -> float | None:
     return None
 
 
-async def probe(make_driver: MakeDriver, windows: Sequence[Window], expect: float | None = None,
-                timeout: float = 2.0) -> ProbeResult:
+async def probe(
+    make_driver: MakeDriver, windows: Sequence[Window], expect: float | None = None, timeout: float = 2.0
+) -> ProbeResult:
     """Read every window with a driver from ``make_driver(tags)`` (connect, one read, close) and decode it.
 
     A window whose read fails (no answer, an exception answer) is reported in ``errors``; the others stand.
@@ -207,8 +212,18 @@ async def probe(make_driver: MakeDriver, windows: Sequence[Window], expect: floa
         for pos in range(window.count, len(tags)):
             tag, value = tags[pos], float(batch.values[pos])
             scale = matching_scale(tag.type, value, expect) if expect is not None else None
-            result.readings.append(Reading(window.base, window.address, tag.type, tag.byte_order, value,
-                                           show(tag.type, value), scale is not None, scale or 1.0))
+            result.readings.append(
+                Reading(
+                    window.base,
+                    window.address,
+                    tag.type,
+                    tag.byte_order,
+                    value,
+                    show(tag.type, value),
+                    scale is not None,
+                    scale or 1.0,
+                )
+            )
     return result
 
 
@@ -271,9 +286,17 @@ def main_probe(args: argparse.Namespace) -> int:
             from drivers.modbus.rtu import ModbusRtuDriver
             from drivers.modbus.rtu_config import ModbusRtuSource
 
-            rtu = ModbusRtuSource(driver="modbus_rtu", port=args.target, unit=args.unit, baudrate=args.baudrate,
-                                  parity=args.parity, stopbits=args.stopbits, timeout=args.timeout,
-                                  response_timeout=min(0.5, args.timeout / 2), retries=1)
+            rtu = ModbusRtuSource(
+                driver="modbus_rtu",
+                port=args.target,
+                unit=args.unit,
+                baudrate=args.baudrate,
+                parity=args.parity,
+                stopbits=args.stopbits,
+                timeout=args.timeout,
+                response_timeout=min(0.5, args.timeout / 2),
+                retries=1,
+            )
             line = f"{rtu.baudrate} {rtu.bytesize}{rtu.parity}{rtu.stopbits}"
             endpoint = f"Modbus RTU {args.target} ({line}) unit {args.unit}"
 
@@ -285,8 +308,9 @@ def main_probe(args: argparse.Namespace) -> int:
         print(f"probe: {exc}", file=sys.stderr)
         return 2
     except ValidationError as exc:
-        print("probe: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()),
-              file=sys.stderr)
+        print(
+            "probe: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()), file=sys.stderr
+        )
         return 2
 
     result = asyncio.run(probe(make, windows, args.expect, args.timeout))
@@ -294,9 +318,16 @@ def main_probe(args: argparse.Namespace) -> int:
         doc = {
             "endpoint": endpoint,
             "address": args.address,
-            "windows": [{**asdict(w), "table": w.table.value, "address": w.address,
-                         "registers": result.words.get(w.base), "error": result.errors.get(w.base)}
-                        for w in result.windows],
+            "windows": [
+                {
+                    **asdict(w),
+                    "table": w.table.value,
+                    "address": w.address,
+                    "registers": result.words.get(w.base),
+                    "error": result.errors.get(w.base),
+                }
+                for w in result.windows
+            ],
             "readings": [{**asdict(r), "tag": r.tag} for r in result.readings],
         }
         print(json.dumps(doc, indent=2))

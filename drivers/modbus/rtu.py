@@ -76,8 +76,10 @@ class RtuClient(ModbusClientMixin):
         why = answer_mismatch(pdu, answer)
         if why is not None:
             self.arbiter.stats.count(self.unit, "mismatched_answers")
-            raise BadResponse(MISMATCHED_ANSWER, f"answer of unit {self.unit} on {self.arbiter.name} does not match "
-                                                 f"its request: {why}")
+            raise BadResponse(
+                MISMATCHED_ANSWER,
+                f"answer of unit {self.unit} on {self.arbiter.name} does not match its request: {why}",
+            )
         try:
             response = self._decoder.decode(answer)
         except (ModbusException, ValueError, IndexError, struct.error):
@@ -94,8 +96,13 @@ class _RtuDriverBase(ModbusDriverBase):
 
     def __init__(self, source: Any, tags: list[ModbusTag], context: DriverContext) -> None:
         super().__init__(source, tags, context)
-        self.policy = SlavePolicy(source.response_timeout, source.demote_after, source.slow_retry,
-                                  retries=source.retries, silent_after_timeout=source.silent_after_timeout)
+        self.policy = SlavePolicy(
+            source.response_timeout,
+            source.demote_after,
+            source.slow_retry,
+            retries=source.retries,
+            silent_after_timeout=source.silent_after_timeout,
+        )
         self.arbiter = self._arbiter(context.shared)
         self.arbiter.register(self, SlaveLoad(source.unit, source.poll, self._frames()))
         #: this slave's bus counters (CRC errors, timeouts, stray bytes ...) for the status API
@@ -156,7 +163,9 @@ class ModbusRtuDriver(_RtuDriverBase):
             lambda: BusArbiter(
                 s.port,
                 settings,
-                lambda: SerialLink(s.port, baudrate=s.baudrate, bytesize=s.bytesize, parity=s.parity, stopbits=s.stopbits),
+                lambda: SerialLink(
+                    s.port, baudrate=s.baudrate, bytesize=s.bytesize, parity=s.parity, stopbits=s.stopbits
+                ),
                 t35=silent_interval(s.baudrate, bits),
                 baudrate=s.baudrate,
                 bits=bits,

@@ -70,8 +70,9 @@ class ModbusRtuSource(SerialLine, _RtuCommon):
 
     driver: Literal["modbus_rtu"]
     parity: RtuParity = Field(  # a subset of SerialLine's
-        "E", description="E (even, the Modbus default), O (odd) or N (none; the spec then asks for stopbits: 2); "
-        "even, odd, none work too"
+        "E",
+        description="E (even, the Modbus default), O (odd) or N (none; the spec then asks for stopbits: 2); "
+        "even, odd, none work too",
     )
     stopbits: Literal[1, 2] = Field(1, description="1 or 2 stop bits")  # a subset of SerialLine's
 
@@ -93,8 +94,12 @@ class ModbusRtuTcpSource(_RtuCommon):
 
     driver: Literal["modbus_rtu_tcp"]
     host: str = Field(min_length=1, description="Host name or IP address of the converter")
-    port: int = Field(ge=1, le=65535, description="TCP port of the converter's serial channel (often 4001, 502 or 8899)")
+    port: int = Field(
+        ge=1, le=65535, description="TCP port of the converter's serial channel (often 4001, 502 or 8899)"
+    )
 
     def claims(self) -> tuple[Claim, ...]:
         """The converter's TCP channel: one RTU bus, one unit id per slave."""
-        return (Claim(tcp_resource(self.host, self.port), "Modbus RTU over TCP", "host", True, (), ("unit", self.unit)),)
+        return (
+            Claim(tcp_resource(self.host, self.port), "Modbus RTU over TCP", "host", True, (), ("unit", self.unit)),
+        )

@@ -87,9 +87,7 @@ class SerialLink(Link):
         import serial  # pyserial; imported here so the TCP-only variant does not need it
 
         def _open() -> serial.Serial:
-            return serial.Serial(
-                self.name, timeout=0, write_timeout=0, exclusive=True, **self.settings
-            )
+            return serial.Serial(self.name, timeout=0, write_timeout=0, exclusive=True, **self.settings)
 
         try:
             self._serial = await open_in_thread(_open)

@@ -44,9 +44,7 @@ def _plain(target: ua.ExpandedNodeId) -> ua.NodeId:
     return ua.NodeId(target.Identifier, target.NamespaceIndex, target.NodeIdType)
 
 
-async def resolve(
-    client: Client, tags: Sequence[OpcUaTag], namespaces: list[str], per_request: int
-) -> Resolution:
+async def resolve(client: Client, tags: Sequence[OpcUaTag], namespaces: list[str], per_request: int) -> Resolution:
     """Resolve every tag; browse paths in TranslateBrowsePathsToNodeIds calls of ``per_request`` paths."""
     index = {uri: i for i, uri in enumerate(namespaces)}
     node_ids: list[ua.NodeId | None] = [None] * len(tags)
@@ -67,11 +65,13 @@ async def resolve(
                 missing_uris.append(ref.namespace)
     res = Resolution(node_ids)
     if missing_ns:
-        res.failures.append((
-            np.array(missing_ns, dtype=np.intp),
-            decode.ERR_UNKNOWN_NAMESPACE,
-            "namespace URI not in the server's NamespaceArray: " + ", ".join(missing_uris),
-        ))
+        res.failures.append(
+            (
+                np.array(missing_ns, dtype=np.intp),
+                decode.ERR_UNKNOWN_NAMESPACE,
+                "namespace URI not in the server's NamespaceArray: " + ", ".join(missing_uris),
+            )
+        )
     if path_pos:
         paths = [tags[p].browse_path for p in path_pos]
         results: list[ua.BrowsePathResult] = []
@@ -92,9 +92,11 @@ async def resolve(
                 why = decode.status_text(status) if status >> 30 else "no target"
                 reasons.append(f"{tags[pos].path} ({why})")
         if bad_pos:
-            res.failures.append((
-                np.array(bad_pos, dtype=np.intp),
-                decode.ERR_BROWSE_PATH,
-                "browse path not found on the server: " + "; ".join(reasons),
-            ))
+            res.failures.append(
+                (
+                    np.array(bad_pos, dtype=np.intp),
+                    decode.ERR_BROWSE_PATH,
+                    "browse path not found on the server: " + "; ".join(reasons),
+                )
+            )
     return res

@@ -16,8 +16,9 @@ def add_browse_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("endpoint", help="server endpoint, e.g. opc.tcp://192.168.0.10:4840/")
     p.add_argument("--depth", type=int, default=5, help="levels below Objects to list (default 5)")
     p.add_argument("--all", action="store_true", help="also list namespace 0 (the Server object and its diagnostics)")
-    p.add_argument("--security", default="None", metavar="POLICY[/MODE]",
-                   help="e.g. Basic256Sha256/SignAndEncrypt (default None)")
+    p.add_argument(
+        "--security", default="None", metavar="POLICY[/MODE]", help="e.g. Basic256Sha256/SignAndEncrypt (default None)"
+    )
     p.add_argument("--allow-insecure", action="store_true", help="allow policy None towards a remote endpoint")
     p.add_argument("-u", "--username")
     p.add_argument("-P", "--password-env", metavar="VAR", help="read the password from this environment variable")

@@ -102,8 +102,9 @@ class OpcUaSource(SourceBase):
             raise ValueError(f"endpoint must name a host and a port, {example}")
         return v
 
-    _empty_is_none = field_validator("username", "password", "user_certificate", "user_private_key", "application_uri",
-                                     mode="before")(empty_is_none)
+    _empty_is_none = field_validator(
+        "username", "password", "user_certificate", "user_private_key", "application_uri", mode="before"
+    )(empty_is_none)
 
     @model_validator(mode="after")
     def _consistent(self) -> OpcUaSource:
@@ -166,7 +167,8 @@ class OpcUaTag(TagBase):
         "(see server_deadband_type); 0: every change",
     )
     server_deadband_type: Literal["absolute", "percent"] = Field(
-        "absolute", description="absolute: in engineering units; percent: of the variable's EURange (the server needs one)"
+        "absolute",
+        description="absolute: in engineering units; percent: of the variable's EURange (the server needs one)",
     )
 
     @field_validator("node")
@@ -187,7 +189,7 @@ class OpcUaTag(TagBase):
     def _one_address(self) -> OpcUaTag:
         if (self.node is None) == (self.path is None):
             raise ValueError(
-                "give the variable either as node (e.g. node: \"ns=2;s=Oven1.Temperature\") or as path "
+                'give the variable either as node (e.g. node: "ns=2;s=Oven1.Temperature") or as path '
                 "(e.g. path: /Objects/2:Line1/2:Press3/2:Pressure), exactly one of them"
             )
         if self.server_deadband_type == "percent" and not 0 < self.server_deadband <= 100:

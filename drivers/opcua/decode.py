@@ -160,13 +160,27 @@ def fill(batch: Batch, positions: np.ndarray, dvs: Sequence[ua.DataValue], now_n
     return kind
 
 
-_INTEGER_KINDS = np.array([int(t) for t in (ua.VariantType.Boolean, ua.VariantType.SByte, ua.VariantType.Byte,
-                                              ua.VariantType.Int16, ua.VariantType.UInt16, ua.VariantType.Int32,
-                                              ua.VariantType.UInt32, ua.VariantType.Int64, ua.VariantType.UInt64)])
+_INTEGER_KINDS = np.array(
+    [
+        int(t)
+        for t in (
+            ua.VariantType.Boolean,
+            ua.VariantType.SByte,
+            ua.VariantType.Byte,
+            ua.VariantType.Int16,
+            ua.VariantType.UInt16,
+            ua.VariantType.Int32,
+            ua.VariantType.UInt32,
+            ua.VariantType.Int64,
+            ua.VariantType.UInt64,
+        )
+    ]
+)
 
 
-def mark_types(float32: np.ndarray, integer: np.ndarray | None, unscaled: np.ndarray | None, tags: np.ndarray,
-               kind: np.ndarray) -> None:
+def mark_types(
+    float32: np.ndarray, integer: np.ndarray | None, unscaled: np.ndarray | None, tags: np.ndarray, kind: np.ndarray
+) -> None:
     """Declare the publish form of ``tags`` (plan positions) from their values' types: ``float32[tags]`` is
     True for a scalar Float; ``integer[tags]`` for a Boolean or an integer type on a tag without scale or
     offset (``unscaled``); tags that came without a value (Null) keep their flags.

@@ -258,8 +258,12 @@ class OpcUaDriver(Driver):
                 vtype = variant.VariantType
             else:
                 type_node = data_type.Value.Value if data_type.Value is not None else None
-                if not (isinstance(type_node, ua.NodeId) and type_node.NamespaceIndex == 0
-                        and isinstance(type_node.Identifier, int) and 1 <= type_node.Identifier <= 25):
+                if not (
+                    isinstance(type_node, ua.NodeId)
+                    and type_node.NamespaceIndex == 0
+                    and isinstance(type_node.Identifier, int)
+                    and 1 <= type_node.Identifier <= 25
+                ):
                     raise WriteError(f"{where}: cannot tell the data type to write (DataType {type_node})")
                 vtype = ua.VariantType(type_node.Identifier)
 
@@ -268,7 +272,9 @@ class OpcUaDriver(Driver):
             elif vtype in ints:
                 raw = raw_integer(cfg, value, vtype.name, *ints[vtype])
             elif vtype in (ua.VariantType.Float, ua.VariantType.Double):
-                raw = raw_float(cfg, value, vtype.name, 3.4028234663852886e38 if vtype is ua.VariantType.Float else math.inf)
+                raw = raw_float(
+                    cfg, value, vtype.name, 3.4028234663852886e38 if vtype is ua.VariantType.Float else math.inf
+                )
             elif vtype in (ua.VariantType.String, ua.VariantType.LocalizedText):
                 if not isinstance(value, str):
                     raise ValueError(f"tag {tag!r} is a {vtype.name}: write text, not {value!r}")
@@ -288,8 +294,11 @@ class OpcUaDriver(Driver):
         except (TimeoutError, OSError) as exc:
             raise DeviceUnavailable(f"OPC UA server {self.source.endpoint}: {_describe(exc)}") from exc
         except ua.UaStatusCodeError as exc:
-            if exc.code in (ua.StatusCodes.BadNodeIdUnknown, ua.StatusCodes.BadNodeIdInvalid,
-                            ua.StatusCodes.BadAttributeIdInvalid):
+            if exc.code in (
+                ua.StatusCodes.BadNodeIdUnknown,
+                ua.StatusCodes.BadNodeIdInvalid,
+                ua.StatusCodes.BadAttributeIdInvalid,
+            ):
                 raise WriteError(f"{where}: {decode.status_text(exc.code)}") from exc
             raise DeviceUnavailable(f"OPC UA server {self.source.endpoint}: {_describe(exc)}") from exc
         except ua.UaError as exc:
@@ -302,7 +311,11 @@ class OpcUaDriver(Driver):
             same = isinstance(got, float) and np.float32(got) == np.float32(raw)
             got = float(str(np.float32(got))) if isinstance(got, float) else got
         elif vtype is ua.VariantType.LocalizedText:
-            same, raw, got = isinstance(got, ua.LocalizedText) and got.Text == raw.Text, raw.Text, getattr(got, "Text", got)
+            same, raw, got = (
+                isinstance(got, ua.LocalizedText) and got.Text == raw.Text,
+                raw.Text,
+                getattr(got, "Text", got),
+            )
         else:
             same = type(got) is type(raw) and got == raw
         if not same:
@@ -322,7 +335,6 @@ class OpcUaDriver(Driver):
         if client is None:
             return
         await session.close_quietly(client, self.source.timeout)
-
 
 
 class OpcUaSubscriber(OpcUaDriver, StreamingDriver):
@@ -349,11 +361,11 @@ class OpcUaSubscriber(OpcUaDriver, StreamingDriver):
         inbox = subscription.NotificationInbox()
         timing = subscription.timing(self.source)
         try:
-            created = await client.uaclient.create_subscription(subscription.subscription_params(timing), inbox.callback)
+            created = await client.uaclient.create_subscription(
+                subscription.subscription_params(timing), inbox.callback
+            )
             positions = self._readable.tolist()
-            requests = [
-                subscription.item_request(p, self.node_ids[p], self.tags[p], self.source) for p in positions
-            ]
+            requests = [subscription.item_request(p, self.node_ids[p], self.tags[p], self.source) for p in positions]
             params = ua.CreateMonitoredItemsParameters()
             params.SubscriptionId = created.SubscriptionId
             params.TimestampsToReturn = ua.TimestampsToReturn.Both
@@ -369,11 +381,13 @@ class OpcUaSubscriber(OpcUaDriver, StreamingDriver):
             if result.StatusCode is not None and result.StatusCode.value >> 31
         ]
         if refused:  # those tags stay bad until the next connect
-            self._failures.append((
-                np.array([pos for pos, _ in refused], dtype=np.intp),
-                decode.ERR_NOT_MONITORED,
-                subscription.refused_text([(self.tags[pos], status) for pos, status in refused]),
-            ))
+            self._failures.append(
+                (
+                    np.array([pos for pos, _ in refused], dtype=np.intp),
+                    decode.ERR_NOT_MONITORED,
+                    subscription.refused_text([(self.tags[pos], status) for pos, status in refused]),
+                )
+            )
         yield await self.read()
         keepalive_s = created.RevisedPublishingInterval / 1000.0 * max(1, created.RevisedMaxKeepAliveCount)
         deadline = 3 * keepalive_s + self.source.timeout
@@ -386,8 +400,9 @@ class OpcUaSubscriber(OpcUaDriver, StreamingDriver):
                 raise DeviceUnavailable(
                     f"OPC UA server {self.source.endpoint}: no publish response or keepalive for {deadline:.1f} s"
                 )
-            for batch in subscription.to_batches(items, self._scale, self._offset, self.float32_tags,
-                                                 self.integer_tags, self._unscaled):
+            for batch in subscription.to_batches(
+                items, self._scale, self._offset, self.float32_tags, self.integer_tags, self._unscaled
+            ):
                 yield batch
 
 

@@ -236,9 +236,7 @@ class Pki:
 
     def accept(self, which: str) -> Path:
         """Move one rejected certificate (by file name or thumbprint prefix) into ``trusted/``."""
-        matches = [
-            i for i in self.list("rejected") if i.path.name == which or i.thumbprint.startswith(which.upper())
-        ]
+        matches = [i for i in self.list("rejected") if i.path.name == which or i.thumbprint.startswith(which.upper())]
         if not matches:
             known = ", ".join(f"{i.path.name} ({i.thumbprint[:8]})" for i in self.list("rejected")) or "none"
             raise CertificateError(f"no rejected certificate matches {which!r}; rejected: {known}")

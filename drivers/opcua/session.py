@@ -143,8 +143,11 @@ async def open_session(source: OpcUaSource, pki: Pki) -> Client:
                     f"the server refused the gateway's certificate ({decode.status_text(exc.code)}); make the "
                     f"server trust {pki.own_cert} (copy it into the server's trusted certificates)"
                 ) from exc
-            if exc.code in (ua.StatusCodes.BadUserAccessDenied, ua.StatusCodes.BadIdentityTokenRejected,
-                            ua.StatusCodes.BadIdentityTokenInvalid):
+            if exc.code in (
+                ua.StatusCodes.BadUserAccessDenied,
+                ua.StatusCodes.BadIdentityTokenRejected,
+                ua.StatusCodes.BadIdentityTokenInvalid,
+            ):
                 raise SessionError(f"the server refused the user identity ({decode.status_text(exc.code)})") from exc
             raise
     except BaseException:

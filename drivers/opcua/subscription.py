@@ -165,8 +165,12 @@ def split_bursts(handles: np.ndarray) -> list[np.ndarray]:
 
 
 def to_batches(
-    items: Sequence[ua.MonitoredItemNotification], scale: np.ndarray, offset: np.ndarray,
-    float32: np.ndarray | None = None, integer: np.ndarray | None = None, unscaled: np.ndarray | None = None,
+    items: Sequence[ua.MonitoredItemNotification],
+    scale: np.ndarray,
+    offset: np.ndarray,
+    float32: np.ndarray | None = None,
+    integer: np.ndarray | None = None,
+    unscaled: np.ndarray | None = None,
 ) -> list[Batch]:
     """Batches (with ``index``) of one DataChangeNotification; scale/offset applied, as in a poll.
 

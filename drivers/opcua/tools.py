@@ -45,8 +45,13 @@ class Row:
 
 def _source(args: argparse.Namespace) -> OpcUaSource:
     policy, _, mode = args.security.partition("/")
-    fields = {"driver": "opcua", "endpoint": args.endpoint, "security_policy": policy,
-              "allow_insecure": args.allow_insecure, "timeout": args.timeout}
+    fields = {
+        "driver": "opcua",
+        "endpoint": args.endpoint,
+        "security_policy": policy,
+        "allow_insecure": args.allow_insecure,
+        "timeout": args.timeout,
+    }
     if mode:
         fields["security_mode"] = mode
     if args.username:
@@ -209,8 +214,10 @@ async def _browse(args: argparse.Namespace) -> int:
         rows = await browse_tree(client, args.depth, args.all)
     finally:
         await close_quietly(client, source.timeout)
-    print(f"# {args.endpoint}: {sum(r.node_class == ua.NodeClass.Variable for r in rows)} variable(s); paste the "
-          f"lines you need under an asset's tags: (a path: /... works instead of node:)")
+    print(
+        f"# {args.endpoint}: {sum(r.node_class == ua.NodeClass.Variable for r in rows)} variable(s); paste the "
+        f"lines you need under an asset's tags: (a path: /... works instead of node:)"
+    )
     print("# 'writable': the server lets this user write the node; add writable: true to a tag to allow writes")
     print("\n".join(format_tree(rows, namespaces)))
     return 0
@@ -241,8 +248,10 @@ def main_trust(args: argparse.Namespace) -> int:
     own = pki.own_info()
     if args.trust_command == "own":
         if own is None:
-            print(f"no own certificate yet in {pki.own_cert.parent}; it is created at the first secured connect",
-                  file=sys.stderr)
+            print(
+                f"no own certificate yet in {pki.own_cert.parent}; it is created at the first secured connect",
+                file=sys.stderr,
+            )
             return 1
         print(f"{own.path}\n  {own.line()}")
         return 0
@@ -253,6 +262,8 @@ def main_trust(args: argparse.Namespace) -> int:
             print(f"  {info.line()}")
     print(f"own: {own.line() if own else 'not generated yet'}")
     if pki.list("rejected"):
-        print("trust one with: iiot-gateway trust accept <thumbprint start>" +
-              (f" --state-dir {args.state_dir}" if args.state_dir else ""))
+        print(
+            "trust one with: iiot-gateway trust accept <thumbprint start>"
+            + (f" --state-dir {args.state_dir}" if args.state_dir else "")
+        )
     return 0

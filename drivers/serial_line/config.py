@@ -146,15 +146,20 @@ class SerialLineSource(SerialLine, SourceBase):
     @model_validator(mode="after")
     def _mode_fields(self) -> SerialLineSource:
         if self.mode == "poll" and self.command is None:
-            raise _error(("command",), "command_required", "poll mode needs a command to send, e.g. command: 'P\\r\\n'", None)
+            raise _error(
+                ("command",), "command_required", "poll mode needs a command to send, e.g. command: 'P\\r\\n'", None
+            )
         if self.mode == "stream" and self.command is not None:
             raise _error(("command",), "stream_command",
                          "stream mode sends no command; remove it, or use mode: poll", self.command)  # fmt: skip
         if self.max_silence is not None:
             if self.mode != "stream":
-                raise _error(("max_silence",), "poll_silence",
-                             "max_silence applies to stream mode only; in poll mode `timeout` bounds each reply",
-                             self.max_silence)
+                raise _error(
+                    ("max_silence",),
+                    "poll_silence",
+                    "max_silence applies to stream mode only; in poll mode `timeout` bounds each reply",
+                    self.max_silence,
+                )
             if self.timeout < self.max_silence:
                 raise _error(
                     ("max_silence",),
@@ -189,10 +194,10 @@ class SerialLineSource(SerialLine, SourceBase):
 class SerialLineTag(TagBase):
     """One named group of the source's pattern, converted to a value."""
 
-    group: str | None = Field(None, description="Named group of the pattern holding this tag's text (default: the tag name)")
-    type: TagType = Field(
-        "number", description="number (float), int, string, or bool (by true_values / false_values)"
+    group: str | None = Field(
+        None, description="Named group of the pattern holding this tag's text (default: the tag name)"
     )
+    type: TagType = Field("number", description="number (float), int, string, or bool (by true_values / false_values)")
     decimal_comma: bool = Field(False, description="number: the text uses ',' as decimal separator (12,5)")
     true_values: list[str] | None = Field(
         None, description=f"bool: texts read as true, case-insensitive (default: {', '.join(DEFAULT_TRUE)})"
@@ -219,8 +224,7 @@ class SerialLineTag(TagBase):
         if self.type != "bool":
             for key in ("true_values", "false_values"):
                 if getattr(self, key) is not None:
-                    raise _error((key,), "type_field", "{key} applies to bool tags only", getattr(self, key),
-                                 key=key)
+                    raise _error((key,), "type_field", "{key} applies to bool tags only", getattr(self, key), key=key)
         else:
             both = {s.lower() for s in self.truthy} & {s.lower() for s in self.falsy}
             if both:

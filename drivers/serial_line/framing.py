@@ -34,8 +34,15 @@ class LineCounters:
     @property
     def discarded(self) -> int:
         """Lines and fragments thrown away, whatever the reason."""
-        return (self.no_match + self.checksum + self.decode + self.overlong + self.partial + self.unsolicited
-                + self.overflow)
+        return (
+            self.no_match
+            + self.checksum
+            + self.decode
+            + self.overlong
+            + self.partial
+            + self.unsolicited
+            + self.overflow
+        )
 
 
 class LineFramer:
@@ -101,4 +108,3 @@ class LineFramer:
         self._buf.clear()
         self._skipping = False
         return n
-

@@ -25,41 +25,60 @@ TARGETS: list[tuple[str, str, str, Any]] = [
     ("end_to_end.gateway_tags_per_s", "e2e Modbus TCP tags/s delivered (max_in_flight 4)", "", None),
     ("end_to_end.bare_pymodbus_tags_per_s", "e2e bare pymodbus loop tags/s", "", None),
     ("end_to_end.throughput_ratio", "e2e throughput gateway / bare", "", None),
-    ("end_to_end.gateway_cpu_s_per_million", "e2e gateway CPU-s per million samples (max_in_flight 4)", "<= 3",
-     lambda v: v <= 3),
+    (
+        "end_to_end.gateway_cpu_s_per_million",
+        "e2e gateway CPU-s per million samples (max_in_flight 4)",
+        "<= 3",
+        lambda v: v <= 3,
+    ),
     ("end_to_end.one_in_flight_cpu_s_per_million", "same, max_in_flight 1 (the default)", "", None),
     ("end_to_end.cpu_ratio", "e2e CPU per sample gateway / bare", "<= 1.5", lambda v: v <= 1.5),
     ("payload.full_bytes_per_sample", "payload full JSON, wire bytes/sample (1000 regs, 100 ms)", "", None),
     ("payload.compact_bytes_per_sample", "payload compact JSON, wire bytes/sample", "<= 15", lambda v: v <= 15),
-    ("payload.compact_zstd_bytes_per_sample", "payload compact JSON + zstd, wire bytes/sample", "<= 5",
-     lambda v: v <= 5),
+    (
+        "payload.compact_zstd_bytes_per_sample",
+        "payload compact JSON + zstd, wire bytes/sample",
+        "<= 5",
+        lambda v: v <= 5,
+    ),
     ("payload.sparkplug_bytes_per_sample", "payload Sparkplug B DDATA, wire bytes/sample", "", None),
     ("uplink.best_uncompressed_ratio", "uplink bytes/sample vs one-JSON-per-sample", "<= 0.1", lambda v: v <= 0.1),
     ("uplink.best_compressed_ratio", "uplink, compressed", "<= 0.03", lambda v: v <= 0.03),
-    ("latency.poll_mode.read_to_uplink_p99_ms", "latency read done -> uplink (in the gateway) p99 ms", "<= 10",
-     lambda v: v <= 10),
-    ("latency.poll_mode.read_to_subscriber_p99_ms", "latency read done -> subscriber p99 ms", "<= 10",
-     lambda v: v <= 10),
+    (
+        "latency.poll_mode.read_to_uplink_p99_ms",
+        "latency read done -> uplink (in the gateway) p99 ms",
+        "<= 10",
+        lambda v: v <= 10,
+    ),
+    (
+        "latency.poll_mode.read_to_subscriber_p99_ms",
+        "latency read done -> subscriber p99 ms",
+        "<= 10",
+        lambda v: v <= 10,
+    ),
     ("latency.poll_mode.e2e_p50_ms", "latency change -> subscriber p50 ms (poll 100 ms)", "", None),
-    ("latency.poll_mode.e2e_p99_ms", "latency change -> subscriber p99 ms (poll 100 ms)", "<= 120",
-     lambda v: v <= 120),
-    ("latency.opcua_subscribe_mode.e2e_p50_ms", "latency change -> subscriber p50 ms (OPC UA subscription)", "",
-     None),
-    ("latency.opcua_subscribe_mode.e2e_p99_ms", "latency change -> subscriber p99 ms (OPC UA subscription)", "",
-     None),
+    ("latency.poll_mode.e2e_p99_ms", "latency change -> subscriber p99 ms (poll 100 ms)", "<= 120", lambda v: v <= 120),
+    ("latency.opcua_subscribe_mode.e2e_p50_ms", "latency change -> subscriber p50 ms (OPC UA subscription)", "", None),
+    ("latency.opcua_subscribe_mode.e2e_p99_ms", "latency change -> subscriber p99 ms (OPC UA subscription)", "", None),
     ("scale.cpu_share_of_one_core", "10,000 tags at 1 s: CPU share of one core", "<= 0.10", lambda v: v <= 0.10),
     ("scale.startup_to_first_message_s", "10,000 tags: start-up to the first message, s", "", None),
     ("scale.peak_rss_mb", "10,000 tags at 1 s: peak RSS MiB with the rings written so far", "", None),
     ("scale.ring_mb", "10,000 tags at 1 s: ring buffers MiB (600 s, RingBuffer.nbytes)", "", None),
-    ("scale.rss_beyond_rings_mb", "10,000 tags at 1 s: peak RSS MiB beyond the rings (start-up + run)", "<= 60",
-     lambda v: v <= 60),
+    (
+        "scale.rss_beyond_rings_mb",
+        "10,000 tags at 1 s: peak RSS MiB beyond the rings (start-up + run)",
+        "<= 60",
+        lambda v: v <= 60,
+    ),
     ("scale.peak_rss_mb_rings_full", "10,000 tags at 1 s: peak RSS MiB, 600 s rings full", "", None),
-    ("startup.full_spool_to_first_message_s", "start-up to first published message, 256 MiB spool, s", "<= 5",
-     lambda v: v <= 5),
-    ("startup.empty_spool_to_first_message_s", "same gateway, empty spool: start-up to first message, s", "",
-     None),
-    ("startup.full_spool_to_first_live_message_s", "same, to the first live (not replayed) message, s", "",
-     None),
+    (
+        "startup.full_spool_to_first_message_s",
+        "start-up to first published message, 256 MiB spool, s",
+        "<= 5",
+        lambda v: v <= 5,
+    ),
+    ("startup.empty_spool_to_first_message_s", "same gateway, empty spool: start-up to first message, s", "", None),
+    ("startup.full_spool_to_first_live_message_s", "same, to the first live (not replayed) message, s", "", None),
     ("ring_buffer.bytes_per_sample", "ring buffer bytes per sample", "<= 17", lambda v: v <= 17),
     ("hot_path.same_messages", "hot path: both pipelines publish the same messages", "true", lambda v: v is True),
 ]
@@ -87,8 +106,12 @@ def run(quick: bool, only: frozenset[str] | None = None) -> dict[str, Any]:
         "version": __version__,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "mode": "quick" if quick else "full",
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count(), "processor": platform.machine()},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "processor": platform.machine(),
+        },
     }
     if "hot_path" in want:
         doc["hot_path"] = hot_path(quick)
@@ -101,10 +124,15 @@ def run(quick: bool, only: frozenset[str] | None = None) -> dict[str, Any]:
     if "ring_buffer" in want:
         doc["ring_buffer"] = ring_memory()
     doc |= asyncio.run(run_live(quick, want))
-    doc["targets"] = {label: {"value": lookup(doc, path), "target": target,
-                              "met": (ok(lookup(doc, path)) if ok and isinstance(lookup(doc, path), (int, float, bool))
-                                      else None)}
-                      for path, label, target, ok in TARGETS if path.split(".")[0] in doc}
+    doc["targets"] = {
+        label: {
+            "value": lookup(doc, path),
+            "target": target,
+            "met": (ok(lookup(doc, path)) if ok and isinstance(lookup(doc, path), (int, float, bool)) else None),
+        }
+        for path, label, target, ok in TARGETS
+        if path.split(".")[0] in doc
+    }
     doc["elapsed_s"] = round(time.monotonic() - started, 1)
     return doc
 
@@ -113,8 +141,15 @@ def table(doc: dict[str, Any]) -> str:
     rows = [("figure", "value", "target", "met")]
     for label, t in doc["targets"].items():
         v = t["value"]
-        text = (str(v).lower() if isinstance(v, bool) else f"{v:,.4g}" if isinstance(v, float)
-                else f"{v:,}" if isinstance(v, int) else str(v))
+        text = (
+            str(v).lower()
+            if isinstance(v, bool)
+            else f"{v:,.4g}"
+            if isinstance(v, float)
+            else f"{v:,}"
+            if isinstance(v, int)
+            else str(v)
+        )
         rows.append((label, text, t["target"], {True: "yes", False: "NO", None: ""}[t["met"]]))
     for k, v in doc.get("uplink", {}).get("settings", {}).items():
         rows.append((f"  uplink {k}", f"{v['bytes_per_sample']:.3g} B ({v['ratio']:.3g}x)", "", ""))

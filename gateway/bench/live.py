@@ -46,13 +46,16 @@ def plant(n_float32: int, n_int16: int = 0) -> Plant:
         {"name": f"f{i}", "address": f"hr:{2 * i}", "type": "float32", "signal": f"s{i % 4}"} for i in range(n_float32)
     ]
     base = 2 * n_float32
-    points += [{"name": f"i{i}", "address": f"hr:{base + i}", "type": "int16", "signal": f"w{i % 8}", "scale": 0.1}
-               for i in range(n_int16)]
+    points += [
+        {"name": f"i{i}", "address": f"hr:{base + i}", "type": "int16", "signal": f"w{i % 8}", "scale": 0.1}
+        for i in range(n_int16)
+    ]
     points.append({"name": "probe", "address": f"hr:{base + n_int16}", "type": "uint16", "value": 0})
     signals = {f"s{k}": {"kind": "sine", "min": 0, "max": 100, "period": f"{7 + k}s"} for k in range(4)}
     signals |= {f"w{k}": {"kind": "random_walk", "start": 50, "step": 0.5, "min": 0, "max": 100} for k in range(8)}
-    cfg = PlantConfig.model_validate({"seed": 1, "update_interval": "100ms", "signals": signals,
-                                      "modbus": {"points": points}})
+    cfg = PlantConfig.model_validate(
+        {"seed": 1, "update_interval": "100ms", "signals": signals, "modbus": {"points": points}}
+    )
     return Plant(cfg)
 
 
@@ -98,16 +101,36 @@ class Subscriber:
         self.client.disconnect()
 
 
-def gateway_config(mqtt_port: int, modbus_port: int | None, assets: list[dict[str, Any]], publish: float,
-                   compression: str = "none", *, buffer_seconds: float = 30, api_port: int | None = None,
-                   payload: str = "full", qos: int = 0, sparkplug: bool = False) -> str:
+def gateway_config(
+    mqtt_port: int,
+    modbus_port: int | None,
+    assets: list[dict[str, Any]],
+    publish: float,
+    compression: str = "none",
+    *,
+    buffer_seconds: float = 30,
+    api_port: int | None = None,
+    payload: str = "full",
+    qos: int = 0,
+    sparkplug: bool = False,
+) -> str:
     """A gateway config (JSON is YAML); sources without a ``driver`` are Modbus TCP on ``modbus_port``."""
     fmt = {"format": "sparkplug", "group_id": "bench"} if sparkplug else {"payload": payload}
-    cfg = {"gateway": {"id": "bench-gw", "namespace": NS, "log_level": "warning"},
-           "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "publish_interval": publish, "qos": qos,
-                    "compression": compression, "max_queued": 100000, **fmt},
-           "api": {"enabled": False} if api_port is None else {"listen": f"127.0.0.1:{api_port}"},
-           "buffer": {"seconds": buffer_seconds}, "assets": assets}
+    cfg = {
+        "gateway": {"id": "bench-gw", "namespace": NS, "log_level": "warning"},
+        "mqtt": {
+            "host": "127.0.0.1",
+            "port": mqtt_port,
+            "publish_interval": publish,
+            "qos": qos,
+            "compression": compression,
+            "max_queued": 100000,
+            **fmt,
+        },
+        "api": {"enabled": False} if api_port is None else {"listen": f"127.0.0.1:{api_port}"},
+        "buffer": {"seconds": buffer_seconds},
+        "assets": assets,
+    }
     for a in assets:
         if "driver" not in a["source"]:
             a["source"] |= {"driver": "modbus_tcp", "host": "127.0.0.1", "port": modbus_port, "unit": 1}
@@ -150,8 +173,11 @@ class GatewayProcess:
         self.started = time.monotonic()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p])
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", str(path), "--log-level", "warning"],
-                                     env=env, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", str(path), "--log-level", "warning"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
 
     def cpu_s(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -190,8 +216,13 @@ async def _wait(pred, timeout: float) -> None:
 
 async def run_live(quick: bool, parts: frozenset[str] | None = None) -> dict[str, Any]:
     """The figures that need a broker, the simulators and the gateway process (those in ``parts``, else all)."""
-    steps = {"payload": _payload_bytes, "end_to_end": _end_to_end, "latency": _latency, "scale": _scale,
-             "startup": _startup_full_spool}
+    steps = {
+        "payload": _payload_bytes,
+        "end_to_end": _end_to_end,
+        "latency": _latency,
+        "scale": _scale,
+        "startup": _startup_full_spool,
+    }
     wanted = [name for name in steps if parts is None or name in parts]
     if not wanted:
         return {}
@@ -238,8 +269,8 @@ async def _end_to_end(mqtt_port: int, quick: bool) -> dict[str, Any]:
     bare_cpu_per_m = bare["cpu_s"] / max(bare_samples, 1) * 1e6
     return {
         "workload": f"{n_tags} float32 tags ({registers} registers, {-(-registers // 125)} requests per poll), "
-                    "poll as fast as the simulator answers, mode raw (every sample delivered); the gateway "
-                    "figures with max_in_flight 4, the one_in_flight ones with the default 1",
+        "poll as fast as the simulator answers, mode raw (every sample delivered); the gateway "
+        "figures with max_in_flight 4, the one_in_flight ones with the default 1",
         "gateway_tags_per_s": round(gw_rate),
         "bare_pymodbus_tags_per_s": round(bare_rate),
         "throughput_ratio": round(gw_rate / bare_rate, 3),
@@ -257,15 +288,28 @@ async def _payload_bytes(mqtt_port: int, quick: bool) -> dict[str, Any]:
     n_regs, seconds = 1000, (3.0 if quick else 10.0)
     sim = ModbusSimulator(plant(0, n_int16=n_regs), port=free_port())
     await sim.start()
-    out: dict[str, Any] = {"workload": f"{n_regs} int16 holding registers, poll 100 ms, all changing, QoS 1, "
-                                       "publish after every poll"}
+    out: dict[str, Any] = {
+        "workload": f"{n_regs} int16 holding registers, poll 100 ms, all changing, QoS 1, publish after every poll"
+    }
     try:
         tags = [{"name": f"r{i}", "address": f"hr:{i}", "type": "int16"} for i in range(n_regs)]
-        for label, shape, comp in (("full", "full", "none"), ("compact", "compact", "none"),
-                                   ("compact_zstd", "compact", "zstd"), ("full_zstd", "full", "zstd"),
-                                   ("sparkplug", None, "none")):
-            cfg = gateway_config(mqtt_port, sim.port, [{"id": "line", "source": {"poll": 0.1}, "tags": tags}], 0.1,
-                                 comp, payload=shape or "full", qos=1, sparkplug=shape is None)
+        for label, shape, comp in (
+            ("full", "full", "none"),
+            ("compact", "compact", "none"),
+            ("compact_zstd", "compact", "zstd"),
+            ("full_zstd", "full", "zstd"),
+            ("sparkplug", None, "none"),
+        ):
+            cfg = gateway_config(
+                mqtt_port,
+                sim.port,
+                [{"id": "line", "source": {"poll": 0.1}, "tags": tags}],
+                0.1,
+                comp,
+                payload=shape or "full",
+                qos=1,
+                sparkplug=shape is None,
+            )
             gw = GatewayProcess(cfg)
             sub = SparkplugSubscriber(mqtt_port) if shape is None else Subscriber(mqtt_port)
             try:
@@ -285,8 +329,16 @@ async def _payload_bytes(mqtt_port: int, quick: bool) -> dict[str, Any]:
 
 async def _bare_loop(port: int, registers: int, seconds: float) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.bench.bare_loop", "127.0.0.1", str(port), str(registers), str(seconds),
-        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+        sys.executable,
+        "-m",
+        "gateway.bench.bare_loop",
+        "127.0.0.1",
+        str(port),
+        str(registers),
+        str(seconds),
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+    )
     out, _ = await proc.communicate()
     return json.loads(out)
 
@@ -317,10 +369,15 @@ async def _probe_changes(mqtt_port: int, cfg: str, set_probe, changes: int, api_
         sub.close()
         gw.stop()
     ms = lambda xs, q: round(float(np.percentile(xs, q)) * 1000, 1)  # noqa: E731
-    return {"changes": changes, "e2e_p50_ms": ms(e2e, 50), "e2e_p99_ms": ms(e2e, 99),
-            "read_to_subscriber_p50_ms": ms(internal, 50), "read_to_subscriber_p99_ms": ms(internal, 99),
-            "read_to_uplink_p50_ms": status["publish_latency_ms"].get("p50"),
-            "read_to_uplink_p99_ms": status["publish_latency_ms"].get("p99")}
+    return {
+        "changes": changes,
+        "e2e_p50_ms": ms(e2e, 50),
+        "e2e_p99_ms": ms(e2e, 99),
+        "read_to_subscriber_p50_ms": ms(internal, 50),
+        "read_to_subscriber_p99_ms": ms(internal, 99),
+        "read_to_uplink_p50_ms": status["publish_latency_ms"].get("p50"),
+        "read_to_uplink_p99_ms": status["publish_latency_ms"].get("p99"),
+    }
 
 
 async def _latency(mqtt_port: int, quick: bool) -> dict[str, Any]:
@@ -333,8 +390,9 @@ async def _latency(mqtt_port: int, quick: bool) -> dict[str, Any]:
     try:
         tags = [{"name": "probe", "address": "hr:8", "type": "uint16"}]
         api = free_port()
-        cfg = gateway_config(mqtt_port, sim.port, [{"id": "lat", "source": {"poll": poll}, "tags": tags}], poll,
-                             api_port=api)
+        cfg = gateway_config(
+            mqtt_port, sim.port, [{"id": "lat", "source": {"poll": poll}, "tags": tags}], poll, api_port=api
+        )
         poll_mode = await _probe_changes(mqtt_port, cfg, lambda k: sim.set("probe", k), changes, api)
     finally:
         await sim.stop()
@@ -349,22 +407,33 @@ async def _opcua_latency(mqtt_port: int, publishing: float, changes: int) -> dic
     # asyncua is heavy: only this figure needs it
     from simulators.opcua_sim import OpcUaSimulator
 
-    cfg = PlantConfig.model_validate({"seed": 1, "signals": {}, "opcua": {
-        "nodes": [{"name": "probe", "id": "Bench.Probe", "type": "Int32", "value": 0}]}})
+    cfg = PlantConfig.model_validate(
+        {
+            "seed": 1,
+            "signals": {},
+            "opcua": {"nodes": [{"name": "probe", "id": "Bench.Probe", "type": "Int32", "value": 0}]},
+        }
+    )
     sim = OpcUaSimulator(Plant(cfg), port=free_port(), clock=False)
     await sim.start()
     try:
-        source = {"driver": "opcua", "endpoint": sim.endpoint, "mode": "subscribe", "poll": publishing,
-                  "sampling_interval": 0, "timeout": 5}
+        source = {
+            "driver": "opcua",
+            "endpoint": sim.endpoint,
+            "mode": "subscribe",
+            "poll": publishing,
+            "sampling_interval": 0,
+            "timeout": 5,
+        }
         tags = [{"name": "probe", "node": sim.node_id("probe")}]
         api = free_port()
-        gcfg = gateway_config(mqtt_port, None, [{"id": "opc", "source": source, "tags": tags}], publishing,
-                              api_port=api)
+        gcfg = gateway_config(
+            mqtt_port, None, [{"id": "opc", "source": source, "tags": tags}], publishing, api_port=api
+        )
         result = await _probe_changes(mqtt_port, gcfg, lambda k: sim.set("probe", k), changes, api)
     finally:
         await sim.stop()
-    return {"publishing_interval_s": publishing, "sampling_interval_s": 0, "publish_interval_s": publishing,
-            **result}
+    return {"publishing_interval_s": publishing, "sampling_interval_s": 0, "publish_interval_s": publishing, **result}
 
 
 async def _scale(mqtt_port: int, quick: bool) -> dict[str, Any]:
@@ -418,14 +487,21 @@ async def _scale(mqtt_port: int, quick: bool) -> dict[str, Any]:
             gw.stop()
     finally:
         await sim.stop()
-    return {"devices": devices, "tags": devices * per, "poll_s": 1.0, "buffer_seconds": buffer_s,
-            "seconds": seconds, "cpu_share_of_one_core": round((c1 - c0) / (t1 - t0), 4),
-            "startup_to_first_message_s": round(startup, 2),
-            "peak_rss_mb": round(rss, 1), "ring_mb": round(ring_mb, 1),
-            "rss_beyond_rings_mb": round(beyond[0], 1),
-            "peak_rss_mb_rings_full": round(rss + ring_mb * (1 - written), 1),
-            "rss_units": "MiB (VmHWM / 1024; beyond rings: peak of VmRSS sampled every 50 ms minus the ring "
-                         "bytes written by then)"}
+    return {
+        "devices": devices,
+        "tags": devices * per,
+        "poll_s": 1.0,
+        "buffer_seconds": buffer_s,
+        "seconds": seconds,
+        "cpu_share_of_one_core": round((c1 - c0) / (t1 - t0), 4),
+        "startup_to_first_message_s": round(startup, 2),
+        "peak_rss_mb": round(rss, 1),
+        "ring_mb": round(ring_mb, 1),
+        "rss_beyond_rings_mb": round(beyond[0], 1),
+        "peak_rss_mb_rings_full": round(rss + ring_mb * (1 - written), 1),
+        "rss_units": "MiB (VmHWM / 1024; beyond rings: peak of VmRSS sampled every 50 ms minus the ring "
+        "bytes written by then)",
+    }
 
 
 SPOOL_BYTES = 256 * 2**20
@@ -441,8 +517,17 @@ def fill_spool(directory: Path, total: int = SPOOL_BYTES, payload_bytes: int = 8
     seq, created = spool.last_seq, time.time_ns()
     try:
         while True:
-            batch = [SpoolRecord(seq=seq + k + 1, topic=f"{NS}/bench-gw/data/spooled", payload=body, samples=100,
-                                 created_ns=created, qos=1) for k in range(256)]
+            batch = [
+                SpoolRecord(
+                    seq=seq + k + 1,
+                    topic=f"{NS}/bench-gw/data/spooled",
+                    payload=body,
+                    samples=100,
+                    created_ns=created,
+                    qos=1,
+                )
+                for k in range(256)
+            ]
             size = len(encode_record(batch[0]))
             n = min(len(batch), (total - spool.bytes) // size)
             if n <= 0:
@@ -493,8 +578,7 @@ async def _startup_full_spool(mqtt_port: int, quick: bool) -> dict[str, Any]:
 
     try:
         tags = [{"name": "probe", "address": "hr:8", "type": "uint16"}]
-        cfg = gateway_config(mqtt_port, sim.port, [{"id": "live", "source": {"poll": 0.1}, "tags": tags}], 0.1,
-                             qos=1)
+        cfg = gateway_config(mqtt_port, sim.port, [{"id": "live", "source": {"poll": 0.1}, "tags": tags}], 0.1, qos=1)
         # the same gateway with an empty spool first: what the spool adds to the start-up
         empty = FirstMessage(mqtt_port)
         try:
@@ -521,8 +605,12 @@ async def _startup_full_spool(mqtt_port: int, quick: bool) -> dict[str, Any]:
     finally:
         await sim.stop()
     assert sub.first is not None and sub.first_live is not None and sub.first_replayed is not None  # _wait returned
-    return {"spool_mib": round(held["bytes"] / 2**20, 1), "spool_messages": held["messages"],
-            "fill_s": round(fill_s, 2), "empty_spool_to_first_message_s": round(empty_s, 2),
-            "full_spool_to_first_message_s": round(sub.first - gw.started, 2),
-            "full_spool_to_first_live_message_s": round(sub.first_live - gw.started, 2),
-            "full_spool_to_first_replayed_message_s": round(sub.first_replayed - gw.started, 2)}
+    return {
+        "spool_mib": round(held["bytes"] / 2**20, 1),
+        "spool_messages": held["messages"],
+        "fill_s": round(fill_s, 2),
+        "empty_spool_to_first_message_s": round(empty_s, 2),
+        "full_spool_to_first_message_s": round(sub.first - gw.started, 2),
+        "full_spool_to_first_live_message_s": round(sub.first_live - gw.started, 2),
+        "full_spool_to_first_replayed_message_s": round(sub.first_replayed - gw.started, 2),
+    }

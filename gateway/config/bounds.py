@@ -116,8 +116,14 @@ def graph_bounds(file: str, root: Any) -> list[ConfigIssue]:
         if size[key] > MAX_ALIAS_VALUES:  # only then count what the file spells out below it
             added = size[key] - _unique(node)
             if added > MAX_ALIAS_VALUES:
-                return [_bound_issue(file, node, f"its aliases expand to {_count(size[key])} values, more than "
-                                     f"{MAX_ALIAS_VALUES:,} beyond what the file spells out (a YAML alias bomb?)")]
+                return [
+                    _bound_issue(
+                        file,
+                        node,
+                        f"its aliases expand to {_count(size[key])} values, more than "
+                        f"{MAX_ALIAS_VALUES:,} beyond what the file spells out (a YAML alias bomb?)",
+                    )
+                ]
     return []
 
 

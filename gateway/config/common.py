@@ -102,8 +102,11 @@ class TagBase(StrictModel):
         "(see docs/reduction.md)",
     )
     deadband_percent: float = Field(
-        0.0, ge=0, le=100, description="rbe: publish only when the value moved more than this percent of the last "
-        "value sent (with `deadband` too: the larger threshold applies)"
+        0.0,
+        ge=0,
+        le=100,
+        description="rbe: publish only when the value moved more than this percent of the last "
+        "value sent (with `deadband` too: the larger threshold applies)",
     )
     points: int = Field(20, ge=3, le=10000, description="lttb: samples kept per publish window")
     deviation: float = Field(

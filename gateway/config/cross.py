@@ -105,13 +105,18 @@ def _clash(prev: _User, user: _User, where: str) -> tuple[tuple[Any, ...], str] 
     if before.user != claim.user:
         return at, f"{where} is already used by {prev.who} ({before.user}); {user.who} ({claim.user}) cannot share it"
     if not claim.shared:
-        return at, f"{where} is already opened by {prev.who}; a port is opened by one asset only (the driver holds it exclusively)"
+        return (
+            at,
+            f"{where} is already opened by {prev.who}; a port is opened by one asset only (the driver holds it exclusively)",
+        )
     theirs = dict(before.settings)
     names = ", ".join(k for k, _ in claim.settings)
     for key, value in claim.settings:
         if key in theirs and theirs[key] != value:
-            text = (f"{key} {value!r} differs from {prev.who} on the same line {where} ({key} {theirs[key]!r}); "
-                    f"every asset on one port must use the same {names}")
+            text = (
+                f"{key} {value!r} differs from {prev.who} on the same line {where} ({key} {theirs[key]!r}); "
+                f"every asset on one port must use the same {names}"
+            )
             return user.loc + (key,), text
     return None
 
@@ -130,8 +135,10 @@ def _api_clashes(cfg: Any, users: list[_User]) -> list[tuple[tuple[Any, ...], st
         kind, _, rest = user.claim.resource.partition(":")
         host, _, port = rest.rpartition(":")
         if kind == "tcp" and port.isdigit() and int(port) == api.port and _same_machine(api.host, host):
-            text = (f"{api.listen} is where {user.who} is ({user.claim.user} at {host}:{port}): the status API "
-                    f"cannot listen on an address the gateway connects to; choose another port")
+            text = (
+                f"{api.listen} is where {user.who} is ({user.claim.user} at {host}:{port}): the status API "
+                f"cannot listen on an address the gateway connects to; choose another port"
+            )
             out.append((("api", "listen"), text))
             break
     return out
@@ -176,7 +183,7 @@ def tls_problems(cfg: Any) -> list[tuple[tuple[Any, ...], str]]:
             except UplinkConfigError as exc:
                 text = str(exc)
                 m = _TLS_FIELD.match(text)
-                found.append((at + ("tls", m.group(1)) if m else at + ("tls",), text[m.end():] if m else text))
+                found.append((at + ("tls", m.group(1)) if m else at + ("tls",), text[m.end() :] if m else text))
     return found
 
 
@@ -196,8 +203,10 @@ def ring_memory(cfg: Any) -> list[tuple[tuple[Any, ...], str]]:
     if total <= MAX_RING_BYTES:
         return []
     biggest, asset = max(per_asset)
-    text = (f"{seconds:g} s of history per tag needs {_size(total)} of RAM ({_size(biggest)} for asset {asset!r} "
-            f"alone), more than {_size(MAX_RING_BYTES)}; keep fewer seconds or poll less often")
+    text = (
+        f"{seconds:g} s of history per tag needs {_size(total)} of RAM ({_size(biggest)} for asset {asset!r} "
+        f"alone), more than {_size(MAX_RING_BYTES)}; keep fewer seconds or poll less often"
+    )
     return [(("buffer", "seconds"), text)]
 
 

@@ -169,7 +169,7 @@ def readable(
             if field is not None and field.description:
                 msg = f"{msg}: {field.description}"
     elif kind == "string_type" and secret and isinstance(value, (int, float)):
-        msg = f"{msg}: a secret is text; quote it (\"...\") so that YAML does not read it as a number"
+        msg = f'{msg}: a secret is text; quote it ("...") so that YAML does not read it as a number'
     msg = " ".join(msg.split())
 
     if secrets:

@@ -92,8 +92,10 @@ class LinkSection(StrictModel):
     keepalive: Duration | None = Field(None, ge=5, description="MQTT keepalive on this link (default: the uplink's)")
     metered: bool = Field(False, description="A link that costs per byte (cellular); shown on the status API")
     max_bytes_per_day: int | None = Field(
-        None, ge=1024, description="Daily byte budget (local midnight to midnight); once spent, data goes to the "
-        "spool until the budget resets or a better link returns; statuses are still sent"
+        None,
+        ge=1024,
+        description="Daily byte budget (local midnight to midnight); once spent, data goes to the "
+        "spool until the budget resets or a better link returns; statuses are still sent",
     )
     publish_interval: Duration | None = Field(None, gt=0)
     reduce: ReduceProfile | None = None
@@ -115,7 +117,9 @@ class MqttSection(StrictModel):
     format: Literal["json", "sparkplug"] = Field(
         "json", description="Payload format: json (Unified Namespace topics) or sparkplug (Sparkplug B 3.0 edge node)"
     )
-    group_id: str | None = Field(None, description="sparkplug: the Sparkplug group id (required with format: sparkplug)")
+    group_id: str | None = Field(
+        None, description="sparkplug: the Sparkplug group id (required with format: sparkplug)"
+    )
     primary_host_id: str | None = Field(
         None, description="sparkplug: publish births only while this host application's STATE is online"
     )
@@ -133,28 +137,36 @@ class MqttSection(StrictModel):
     heartbeat: Duration = Field(60.0, gt=0, description="Every tag is sent at least this often, changed or not")
     qos: Literal[0, 1] = 1
     reconnect_max: Duration = Field(5.0, gt=0, description="Cap of the reconnect backoff (jittered)")
-    max_queued: int = Field(10000, ge=1, description="Data messages waiting in RAM for the link; beyond this they go to the disk spool")
+    max_queued: int = Field(
+        10000, ge=1, description="Data messages waiting in RAM for the link; beyond this they go to the disk spool"
+    )
     compression: Compression = Field(
         "none", description="Compress data payloads; the topic then ends in /zlib or /zstd (docs/reduction.md)"
     )
     payload: PayloadShape = Field(
-        "full", description="full: every tag as {ts, v, q}; compact: a bare value where quality is good and ts "
-        "is the message's (README: Compact payload)"
+        "full",
+        description="full: every tag as {ts, v, q}; compact: a bare value where quality is good and ts "
+        "is the message's (README: Compact payload)",
     )
     compact_ts_tolerance: Duration = Field(
-        0.05, ge=0, le=10, description="compact: a good value sampled at most this long before the message's ts "
-        "is written bare (the message ts stands for it); 0: only an exactly equal ts"
+        0.05,
+        ge=0,
+        le=10,
+        description="compact: a good value sampled at most this long before the message's ts "
+        "is written bare (the message ts stands for it); 0: only an exactly equal ts",
     )
     reduce: ReduceProfile | None = Field(
         None, description="Reduction defaults for every tag that does not set the field itself (docs/reduction.md)"
     )
     failback_after: Duration = Field(
-        60.0, ge=0, description="Return to a better link once it has been reachable this long (probed with a real "
-        "MQTT connect)"
+        60.0,
+        ge=0,
+        description="Return to a better link once it has been reachable this long (probed with a real MQTT connect)",
     )
     last_interval: Duration = Field(
-        10.0, ge=0, description="Retained {namespace}/{asset}/last with every tag's last value, at most this often "
-        "(0: off)"
+        10.0,
+        ge=0,
+        description="Retained {namespace}/{asset}/last with every tag's last value, at most this often (0: off)",
     )
     metrics_interval: Duration = Field(10.0, gt=0, description="How often the retained metrics message is sent")
     commands: bool | None = Field(
@@ -200,8 +212,11 @@ class MqttSection(StrictModel):
             if self.group_id is None:
                 raise PydanticCustomError("missing_group", "format: sparkplug needs group_id", {})
             if self.compression != "none" or any(k.compression not in (None, "none") for k in self.links or ()):
-                raise PydanticCustomError("sparkplug_compression",
-                                          "Sparkplug payloads are protobuf, sent uncompressed: remove compression", {})
+                raise PydanticCustomError(
+                    "sparkplug_compression",
+                    "Sparkplug payloads are protobuf, sent uncompressed: remove compression",
+                    {},
+                )
         elif self.group_id is not None or self.primary_host_id is not None:
             raise PydanticCustomError("sparkplug_only", "group_id and primary_host_id need format: sparkplug", {})
         return self
@@ -244,8 +259,10 @@ class ApiSection(StrictModel):
     def _host_port(cls, v: str) -> str:
         host, sep, port = v.rpartition(":")
         if not sep or not host or not port.isdigit() or not (1 <= int(port) <= 65535) or not _bindable(host):
-            raise ValueError("expected host:port, e.g. 127.0.0.1:8080, 0.0.0.0:8080 or [::1]:8080 (an IP address "
-                             "or a host name of letters, digits, '-' and '.', and a port 1..65535)")
+            raise ValueError(
+                "expected host:port, e.g. 127.0.0.1:8080, 0.0.0.0:8080 or [::1]:8080 (an IP address "
+                "or a host name of letters, digits, '-' and '.', and a port 1..65535)"
+            )
         return v
 
     @property
@@ -275,7 +292,8 @@ class SpoolSection(StrictModel):
 
     path: str | None = Field(None, description="Spool directory (default: <gateway.state_dir>/spool)")
     max_bytes: int = Field(
-        256 * 1024 * 1024, ge=64 * 1024,
+        256 * 1024 * 1024,
+        ge=64 * 1024,
         description="Disk budget of the spooled messages in bytes (default 256 MiB); beyond it the policy applies",
     )
     policy: Literal["drop_oldest", "drop_newest"] = Field(

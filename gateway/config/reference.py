@@ -124,17 +124,32 @@ class _Walker:
         elif kind == "string" and node.get("format") == "password":
             text = "secret string"
         elif kind == "object" and "additionalProperties" in node:
-            text = "mapping of name to " + self.type_of(node["additionalProperties"]) if isinstance(
-                node["additionalProperties"], dict) else "mapping"
+            text = (
+                "mapping of name to " + self.type_of(node["additionalProperties"])
+                if isinstance(node["additionalProperties"], dict)
+                else "mapping"
+            )
         elif isinstance(kind, list):
             text = " or ".join(kind)
         else:
-            text = {"integer": "integer", "number": "number", "string": "string", "boolean": "boolean",
-                    "object": "mapping"}.get(str(kind), "any")
+            text = {
+                "integer": "integer",
+                "number": "number",
+                "string": "string",
+                "boolean": "boolean",
+                "object": "mapping",
+            }.get(str(kind), "any")
         limits = []
-        for key, sign in (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<"),
-                          ("minLength", "length ≥"), ("maxLength", "length ≤"), ("minItems", "items ≥"),
-                          ("maxItems", "items ≤")):
+        for key, sign in (
+            ("minimum", "≥"),
+            ("exclusiveMinimum", ">"),
+            ("maximum", "≤"),
+            ("exclusiveMaximum", "<"),
+            ("minLength", "length ≥"),
+            ("maxLength", "length ≤"),
+            ("minItems", "items ≥"),
+            ("maxItems", "items ≤"),
+        ):
             if key in node:
                 limits.append(f"{sign} {node[key]:g}" if isinstance(node[key], float) else f"{sign} {node[key]}")
         return text + (f" ({', '.join(limits)})" if limits else "")
@@ -169,15 +184,21 @@ class _Walker:
         keys = sorted(props, key=lambda k: k != "driver")  # the key that selects a source's model first
         for key in keys:
             prop = props[key]
-            rows.append(f"| `{key}` | {_cell(self.type_of(prop))} | {_cell(self.default_of(prop, key in required))} "
-                        f"| {self.description_of(prop)} |")
+            rows.append(
+                f"| `{key}` | {_cell(self.type_of(prop))} | {_cell(self.default_of(prop, key in required))} "
+                f"| {self.description_of(prop)} |"
+            )
         return rows
 
     def section(self, name: str) -> list[str]:
         model = self.defs[name]
         first, *others = self.paths[name]
-        out = ["", f'<a id="{_anchor(first)}"></a>', f"## `{first.split(' (')[0]}`" + (
-            f" ({first.split(' (', 1)[1]}" if " (" in first else ""), ""]
+        out = [
+            "",
+            f'<a id="{_anchor(first)}"></a>',
+            f"## `{first.split(' (')[0]}`" + (f" ({first.split(' (', 1)[1]}" if " (" in first else ""),
+            "",
+        ]
         if model.get("description"):
             out += [_cell(model["description"]), ""]
         if others:
@@ -219,8 +240,10 @@ def cmd_markdown(output: str = "docs/config.md") -> int:
     try:
         Path(output).write_text(text, encoding="utf-8")
     except OSError as exc:
-        print(f"cannot write {output}: {exc.strerror or exc} (run it from the project folder, or pass -o FILE)",
-              file=sys.stderr)
+        print(
+            f"cannot write {output}: {exc.strerror or exc} (run it from the project folder, or pass -o FILE)",
+            file=sys.stderr,
+        )
         return 1
     print(f"wrote {output}", file=sys.stderr)
     return 0

@@ -82,7 +82,6 @@ class _Place:
     node: Any
 
 
-
 def load_located(file: str, text: str, env: Mapping[str, str], model: type[BaseModel]) -> Any:
     """The validated config of ``text`` (read from ``file``), or a :class:`ConfigError` with every problem,
     each at its line."""
@@ -233,7 +232,12 @@ def _plain(
 
 
 def _substituted(
-    doc: _Document, text: str, parts: tuple[Any, ...], pos: tuple[int, int], env: Mapping[str, str], base: Path,
+    doc: _Document,
+    text: str,
+    parts: tuple[Any, ...],
+    pos: tuple[int, int],
+    env: Mapping[str, str],
+    base: Path,
     secret: bool,
 ) -> str:
     """``text`` with its ``${...}`` resolved; an unresolvable one is an issue (saying nothing of a secret's
@@ -244,8 +248,10 @@ def _substituted(
         doc.unresolved.add(parts)
         message = str(e)
         if secret and _SINGLE_REFERENCE.fullmatch(text) is None:
-            message = (f"cannot resolve the ${{...}} in this secret value (not shown); expected {FORMS}, "
-                       "and $${ for a literal ${")
+            message = (
+                f"cannot resolve the ${{...}} in this secret value (not shown); expected {FORMS}, "
+                "and $${ for a literal ${"
+            )
         doc.issues.append(ConfigIssue(doc.file, pos[0] + 1, pos[1] + 1, format_path(parts), message))
         return text
     if result is None:
@@ -340,7 +346,10 @@ def _duplicates(doc: _Document) -> list[ConfigIssue]:
             if value in first:
                 issues.append(
                     ConfigIssue(
-                        doc.file, place.line, place.column, format_path(place.parts),
+                        doc.file,
+                        place.line,
+                        place.column,
+                        format_path(place.parts),
                         f"duplicate {what} {value!r} (first at line {first[value]})",
                     )
                 )

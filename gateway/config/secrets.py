@@ -72,7 +72,7 @@ def texts_in_yaml(text: str) -> set[str]:
         for m in _KEY.finditer(line):
             if not is_secret_key(m.group(1)):
                 continue
-            raw = line[m.end():].strip()
+            raw = line[m.end() :].strip()
             for candidate in (raw, re.split(r"[,}\]]", raw, maxsplit=1)[0], raw.split(" #", 1)[0]):
                 v = _ANCHOR.sub("", candidate.strip()).lstrip("*").strip().strip("'\"")
                 found |= literal_parts(v)

@@ -71,9 +71,7 @@ def substitute(text: str, env: Mapping[str, str], base_dir: Path) -> Substituted
         if default is not None:
             return value if value else default
         if value is None:
-            problems.append(
-                f"environment variable {name} is not set (set it, or give a default: ${{{name}:-default}})"
-            )
+            problems.append(f"environment variable {name} is not set (set it, or give a default: ${{{name}:-default}})")
             return token
         return value
 

@@ -100,8 +100,18 @@ _BY_TYPE = {
     "string": DataType.String,
 }  # fmt: skip
 _SIGNED32 = frozenset({DataType.Int8, DataType.Int16, DataType.Int32})
-_INTEGER = frozenset({DataType.Int8, DataType.Int16, DataType.Int32, DataType.Int64, DataType.UInt8,
-                      DataType.UInt16, DataType.UInt32, DataType.UInt64})
+_INTEGER = frozenset(
+    {
+        DataType.Int8,
+        DataType.Int16,
+        DataType.Int32,
+        DataType.Int64,
+        DataType.UInt8,
+        DataType.UInt16,
+        DataType.UInt32,
+        DataType.UInt64,
+    }
+)
 #: inclusive value range of each integer datatype
 _RANGE = {
     DataType.Int8: (-(2**7), 2**7 - 1), DataType.Int16: (-(2**15), 2**15 - 1),
@@ -254,8 +264,9 @@ class Aliases:
 class _Device:
     """One asset's metric table (arrays over its tags)."""
 
-    def __init__(self, asset_id: str, tags: Sequence[TagBase], aliases: Aliases,
-                 datatypes: Mapping[str, DataType]) -> None:
+    def __init__(
+        self, asset_id: str, tags: Sequence[TagBase], aliases: Aliases, datatypes: Mapping[str, DataType]
+    ) -> None:
         self.id = asset_id
         self.tags = list(tags)
         self.names = [t.name for t in tags]
@@ -276,19 +287,38 @@ class _Device:
 
     def use_profile(self, profile: ReduceProfile | None) -> None:
         """Declare the aggregate metrics ``profile`` (with the tags' own settings) gives; rebuild the maps."""
-        self.agg_declared = [tuple(k for k in AGGREGATES if k in effective_settings(t, profile)["aggregate"])
-                             for t in self.tags]
-        infos = [MetricInfo(self.id, name, name, int(self.alias[i]), DataType(int(self.datatype[i])), i)
-                 for i, name in enumerate(self.names)]
+        self.agg_declared = [
+            tuple(k for k in AGGREGATES if k in effective_settings(t, profile)["aggregate"]) for t in self.tags
+        ]
+        infos = [
+            MetricInfo(self.id, name, name, int(self.alias[i]), DataType(int(self.datatype[i])), i)
+            for i, name in enumerate(self.names)
+        ]
         for i, keys in enumerate(self.agg_declared):
-            infos += [MetricInfo(self.id, self.names[i], f"{self.names[i]}/{k}", int(self.agg_alias[k][i]),
-                                 self.agg_datatype(i, k), i) for k in keys]
+            infos += [
+                MetricInfo(
+                    self.id,
+                    self.names[i],
+                    f"{self.names[i]}/{k}",
+                    int(self.agg_alias[k][i]),
+                    self.agg_datatype(i, k),
+                    i,
+                )
+                for k in keys
+            ]
         self.by_alias = {m.alias: m for m in infos}
         self.by_name = {m.name: m for m in infos}
 
 
-def _set_values(p: Any, aliases: list[int], datatypes: np.ndarray, ts: list[int], values: np.ndarray,
-                null: np.ndarray, names: list[str] | None = None) -> list[Any]:
+def _set_values(
+    p: Any,
+    aliases: list[int],
+    datatypes: np.ndarray,
+    ts: list[int],
+    values: np.ndarray,
+    null: np.ndarray,
+    names: list[str] | None = None,
+) -> list[Any]:
     """Append one metric per element (vectorised conversion, one protobuf metric each); returns them."""
     n = len(aliases)
     out: list[Any] = []
@@ -368,9 +398,17 @@ class EdgeNode:
     name -> datatype overrides (e.g. OPC UA tags whose server type is known).
     """
 
-    def __init__(self, group_id: str, node_id: str, assets: Mapping[str, HasTags], state_dir: str | Path | None,
-                 *, key: str | None = None, profile: ReduceProfile | None = None,
-                 datatypes: Mapping[str, Mapping[str, DataType | int | str]] | None = None) -> None:
+    def __init__(
+        self,
+        group_id: str,
+        node_id: str,
+        assets: Mapping[str, HasTags],
+        state_dir: str | Path | None,
+        *,
+        key: str | None = None,
+        profile: ReduceProfile | None = None,
+        datatypes: Mapping[str, Mapping[str, DataType | int | str]] | None = None,
+    ) -> None:
         for what, value in (("group_id", group_id), ("edge node id", node_id)):
             if not value or any(c in value for c in "/+#"):
                 raise ValueError(f"Sparkplug {what} {value!r}: must be non-empty without '/', '+' or '#'")
@@ -416,13 +454,23 @@ class EdgeNode:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.warning("sparkplug %s/%s: cannot read %s (%s); bdSeq starts at 0", self.group_id, self.node_id,
-                        self.bdseq_file, exc)
+            log.warning(
+                "sparkplug %s/%s: cannot read %s (%s); bdSeq starts at 0",
+                self.group_id,
+                self.node_id,
+                self.bdseq_file,
+                exc,
+            )
             return None
         if text.isdigit() and int(text) <= 255:
             return int(text)
-        log.warning("sparkplug %s/%s: %s holds %r, not 0..255; bdSeq starts at 0", self.group_id, self.node_id,
-                    self.bdseq_file, text[:20])
+        log.warning(
+            "sparkplug %s/%s: %s holds %r, not 0..255; bdSeq starts at 0",
+            self.group_id,
+            self.node_id,
+            self.bdseq_file,
+            text[:20],
+        )
         return None
 
     def will(self) -> tuple[str, bytes]:
@@ -437,8 +485,9 @@ class EdgeNode:
                 tmp.write_text(f"{self.bdseq}\n")
                 os.replace(tmp, self.bdseq_file)
             except OSError as exc:  # the session still works; only a restart may repeat a bdSeq
-                log.warning("sparkplug %s/%s: cannot save bdSeq to %s: %s", self.group_id, self.node_id,
-                            self.bdseq_file, exc)
+                log.warning(
+                    "sparkplug %s/%s: cannot save bdSeq to %s: %s", self.group_id, self.node_id, self.bdseq_file, exc
+                )
         return self.death()
 
     def death(self) -> tuple[str, bytes]:
@@ -505,8 +554,13 @@ class EdgeNode:
                 _quality(m, codes[i])
         for i, keys in enumerate(dev.agg_declared):
             for k in keys:
-                m = p.metrics.add(name=f"{dev.names[i]}/{k}", alias=int(dev.agg_alias[k][i]), timestamp=ts,
-                                  datatype=dev.agg_datatype(i, k), is_null=True)
+                m = p.metrics.add(
+                    name=f"{dev.names[i]}/{k}",
+                    alias=int(dev.agg_alias[k][i]),
+                    timestamp=ts,
+                    datatype=dev.agg_datatype(i, k),
+                    is_null=True,
+                )
                 if dev.units[i]:
                     _unit(m, dev.units[i])
         return self.topic("DBIRTH", asset_id), p.SerializeToString()
@@ -539,8 +593,9 @@ class EdgeNode:
     def _rows(self, p: Any, dev: _Device, r: Reduced, pos: np.ndarray) -> None:
         rows = r.rows[pos]
         q = r.quality[pos].astype(np.int64)
-        ms = _set_values(p, dev.alias[rows].tolist(), dev.datatype[rows], r.ts_ms[pos].tolist(), r.values[pos],
-                         q == Quality.BAD)
+        ms = _set_values(
+            p, dev.alias[rows].tolist(), dev.datatype[rows], r.ts_ms[pos].tolist(), r.values[pos], q == Quality.BAD
+        )
         if r.strings:
             at = {int(j): k for k, j in enumerate(pos.tolist())}
             _strings(ms, {at[j]: s for j, s in r.strings.items() if j in at}, dev.datatype[rows])
@@ -562,8 +617,9 @@ class EdgeNode:
             i = int(r.rows[j])
             n = len(s.values)
             q = s.quality.astype(np.int64)
-            ms = _set_values(p, [int(dev.alias[i])] * n, np.full(n, dev.datatype[i]), s.ts_ms.tolist(), s.values,
-                             q == Quality.BAD)
+            ms = _set_values(
+                p, [int(dev.alias[i])] * n, np.full(n, dev.datatype[i]), s.ts_ms.tolist(), s.values, q == Quality.BAD
+            )
             for k in np.flatnonzero(q != Quality.GOOD).tolist():
                 _quality(ms[k], int(QUALITY_CODES[q[k]]))
             if n == 0 or int(r.ts_ms[j]) > int(s.ts_ms[-1]):
@@ -578,8 +634,14 @@ class EdgeNode:
                 continue
             vals = np.array([r.agg[key][k] for key in keys], dtype=np.float64)
             dts = np.array([dev.agg_datatype(i, key) for key in keys], dtype=np.int64)
-            _set_values(p, [int(dev.agg_alias[key][i]) for key in keys], dts, [int(r.ts_ms[j])] * len(keys), vals,
-                        np.zeros(len(keys), dtype=bool))
+            _set_values(
+                p,
+                [int(dev.agg_alias[key][i]) for key in keys],
+                dts,
+                [int(r.ts_ms[j])] * len(keys),
+                vals,
+                np.zeros(len(keys), dtype=bool),
+            )
 
     def data(self, asset: str, seq: int, ts_ms: int, reduced: Reduced) -> bytes:
         """The :class:`~gateway.encoders.Encoder` form of :meth:`ddata` (the publisher's ``seq`` is not
@@ -598,8 +660,11 @@ class EdgeNode:
         if p is None:
             return False
         for m in p.metrics:
-            if (m.name == REBIRTH or (not m.name and m.alias == Aliases.NODE[REBIRTH])) \
-                    and m.WhichOneof("value") == "boolean_value" and m.boolean_value:
+            if (
+                (m.name == REBIRTH or (not m.name and m.alias == Aliases.NODE[REBIRTH]))
+                and m.WhichOneof("value") == "boolean_value"
+                and m.boolean_value
+            ):
                 return True
         return False
 
@@ -608,7 +673,7 @@ class EdgeNode:
         prefix = self.topic("DCMD") + "/"
         if not topic_name.startswith(prefix):
             return None
-        device = topic_name[len(prefix):]
+        device = topic_name[len(prefix) :]
         return device if device in self.devices else None
 
     def parse_dcmd(self, asset_id: str, payload: bytes) -> tuple[list[Write], list[str]]:
@@ -711,4 +776,3 @@ def payload_json(payload: bytes) -> dict[str, Any]:
     from google.protobuf.json_format import MessageToDict
 
     return MessageToDict(Payload.FromString(payload), preserving_proto_field_name=True)
-

@@ -30,7 +30,7 @@ def publish_size(topic: str, payload_len: int, qos: int) -> int:
     """Bytes of one MQTT 3.1.1 PUBLISH packet: fixed header, remaining-length varint, topic, packet id, payload."""
     rem = 2 + len(topic.encode()) + (2 if qos else 0) + payload_len
     n = 1
-    while rem >= 128 ** n:
+    while rem >= 128**n:
         n += 1
     return 1 + n + rem
 
@@ -59,7 +59,7 @@ class Link:
         self.port: int = src.port
         self.bind_address: str | None = getattr(cfg, "bind_address", None)
         self.bind_interface: str | None = getattr(cfg, "bind_interface", None)
-        self.tls: TlsSection | None = (cfg.tls if cfg is not None and cfg.tls is not None else up.tls)
+        self.tls: TlsSection | None = cfg.tls if cfg is not None and cfg.tls is not None else up.tls
         self.username: str | None = cfg.username if cfg is not None and cfg.username is not None else up.username
         pw = cfg.password if cfg is not None and cfg.password is not None else up.password
         self.password: str | None = pw.get_secret_value() if pw is not None else None
@@ -106,9 +106,12 @@ class Link:
         self._today_bytes += n
         if self.max_bytes_per_day is not None and not self.exhausted and self._today_bytes >= self.max_bytes_per_day:
             self.exhausted = True
-            log.warning("link %s: daily byte budget of %d bytes spent (max_bytes_per_day); data goes to the "
-                        "spool until midnight or a better link returns (statuses are still sent)",
-                        self.name, self.max_bytes_per_day)
+            log.warning(
+                "link %s: daily byte budget of %d bytes spent (max_bytes_per_day); data goes to the "
+                "spool until midnight or a better link returns (statuses are still sent)",
+                self.name,
+                self.max_bytes_per_day,
+            )
 
     def roll_day(self) -> bool:
         """At local midnight the budget starts again: True when that just opened a spent budget."""

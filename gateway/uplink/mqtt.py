@@ -110,11 +110,23 @@ class _Client(paho.Client):
         raise last or OSError(f"cannot resolve {host}")
 
 
-def _make_paho(link: Link, client_id: str, ssl_ctx: ssl.SSLContext | None, *, will: tuple[str, bytes] | None,
-               keepalive: float, connect_timeout: float = _CONNECT_TIMEOUT) -> _Client:
+def _make_paho(
+    link: Link,
+    client_id: str,
+    ssl_ctx: ssl.SSLContext | None,
+    *,
+    will: tuple[str, bytes] | None,
+    keepalive: float,
+    connect_timeout: float = _CONNECT_TIMEOUT,
+) -> _Client:
     # reconnect_on_failure=False: paho must never call the blocking reconnect() itself (on the loop).
-    client = _Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
-                     protocol=paho.MQTTv311, reconnect_on_failure=False)
+    client = _Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=True,
+        protocol=paho.MQTTv311,
+        reconnect_on_failure=False,
+    )
     client.bind_interface = link.bind_interface
     client.max_inflight_messages_set(0)  # the delivery keeps its own window; paho sends at once
     client.connect_timeout = connect_timeout
@@ -124,8 +136,7 @@ def _make_paho(link: Link, client_id: str, ssl_ctx: ssl.SSLContext | None, *, wi
         client.will_set(will[0], will[1], qos=1, retain=True)
     if ssl_ctx is not None:
         client.tls_set_context(ssl_ctx)
-    client.connect_async(link.host, link.port, keepalive=max(1, round(keepalive)),
-                         bind_address=link.bind_address or "")
+    client.connect_async(link.host, link.port, keepalive=max(1, round(keepalive)), bind_address=link.bind_address or "")
     return client
 
 
@@ -265,8 +276,7 @@ class MqttUplink:
     def accepts_data(self) -> bool:
         """Connected, not switching links, and the active link's byte budget not spent."""
         link = self._link
-        return (self._connected and not self._draining and not self._hold
-                and not (link is not None and link.exhausted))
+        return self._connected and not self._draining and not self._hold and not (link is not None and link.exhausted)
 
     @property
     def hold(self) -> bool:
@@ -304,7 +314,9 @@ class MqttUplink:
             "connect_failures": self._connect_failures,
             "last_error": self._last_error,
             "connected_since": self._connected_since,
-            "links": {link.name: link.stats(i == self._active and self._connected) for i, link in enumerate(self.links)},
+            "links": {
+                link.name: link.stats(i == self._active and self._connected) for i, link in enumerate(self.links)
+            },
         }
 
     def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False) -> None:
@@ -334,8 +346,12 @@ class MqttUplink:
         if self._connected and self._client is not None:
             self._client.subscribe(topic_filter, qos)
 
-    def set_delivery(self, on_ack: Callable[[int], None], on_lost: Callable[[], None],
-                     on_data_gate: Callable[[bool], None] | None = None) -> None:
+    def set_delivery(
+        self,
+        on_ack: Callable[[int], None],
+        on_lost: Callable[[], None],
+        on_data_gate: Callable[[bool], None] | None = None,
+    ) -> None:
         """Register the owner of :meth:`try_send` messages (the delivery): ``on_ack(mid)`` when the broker
         acknowledged one; ``on_lost()`` when the link is gone and no unacknowledged one will ever be
         acknowledged (called before any reconnect, on the loop thread; also when the first connect attempt
@@ -473,8 +489,7 @@ class MqttUplink:
         client = self._clients.get(link.name)
         if client is None:
             will = (self._status_topic, b"offline") if self._status_topic is not None and self._will is None else None
-            client = _make_paho(link, self._client_id, self._ssl.get(link.name), will=will,
-                                keepalive=link.keepalive)
+            client = _make_paho(link, self._client_id, self._ssl.get(link.name), will=will, keepalive=link.keepalive)
             client.on_connect = self._on_connect
             client.on_disconnect = self._on_disconnect
             client.on_publish = self._on_publish
@@ -534,8 +549,13 @@ class MqttUplink:
         target = self.links[self._switch_to] if self._switch_to is not None else None
         await self._wait_acked(self._flush_timeout)
         if self._client is client and self._connected and target is not None:
-            log.info("MQTT uplink %s: link %s has been reachable for %gs (failback_after): switching from %s",
-                     self.name, target.name, self._cfg.failback_after, self.active_link.name)
+            log.info(
+                "MQTT uplink %s: link %s has been reachable for %gs (failback_after): switching from %s",
+                self.name,
+                target.name,
+                self._cfg.failback_after,
+                self.active_link.name,
+            )
             self._switches += 1
             last = self._last_words() if self._status_topic is None else None  # JSON: online again at once
             if last is not None:
@@ -599,7 +619,9 @@ class MqttUplink:
             self._last_error = f"connection to {link.where} (link {link.name}) lost: {reason}"
             link.last_error = self._last_error
             self._outage_since = time.monotonic()
-            nxt = f"; trying link {self.links[(self._active + 1) % len(self.links)].name}" if len(self.links) > 1 else ""
+            nxt = (
+                f"; trying link {self.links[(self._active + 1) % len(self.links)].name}" if len(self.links) > 1 else ""
+            )
             log.warning("MQTT uplink %s: %s%s", self.name, self._last_error, nxt)
         self._notify(False)
 
@@ -614,8 +636,12 @@ class MqttUplink:
                 self._on_lost()
         if self._outage_since is None:
             self._outage_since = time.monotonic()
-            log.warning("MQTT uplink %s: %s; retrying (every link in turn, backoff up to %gs; logged once per "
-                        "outage)", self.name, error, self._cfg.reconnect_max)
+            log.warning(
+                "MQTT uplink %s: %s; retrying (every link in turn, backoff up to %gs; logged once per outage)",
+                self.name,
+                error,
+                self._cfg.reconnect_max,
+            )
         else:
             log.debug("MQTT %s", error)
 
@@ -651,8 +677,9 @@ class MqttUplink:
                 continue
             for i in range(self._active):
                 link = self.links[i]
-                error = await asyncio.to_thread(_probe, link, f"{self._client_id}-probe", self._ssl.get(link.name),
-                                                min(5.0, every))
+                error = await asyncio.to_thread(
+                    _probe, link, f"{self._client_id}-probe", self._ssl.get(link.name), min(5.0, every)
+                )
                 link.count_bytes(24 + len(self._client_id))  # about a probe's CONNECT, CONNACK, DISCONNECT
                 now = time.monotonic()
                 if error is not None:
@@ -661,8 +688,12 @@ class MqttUplink:
                     continue
                 if link.reachable_since is None:
                     link.reachable_since = now
-                    log.info("MQTT uplink %s: link %s answers again; failing back after %gs of good probes",
-                             self.name, link.name, self._cfg.failback_after)
+                    log.info(
+                        "MQTT uplink %s: link %s answers again; failing back after %gs of good probes",
+                        self.name,
+                        link.name,
+                        self._cfg.failback_after,
+                    )
                 if now - link.reachable_since >= self._cfg.failback_after and self._connected:
                     self._switch_to = i
                     break
@@ -745,12 +776,18 @@ class MqttUplink:
             self._reconnects += 1
         self._ever_connected = True
         if self._outage_since is not None:
-            log.info("MQTT uplink %s: broker %s reachable again over link %s after %.1f s",
-                     self.name, link.where, link.name, time.monotonic() - self._outage_since)
+            log.info(
+                "MQTT uplink %s: broker %s reachable again over link %s after %.1f s",
+                self.name,
+                link.where,
+                link.name,
+                time.monotonic() - self._outage_since,
+            )
             self._outage_since = None
         else:
-            log.info("MQTT uplink %s connected to %s over link %s as %r", self.name, link.where, link.name,
-                     self._client_id)
+            log.info(
+                "MQTT uplink %s connected to %s over link %s as %r", self.name, link.where, link.name, self._client_id
+            )
         if self._status_topic is not None:
             self._publish_now(self._status_topic, b"online", 1, True)
         for topic_filter, (qos, _) in self._subscriptions.items():
@@ -767,11 +804,18 @@ class MqttUplink:
         text = str(reason)
         if text == "Unspecified error":  # what paho reports for a plain EOF or reset
             text = "closed or reset by the peer"
-        if not self._connected and not self._stopping and not self._failure_noted_this_session and \
-                self._link is not None:
+        if (
+            not self._connected
+            and not self._stopping
+            and not self._failure_noted_this_session
+            and self._link is not None
+        ):
             self._failure_noted_this_session = True
-            self._note_failure(self._link, f"connection to {self._link.where} (link {self._link.name}) closed "
-                                           f"before the broker accepted it: {text}")
+            self._note_failure(
+                self._link,
+                f"connection to {self._link.where} (link {self._link.name}) closed "
+                f"before the broker accepted it: {text}",
+            )
         self._link_down(text)
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:

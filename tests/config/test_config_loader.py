@@ -115,7 +115,7 @@ def test_unknown_driver_points_at_driver_line(tmp_path):
 
 
 def test_driver_name_is_not_in_the_path(tmp_path):
-    text = BASE.replace('unit: degC}', 'unit: degC, scale: big}')
+    text = BASE.replace("unit: degC}", "unit: degC, scale: big}")
     [err] = errors_of(write(tmp_path, text))
     assert err.path == "assets[1].tags[0].scale"
 

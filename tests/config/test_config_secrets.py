@@ -13,7 +13,7 @@ from config_helpers import line_of, write
 from gateway.config import ConfigError, load_config
 from gateway.config.cli import cmd_validate
 
-HEAD = 'gateway: {id: gw-1, namespace: acme/site}\n'
+HEAD = "gateway: {id: gw-1, namespace: acme/site}\n"
 OPCUA = ("assets:\n  - id: oven\n    source:\n      driver: opcua\n      endpoint: opc.tcp://127.0.0.1:4840/\n"
          "      username: operator\n      password: {pw}\n    tags: [{{name: t, node: 'ns=2;s=x'}}]\n")  # fmt: skip
 MQTT = "mqtt:\n  host: 127.0.0.1\n  password: {pw}\n"

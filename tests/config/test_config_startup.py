@@ -125,9 +125,13 @@ def test_a_unit_id_twice_behind_one_rtu_over_tcp_converter_is_an_error(tmp_path)
 
 def test_a_serial_instrument_on_a_modbus_bus_port_is_an_error(tmp_path):
     port = str(tmp_path / "ttyS0")
-    text = HEAD + rtu("bus", port) + (
-        f"  - id: scale\n    source: {{driver: serial_line, port: {port}, mode: stream, pattern: '(?P<w>.*)'}}\n"
-        "    tags: [{name: w}]\n"
+    text = (
+        HEAD
+        + rtu("bus", port)
+        + (
+            f"  - id: scale\n    source: {{driver: serial_line, port: {port}, mode: stream, pattern: '(?P<w>.*)'}}\n"
+            "    tags: [{name: w}]\n"
+        )
     )
     (err,) = errors_of(text, tmp_path)
     assert err.startswith(f"{line_of(text, 'id: scale') + 1}: assets[1].source.port: {port} is already used by "
@@ -168,8 +172,10 @@ def test_the_status_api_on_another_host_or_port_is_fine(tmp_path):
 
 
 def test_an_opcua_asset_on_the_brokers_port_is_an_error(tmp_path):
-    text = HEAD + "  - id: o\n    source: {driver: opcua, endpoint: 'opc.tcp://127.0.0.1:1883'}\n" + (
-        "    tags: [{name: t, node: 'ns=2;s=x'}]\n"
+    text = (
+        HEAD
+        + "  - id: o\n    source: {driver: opcua, endpoint: 'opc.tcp://127.0.0.1:1883'}\n"
+        + ("    tags: [{name: t, node: 'ns=2;s=x'}]\n")
     )
     (err,) = errors_of(text, tmp_path)
     assert err.startswith(f"{line_of(text, 'id: o') + 1}: assets[0].source.endpoint: 127.0.0.1:1883 is already used "

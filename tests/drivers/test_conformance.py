@@ -38,8 +38,10 @@ def example_driver(tmp_path_factory) -> Any:
 async def rig(request, tmp_path) -> AsyncIterator[tuple[str, Rig]]:
     name = request.param
     if name not in RIGS:
-        pytest.fail(f"driver {name!r} is registered but has no rig in tests/drivers/driver_rigs.py: add one "
-                    "(its bundled simulator and a source + tags config), every driver passes this suite")
+        pytest.fail(
+            f"driver {name!r} is registered but has no rig in tests/drivers/driver_rigs.py: add one "
+            "(its bundled simulator and a source + tags config), every driver passes this suite"
+        )
     known = KNOWN_FAILURES.get((name, request.node.originalname))
     if known:
         request.applymarker(pytest.mark.xfail(reason=known, strict=False))

@@ -81,12 +81,17 @@ def config(tmp_path: Path, mqtt_port: int) -> Path:
     (sysfs / "thermal" / "thermal_zone0").mkdir(parents=True)
     (sysfs / "thermal" / "thermal_zone0" / "temp").write_text("47250\n")
     gateway = {"id": "example-gw", "namespace": NS}
-    return gateway_config(tmp_path, mqtt_port=mqtt_port, gateway=gateway, assets_yaml=f"""\
+    return gateway_config(
+        tmp_path,
+        mqtt_port=mqtt_port,
+        gateway=gateway,
+        assets_yaml=f"""\
         - id: pi-cpu
           source: {{driver: file, directory: {sysfs}, poll: 100ms}}
           tags:
             - {{name: cpu_temp, path: thermal/thermal_zone0/temp, scale: 0.001, unit: degC}}
-        """)
+        """,
+    )
 
 
 def test_validate_knows_the_driver(installed, tmp_path) -> None:
@@ -98,14 +103,16 @@ def test_validate_knows_the_driver(installed, tmp_path) -> None:
     assert "(file: 1)" in done.stdout
 
 
-async def test_a_gateway_runs_the_driver_and_publishes_its_values(installed, tmp_path, mqtt_broker,
-                                                                  mqtt_subscriber) -> None:
+async def test_a_gateway_runs_the_driver_and_publishes_its_values(
+    installed, tmp_path, mqtt_broker, mqtt_subscriber
+) -> None:
     cfg = config(tmp_path, mqtt_broker.port)
     sub = await mqtt_subscriber(f"{NS}/pi-cpu/data")
     proc = await start_gateway(cfg, pythonpath=installed)
     try:
-        first = asyncio.ensure_future(sub.next(lambda m: m.json()["tags"].get("cpu_temp", {}).get("q") == "good",
-                                               timeout=20))
+        first = asyncio.ensure_future(
+            sub.next(lambda m: m.json()["tags"].get("cpu_temp", {}).get("q") == "good", timeout=20)
+        )
         exited = asyncio.ensure_future(proc.wait())
         await asyncio.wait({first, exited}, return_when=asyncio.FIRST_COMPLETED)
         exited.cancel()

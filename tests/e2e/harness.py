@@ -15,7 +15,6 @@ from gateway.engine import Gateway
 from helpers import NAMESPACE, free_port
 
 
-
 class RunningGateway:
     def __init__(self, gw: Gateway, task: asyncio.Task, stop: asyncio.Event, api_port: int) -> None:
         self.gw, self.task, self.stop_event, self.api_port = gw, task, stop, api_port

@@ -13,8 +13,14 @@ ORDERS = ["abcd", "cdab", "badc", "dcba"]
 BASE = {"int32": 40111, "uint32": 40121, "float32": 40131, "int64": 40141, "uint64": 40161, "float64": 40181}
 WIDTH = {"int32": 2, "uint32": 2, "float32": 2, "int64": 4, "uint64": 4, "float64": 4}
 # values differ from the plant's defaults, so a passing test proves they travelled from our write
-NEW = {"int32": -1234567, "uint32": 4000000123, "float32": 98.25, "int64": -9007199254740,
-       "uint64": 9007199254740991, "float64": 12345.678901}
+NEW = {
+    "int32": -1234567,
+    "uint32": 4000000123,
+    "float32": 98.25,
+    "int64": -9007199254740,
+    "uint64": 9007199254740991,
+    "float64": 12345.678901,
+}
 
 
 def bench_points() -> tuple[list[dict], dict[str, object]]:
@@ -66,7 +72,9 @@ async def test_every_modbus_type_and_byte_order_arrives_decoded_on_mqtt(
     tags, expected = bench_points()
     sub = await mqtt_subscriber(f"{NAMESPACE}/#")
     cfg = gateway_config(
-        tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(),
+        tmp_path,
+        mqtt_port=mqtt_broker.port,
+        api_port=free_port(),
         assets_yaml=f"""\
         - id: bench
           source: {{driver: modbus_tcp, host: 127.0.0.1, port: {modbus_sim.port}, poll: 100ms, timeout: 1s}}
@@ -112,8 +120,9 @@ OVEN = """\
 
 async def test_opcua_values_and_nsu_ids_arrive_on_mqtt(tmp_path, mqtt_broker, mqtt_subscriber, opcua_sim):
     sub = await mqtt_subscriber(f"{NAMESPACE}/#")
-    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(),
-                       assets_yaml=OVEN.format(endpoint=opcua_sim.endpoint))
+    cfg = gateway_config(
+        tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(), assets_yaml=OVEN.format(endpoint=opcua_sim.endpoint)
+    )
     opcua_sim.set("zone1_temp", 181.25)
     opcua_sim.set("door_open", True)
     async with running_gateway(cfg) as rg:
@@ -131,8 +140,13 @@ async def test_deadband_suppresses_small_changes_and_aggregates_summarise_the_wi
     tmp_path, mqtt_broker, mqtt_subscriber, modbus_sim
 ):
     sub = await mqtt_subscriber(f"{NAMESPACE}/press-3/data")
-    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(), mqtt={"publish_interval": "500ms"},
-                       assets_yaml=PRESS.format(port=modbus_sim.port))
+    cfg = gateway_config(
+        tmp_path,
+        mqtt_port=mqtt_broker.port,
+        api_port=free_port(),
+        mqtt={"publish_interval": "500ms"},
+        assets_yaml=PRESS.format(port=modbus_sim.port),
+    )
     modbus_sim.set("oil_temp", 45.0)
     modbus_sim.set("pressure", 150.0)
     async with running_gateway(cfg):
@@ -154,7 +168,9 @@ async def test_a_stopped_plc_goes_disconnected_and_back_while_the_other_asset_ke
 ):
     sub = await mqtt_subscriber(f"{NAMESPACE}/#")
     cfg = gateway_config(
-        tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(),
+        tmp_path,
+        mqtt_port=mqtt_broker.port,
+        api_port=free_port(),
         assets_yaml=PRESS.format(port=modbus_sim.port) + OVEN.format(endpoint=opcua_sim.endpoint),
     )
     status_topic = f"{NAMESPACE}/press-3/status"
@@ -173,8 +189,13 @@ async def test_a_stopped_plc_goes_disconnected_and_back_while_the_other_asset_ke
         # the oven keeps publishing while the press is down
         mark = len(sub.messages)
         opcua_sim.set("zone1_temp", 200.5)
-        await sub.next(lambda m: data_of("oven-1")(m) and sub.messages.index(m) >= mark
-                       and m.json()["tags"].get("zone1_temp", {}).get("v") == 200.5)
+        await sub.next(
+            lambda m: (
+                data_of("oven-1")(m)
+                and sub.messages.index(m) >= mark
+                and m.json()["tags"].get("zone1_temp", {}).get("v") == 200.5
+            )
+        )
         # the press's tags went bad on MQTT too, with the reason
         bad = await sub.next(lambda m: data_of("press-3")(m) and m.json()["tags"]["pressure"]["q"] == "bad")
         assert "disconnected" in bad.json()["tags"]["pressure"]["err"]
@@ -187,8 +208,9 @@ async def test_a_stopped_plc_goes_disconnected_and_back_while_the_other_asset_ke
 
 
 async def test_status_api_404s_history_and_health(tmp_path, mqtt_broker, modbus_sim):
-    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(),
-                         assets_yaml=PRESS.format(port=modbus_sim.port))
+    cfg = gateway_config(
+        tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(), assets_yaml=PRESS.format(port=modbus_sim.port)
+    )
     modbus_sim.set("pressure", 120.5)
     async with running_gateway(cfg) as rg:
         assert (await rg.api.get("/livez")).status_code == 200
@@ -209,8 +231,9 @@ async def test_status_api_404s_history_and_health(tmp_path, mqtt_broker, modbus_
 
 async def test_broker_down_at_start_is_not_fatal(tmp_path, mqtt_broker, mqtt_subscriber, modbus_sim):
     await mqtt_broker.stop()
-    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(),
-                         assets_yaml=PRESS.format(port=modbus_sim.port))
+    cfg = gateway_config(
+        tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(), assets_yaml=PRESS.format(port=modbus_sim.port)
+    )
     async with running_gateway(cfg) as rg:
         assert await wait_until(lambda: rg.gw.assets["press-3"].status.polls > 3)
         r = await rg.api.get("/readyz")
@@ -225,7 +248,9 @@ async def test_broker_down_at_start_is_not_fatal(tmp_path, mqtt_broker, mqtt_sub
 async def test_unreachable_device_at_start_does_not_stop_the_others(tmp_path, mqtt_broker, opcua_sim):
     dead_port = free_port()
     cfg = gateway_config(
-        tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(),
+        tmp_path,
+        mqtt_port=mqtt_broker.port,
+        api_port=free_port(),
         assets_yaml=PRESS.format(port=dead_port) + OVEN.format(endpoint=opcua_sim.endpoint),
     )
     async with running_gateway(cfg) as rg:
@@ -241,7 +266,9 @@ async def test_modbus_exception_marks_only_that_reads_tags_bad_and_is_logged_onc
     sub = await mqtt_subscriber(f"{NAMESPACE}/#")
     # the simulator has 300 holding registers: 40401 is answered with exception 2 (illegal data address)
     cfg = gateway_config(
-        tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(),
+        tmp_path,
+        mqtt_port=mqtt_broker.port,
+        api_port=free_port(),
         assets_yaml=f"""\
         - id: press
           source: {{driver: modbus_tcp, host: 127.0.0.1, port: {modbus_sim.port}, poll: 50ms, max_gap: 0}}
@@ -275,8 +302,9 @@ async def test_a_failing_uplink_stops_the_daemon_in_order_instead_of_hanging(tmp
 
     from gateway.config import TlsSection
 
-    cfg_path = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(),
-                            assets_yaml=PRESS.format(port=modbus_sim.port))
+    cfg_path = gateway_config(
+        tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(), assets_yaml=PRESS.format(port=modbus_sim.port)
+    )
     cfg = load_config(cfg_path)  # validate loads mqtt.tls files too: the CA file goes missing after it
     cfg.mqtt.tls = TlsSection(ca_file=str(tmp_path / "missing-ca.pem"))
     gw = build(cfg)

@@ -14,14 +14,21 @@ from simulators.plant import Plant
 NS = NAMESPACE  # of the configs helpers.gateway_config writes
 
 
-def plc_assets(devices: list[tuple[str, int]], *, tags: int = 10, poll: str = "100ms", mode: str = "raw",
-               timeout: str = "500ms", retry_max: str = "2s") -> str:
+def plc_assets(
+    devices: list[tuple[str, int]],
+    *,
+    tags: int = 10,
+    poll: str = "100ms",
+    mode: str = "raw",
+    timeout: str = "500ms",
+    retry_max: str = "2s",
+) -> str:
     """The ``assets:`` list of a fault test (for :func:`helpers.gateway_config`): one Modbus TCP asset per
     ``(id, port)`` device, ``tags`` holding registers each."""
     assets = []
     for asset_id, port in devices:
         tag_lines = "\n".join(
-            f"    - {{name: t{i:03d}, address: \"hr:{i}\", type: uint16, mode: {mode}}}" for i in range(tags)
+            f'    - {{name: t{i:03d}, address: "hr:{i}", type: uint16, mode: {mode}}}' for i in range(tags)
         )
         assets.append(
             f"- id: {asset_id}\n  source: {{driver: modbus_tcp, host: 127.0.0.1, port: {port}, poll: {poll},"
@@ -37,11 +44,14 @@ async def plc(registers: int = 128, *, port: int | None = None) -> ModbusSimulat
     from helpers import free_port
 
     points = [{"name": f"r{i}", "address": f"hr:{i}", "type": "uint16", "signal": "tick"} for i in range(registers)]
-    cfg = PlantConfig.model_validate({
-        "seed": 1, "update_interval": "100ms",
-        "signals": {"tick": {"kind": "counter", "start": 0, "step": 1, "interval": "100ms", "wrap": 65536}},
-        "modbus": {"points": points},
-    })
+    cfg = PlantConfig.model_validate(
+        {
+            "seed": 1,
+            "update_interval": "100ms",
+            "signals": {"tick": {"kind": "counter", "start": 0, "step": 1, "interval": "100ms", "wrap": 65536}},
+            "modbus": {"points": points},
+        }
+    )
     sim = ModbusSimulator(Plant(cfg), host="127.0.0.1", port=port or free_port())
     await sim.start()
     return sim

@@ -32,8 +32,12 @@ def slave_binary(tmp_dir: Path) -> Path:
         problem = "libmodbus headers are missing (apt-get install libmodbus-dev)"
     else:
         out = tmp_dir / "libmodbus_slave"
-        run = subprocess.run([gcc, "-O1", "-Wall", "-o", str(out), str(SOURCE), "-I/usr/include/modbus", "-lmodbus"],
-                             capture_output=True, text=True, check=False)
+        run = subprocess.run(
+            [gcc, "-O1", "-Wall", "-o", str(out), str(SOURCE), "-I/usr/include/modbus", "-lmodbus"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if run.returncode == 0:
             return out
         problem = f"cannot compile {SOURCE.name}: {run.stderr.strip()}"
@@ -44,8 +48,9 @@ def slave_binary(tmp_dir: Path) -> Path:
 
 async def start_slave(binary: Path, *args: str) -> asyncio.subprocess.Process:
     """Run the slave (``rtu <device> <unit>`` or ``tcp <port> <unit>``) and wait for its "ready" line."""
-    proc = await asyncio.create_subprocess_exec(str(binary), *args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        str(binary), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     assert proc.stdout is not None
     async with asyncio.timeout(10):
         line = await proc.stdout.readline()

@@ -41,8 +41,16 @@ TAGS = [
     ModbusTag(name="d0", address="di:1", type="bool"),
     ModbusTag(name="d1", address="di:2", type="bool"),
 ]
-EXPECTED = [float(HR[0]), float(HR[1].astype(np.int16)), float((int(HR[2]) << 16) | int(HR[3])), float(IR[3]),
-            1.0, 0.0, 1.0, 0.0]
+EXPECTED = [
+    float(HR[0]),
+    float(HR[1].astype(np.int16)),
+    float((int(HR[2]) << 16) | int(HR[3])),
+    float(IR[3]),
+    1.0,
+    0.0,
+    1.0,
+    0.0,
+]
 
 
 def served(function: int, start: int, count: int) -> bytes:
@@ -54,19 +62,21 @@ def served(function: int, start: int, count: int) -> bytes:
 
 
 #: one answer's recipe: which fields to change (None: keep) and how
-recipe_st = st.fixed_dictionaries({
-    "kind": st.sampled_from(["correct", "changed", "changed", "changed", "random"]),
-    "tid": st.one_of(st.none(), st.just(0), st.integers(0, 0xFFFF), st.just(-1)),
-    "unit": st.one_of(st.none(), st.integers(0, 255)),
-    "function": st.one_of(st.none(), st.sampled_from([1, 2, 3, 4, 0x83, 0x84, 0x81]), st.integers(0, 255)),
-    "byte_count": st.one_of(st.none(), st.integers(0, 255)),
-    "extra": st.one_of(st.none(), st.binary(min_size=1, max_size=4)),
-    "cut": st.one_of(st.none(), st.integers(1, 4)),
-    "length_delta": st.one_of(st.none(), st.integers(-3, 3)),
-    "stale_first": st.booleans(),
-    "bad_crc": st.booleans(),
-    "random": st.binary(min_size=0, max_size=24),
-})
+recipe_st = st.fixed_dictionaries(
+    {
+        "kind": st.sampled_from(["correct", "changed", "changed", "changed", "random"]),
+        "tid": st.one_of(st.none(), st.just(0), st.integers(0, 0xFFFF), st.just(-1)),
+        "unit": st.one_of(st.none(), st.integers(0, 255)),
+        "function": st.one_of(st.none(), st.sampled_from([1, 2, 3, 4, 0x83, 0x84, 0x81]), st.integers(0, 255)),
+        "byte_count": st.one_of(st.none(), st.integers(0, 255)),
+        "extra": st.one_of(st.none(), st.binary(min_size=1, max_size=4)),
+        "cut": st.one_of(st.none(), st.integers(1, 4)),
+        "length_delta": st.one_of(st.none(), st.integers(-3, 3)),
+        "stale_first": st.booleans(),
+        "bad_crc": st.booleans(),
+        "random": st.binary(min_size=0, max_size=24),
+    }
+)
 
 
 class Device:
@@ -132,13 +142,24 @@ async def poll_through(recipes: list[dict], *, rtu: bool, polls: int = 2) -> lis
     server = await asyncio.start_server(device.serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     if rtu:
-        source = ModbusRtuTcpSource(driver="modbus_rtu_tcp", host="127.0.0.1", port=port, unit=UNIT,
-                                    response_timeout=0.05, timeout=0.5, silent_after_timeout=0, retries=1,
-                                    demote_after=100)
+        source = ModbusRtuTcpSource(
+            driver="modbus_rtu_tcp",
+            host="127.0.0.1",
+            port=port,
+            unit=UNIT,
+            response_timeout=0.05,
+            timeout=0.5,
+            silent_after_timeout=0,
+            retries=1,
+            demote_after=100,
+        )
         driver = ModbusRtuTcpDriver(source, TAGS, DriverContext.detached("test", len(TAGS)))
     else:
-        driver = ModbusTcpDriver(ModbusTcpSource(driver="modbus_tcp", host="127.0.0.1", port=port, unit=UNIT,
-                                                 timeout=0.05), TAGS, DriverContext.detached("test", len(TAGS)))
+        driver = ModbusTcpDriver(
+            ModbusTcpSource(driver="modbus_tcp", host="127.0.0.1", port=port, unit=UNIT, timeout=0.05),
+            TAGS,
+            DriverContext.detached("test", len(TAGS)),
+        )
     good: list[tuple[int, float]] = []
     try:
         for _ in range(polls):

@@ -13,9 +13,13 @@ from helpers import TcpProxy, gateway_config, wait_until
 async def test_broker_killed_20s_every_sample_of_500_tags_arrives_in_order(tmp_path, mqtt_broker, mqtt_subscriber):
     dev = await plc(500)
     proxy = TcpProxy(mqtt_broker.host, mqtt_broker.port)  # lets the test hold the gateway back until the
-    await proxy.accept()                                  # subscriber is back on the restarted broker
-    cfg = gateway_config(tmp_path, mqtt_port=proxy.port, mqtt={"publish_interval": "1s"},
-                         assets_yaml=plc_assets([("line", dev.port)], tags=500, poll="100ms", timeout="1s"))
+    await proxy.accept()  # subscriber is back on the restarted broker
+    cfg = gateway_config(
+        tmp_path,
+        mqtt_port=proxy.port,
+        mqtt={"publish_interval": "1s"},
+        assets_yaml=plc_assets([("line", dev.port)], tags=500, poll="100ms", timeout="1s"),
+    )
     sub = await mqtt_subscriber(f"{NS}/+/data")
     try:
         async with InProcess(cfg) as gw:
@@ -28,12 +32,17 @@ async def test_broker_killed_20s_every_sample_of_500_tags_arrives_in_order(tmp_p
             await mqtt_broker.start()
             await sub.subscribed(after=generation, timeout=15)
             await proxy.accept()
-            assert await wait_until(lambda: gw.delivery.backlog.messages == 0 and not gw.delivery.stats()["inflight"],
-                                    timeout=40)
+            assert await wait_until(
+                lambda: gw.delivery.backlog.messages == 0 and not gw.delivery.stats()["inflight"], timeout=40
+            )
             ring = gw.assets["line"].ring
         polled = ring.head.copy()
-        assert await wait_until(lambda: sum(len(m["tags"]["t000"]["raw"]["ts"]) for m in data_messages(sub)
-                                            if "t000" in m["tags"]) >= polled[0], timeout=10)
+        assert await wait_until(
+            lambda: (
+                sum(len(m["tags"]["t000"]["raw"]["ts"]) for m in data_messages(sub) if "t000" in m["tags"]) >= polled[0]
+            ),
+            timeout=10,
+        )
     finally:
         await proxy.close()
         await dev.stop()

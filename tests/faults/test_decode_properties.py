@@ -16,11 +16,21 @@ from drivers.modbus.config import ModbusTag
 from drivers.modbus.plan import compile_plan
 from gateway.batch import Batch, Quality
 
-FORMATS = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I", "float32": ">f",
-           "int64": ">q", "uint64": ">Q", "float64": ">d"}
-LAYOUTS = {2: {"ABCD": "AB", "BADC": "BA"},
-           4: {"ABCD": "ABCD", "CDAB": "CDAB", "BADC": "BADC", "DCBA": "DCBA"},
-           8: {"ABCD": "ABCDEFGH", "CDAB": "GHEFCDAB", "BADC": "BADCFEHG", "DCBA": "HGFEDCBA"}}
+FORMATS = {
+    "int16": ">h",
+    "uint16": ">H",
+    "int32": ">i",
+    "uint32": ">I",
+    "float32": ">f",
+    "int64": ">q",
+    "uint64": ">Q",
+    "float64": ">d",
+}
+LAYOUTS = {
+    2: {"ABCD": "AB", "BADC": "BA"},
+    4: {"ABCD": "ABCD", "CDAB": "CDAB", "BADC": "BADC", "DCBA": "DCBA"},
+    8: {"ABCD": "ABCDEFGH", "CDAB": "GHEFCDAB", "BADC": "BADCFEHG", "DCBA": "HGFEDCBA"},
+}
 
 
 def reference(words: list[int], type_: str, order: str) -> float:
@@ -72,8 +82,10 @@ def test_random_registers_decode_to_the_reference_or_are_not_good(specs, data):
 
 @given(st.lists(st.integers(-(2**20), 2**20), max_size=200), st.booleans())
 def test_malformed_responses_never_raise(values, bits):
-    tags = [ModbusTag(name="a", address="hr:0", type="float64"), ModbusTag(name="b", address="hr:10", type="string",
-                                                                           length=4)]
+    tags = [
+        ModbusTag(name="a", address="hr:0", type="float64"),
+        ModbusTag(name="b", address="hr:10", type="string", length=4),
+    ]
     plan = compile_plan(tags)
     batch = Batch.empty(len(plan), 0)
     regs = np.asarray(values, dtype=np.int64).astype(np.uint16).tolist()

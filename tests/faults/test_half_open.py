@@ -31,8 +31,12 @@ async def test_half_open_link_is_detected_and_nothing_is_lost(tmp_path, mqtt_bro
             assert gw.delivery.delivered == delivered and gw.delivery.backlog.messages > 0
             proxy.blackhole(False)
             proxy.cut()
-            assert await wait_until(lambda: gw.uplink.connected and gw.delivery.backlog.messages == 0
-                                    and not gw.delivery.stats()["inflight"], timeout=20)
+            assert await wait_until(
+                lambda: (
+                    gw.uplink.connected and gw.delivery.backlog.messages == 0 and not gw.delivery.stats()["inflight"]
+                ),
+                timeout=20,
+            )
         await asyncio.sleep(0.5)
     finally:
         await proxy.close()

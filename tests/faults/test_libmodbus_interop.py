@@ -65,8 +65,13 @@ async def test_modbus_tcp_against_libmodbus(libmodbus: Path, max_in_flight: int)
     port = free_port()
     proc = await start_slave(libmodbus, "tcp", str(port), str(UNIT))
     try:
-        driver = ModbusTcpDriver(ModbusTcpSource(driver="modbus_tcp", host="127.0.0.1", port=port, unit=UNIT,
-                                                 timeout=2, max_in_flight=max_in_flight), TAGS, DriverContext.detached("test", len(TAGS)))
+        driver = ModbusTcpDriver(
+            ModbusTcpSource(
+                driver="modbus_tcp", host="127.0.0.1", port=port, unit=UNIT, timeout=2, max_in_flight=max_in_flight
+            ),
+            TAGS,
+            DriverContext.detached("test", len(TAGS)),
+        )
         await check(driver)
         assert driver.counters()["stale_answers"] == 0 and driver.counters()["timeouts"] == 0
     finally:
@@ -77,8 +82,11 @@ async def test_modbus_rtu_against_libmodbus(libmodbus: Path) -> None:
     relay = PtyRelay()
     proc = await start_slave(libmodbus, "rtu", relay.far_path, str(UNIT))
     try:
-        driver = ModbusRtuDriver(ModbusRtuSource(driver="modbus_rtu", port=relay.path, unit=UNIT, parity="N",
-                                                 baudrate=9600, timeout=2), TAGS, DriverContext.detached("test", len(TAGS)))
+        driver = ModbusRtuDriver(
+            ModbusRtuSource(driver="modbus_rtu", port=relay.path, unit=UNIT, parity="N", baudrate=9600, timeout=2),
+            TAGS,
+            DriverContext.detached("test", len(TAGS)),
+        )
         await check(driver)
         assert driver.counters()["timeouts"] == 0
     finally:

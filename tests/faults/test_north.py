@@ -57,12 +57,17 @@ def link_stats(gw, uplink: str = "mqtt") -> dict:
     return gw.gateway_status()["uplinks"][uplink]["links"]
 
 
-async def test_two_uplinks_a_dead_cloud_never_holds_up_the_plant(tmp_path, modbus_sim, mqtt_broker, cloud_broker,
-                                                                 mqtt_subscriber, caplog):
+async def test_two_uplinks_a_dead_cloud_never_holds_up_the_plant(
+    tmp_path, modbus_sim, mqtt_broker, cloud_broker, mqtt_subscriber, caplog
+):
     caplog.set_level(logging.INFO, logger="gateway")
     cloud_link = TcpProxy(cloud_broker.host, cloud_broker.port)  # the cloud is unreachable at first
     assets = plc_assets([("press", modbus_sim.port)], tags=8, poll="100ms", mode="rbe")
-    cfg = gateway_config(tmp_path, assets_yaml=assets, mqtt=None, uplinks=f"""\
+    cfg = gateway_config(
+        tmp_path,
+        assets_yaml=assets,
+        mqtt=None,
+        uplinks=f"""\
           - name: plant
             host: 127.0.0.1
             port: {mqtt_broker.port}
@@ -76,7 +81,8 @@ async def test_two_uplinks_a_dead_cloud_never_holds_up_the_plant(tmp_path, modbu
             heartbeat: 1s
             payload: compact
             reconnect_max: 1s
-        """)
+        """,
+    )
     plant = await mqtt_subscriber(f"{NS}/+/data/#")
     cloud = await mqtt_subscriber(f"{NS}/+/data/#", broker=cloud_broker)
     try:
@@ -91,8 +97,9 @@ async def test_two_uplinks_a_dead_cloud_never_holds_up_the_plant(tmp_path, modbu
             assert gw.norths[0].delivery.backlog.messages == 0
             spooled = cloud_north.delivery.backlog.messages
             await cloud_link.accept()
-            assert await wait_until(lambda: cloud_north.delivery.backlog.messages == 0 and len(data_of(cloud)) > spooled,
-                                    timeout=20)
+            assert await wait_until(
+                lambda: cloud_north.delivery.backlog.messages == 0 and len(data_of(cloud)) > spooled, timeout=20
+            )
         plant_msgs, cloud_msgs = data_of(plant), data_of(cloud)
     finally:
         await cloud_link.close()
@@ -117,7 +124,10 @@ async def test_failover_to_cellular_and_failback_lose_nothing(tmp_path, modbus_s
     await ethernet.accept()
     await cellular.accept()
     assets = plc_assets([("press", modbus_sim.port)], tags=8, poll="100ms", mode="rbe")
-    cfg = gateway_config(tmp_path, assets_yaml=assets, mqtt=f"""\
+    cfg = gateway_config(
+        tmp_path,
+        assets_yaml=assets,
+        mqtt=f"""\
           publish_interval: 200ms
           heartbeat: 200ms
           reconnect_max: 1s
@@ -134,7 +144,8 @@ async def test_failover_to_cellular_and_failback_lose_nothing(tmp_path, modbus_s
               publish_interval: 1s
               payload: compact
               compression: zstd
-        """)
+        """,
+    )
     sub = await mqtt_subscriber(f"{NS}/+/data/#")
     try:
         async with InProcess(cfg) as gw:
@@ -151,8 +162,9 @@ async def test_failover_to_cellular_and_failback_lose_nothing(tmp_path, modbus_s
             before_failback = len(data_of(sub))
             await ethernet.accept()  # Ethernet is back: after failback_after of good probes, the uplink returns
             assert await wait_until(lambda: up.active_link.name == "ethernet" and up.connected, timeout=20)
-            assert await wait_until(lambda: any(m["_topic"].endswith("/data") for m in data_of(sub)[before_failback:]),
-                                    timeout=10)
+            assert await wait_until(
+                lambda: any(m["_topic"].endswith("/data") for m in data_of(sub)[before_failback:]), timeout=10
+            )
             assert gw.gateway_status()["uplinks"]["mqtt"]["link_switches"] == 1
             eth_bytes = link_stats(gw)["ethernet"]["bytes_sent"]
             assert eth_bytes > 0
@@ -163,20 +175,27 @@ async def test_failover_to_cellular_and_failback_lose_nothing(tmp_path, modbus_s
     # every message numbered before the stop arrived, over one link or the other (duplicates allowed, seq tells)
     assert gap_free(seqs(msgs))
     cellular_msgs = [m for m in msgs if m["_topic"].endswith("/zstd")]
-    assert cellular_msgs and all(not isinstance(e, dict)  # the metered profile: compact (and zstd)
-                                 for m in cellular_msgs for e in decode(m["_raw"], m["_topic"])["tags"].values())
+    assert cellular_msgs and all(
+        not isinstance(e, dict)  # the metered profile: compact (and zstd)
+        for m in cellular_msgs
+        for e in decode(m["_raw"], m["_topic"])["tags"].values()
+    )
     # replay order is kept: the replayed messages arrive in seq order
     replayed = [m["seq"] for m in msgs if m.get("replay")]
     assert replayed == sorted(replayed)
 
 
-async def test_byte_budget_spools_data_keeps_statuses_and_a_better_link_takes_over(tmp_path, modbus_sim, mqtt_broker,
-                                                                                  mqtt_subscriber):
+async def test_byte_budget_spools_data_keeps_statuses_and_a_better_link_takes_over(
+    tmp_path, modbus_sim, mqtt_broker, mqtt_subscriber
+):
     ethernet = TcpProxy(mqtt_broker.host, mqtt_broker.port)  # down at start
     cellular = TcpProxy(mqtt_broker.host, mqtt_broker.port)
     await cellular.accept()
     assets = plc_assets([("press", modbus_sim.port)], tags=8, poll="100ms")
-    cfg = gateway_config(tmp_path, assets_yaml=assets, mqtt=f"""\
+    cfg = gateway_config(
+        tmp_path,
+        assets_yaml=assets,
+        mqtt=f"""\
           publish_interval: 200ms
           reconnect_max: 1s
           failback_after: 1s
@@ -190,7 +209,8 @@ async def test_byte_budget_spools_data_keeps_statuses_and_a_better_link_takes_ov
               metered: true
               max_bytes_per_day: 6000
               metrics_interval: 1s
-        """)
+        """,
+    )
     sub = await mqtt_subscriber(f"{NS}/#")
     try:
         async with InProcess(cfg) as gw:
@@ -203,8 +223,9 @@ async def test_byte_budget_spools_data_keeps_statuses_and_a_better_link_takes_ov
             metrics = sum(1 for m in sub.messages if m.topic.endswith("/metrics"))
             # data goes to the spool (counted), statuses and metrics still go out
             assert await wait_until(lambda: gw.delivery.backlog.messages >= 5, timeout=10)
-            assert await wait_until(lambda: sum(1 for m in sub.messages if m.topic.endswith("/metrics")) > metrics + 1,
-                                    timeout=10)
+            assert await wait_until(
+                lambda: sum(1 for m in sub.messages if m.topic.endswith("/metrics")) > metrics + 1, timeout=10
+            )
             assert len(data_of(sub)) <= n_data + 1  # at most the one message whose bytes spent the budget
             assert link_stats(gw)["cellular"]["budget_spooled"] > 0
             assert link_stats(gw)["cellular"]["budget_exhausted"]
@@ -222,8 +243,9 @@ async def test_byte_budget_spools_data_keeps_statuses_and_a_better_link_takes_ov
 
 
 async def test_late_joiner_gets_every_tag_from_the_retained_last(tmp_path, modbus_sim, mqtt_broker, mqtt_subscriber):
-    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port,
-                         assets_yaml=plc_assets([("press", modbus_sim.port)], tags=12, mode="rbe"))
+    cfg = gateway_config(
+        tmp_path, mqtt_port=mqtt_broker.port, assets_yaml=plc_assets([("press", modbus_sim.port)], tags=12, mode="rbe")
+    )
     async with InProcess(cfg) as gw:
         assert await wait_until(lambda: gw.uplink.connected and gw.assets["press"].ring.head.min() > 3, timeout=20)
         gw.publisher.publish_last()  # what the timer does every last_interval
@@ -239,11 +261,22 @@ async def test_bind_interface_routes_the_connection_or_says_why_not(mqtt_broker)
     from gateway.config.models import MqttSection
     from gateway.uplink import MqttUplink
 
-    good = MqttSection(links=[{"name": "lo", "host": mqtt_broker.host, "port": mqtt_broker.port,
-                               "bind_interface": "lo", "bind_address": "127.0.0.1"}])
+    good = MqttSection(
+        links=[
+            {
+                "name": "lo",
+                "host": mqtt_broker.host,
+                "port": mqtt_broker.port,
+                "bind_interface": "lo",
+                "bind_address": "127.0.0.1",
+            }
+        ]
+    )
     up = MqttUplink(good, client_id="bind-test", status_topic="t/bind/status")
-    bad = MqttSection(links=[{"name": "wwan", "host": mqtt_broker.host, "port": mqtt_broker.port,
-                              "bind_interface": "nosuchif0"}], reconnect_max=1)
+    bad = MqttSection(
+        links=[{"name": "wwan", "host": mqtt_broker.host, "port": mqtt_broker.port, "bind_interface": "nosuchif0"}],
+        reconnect_max=1,
+    )
     down = MqttUplink(bad, client_id="bind-test-2", status_topic="t/bind2/status")
     import asyncio
 

@@ -17,9 +17,13 @@ async def test_quota_smaller_than_the_outage(tmp_path, mqtt_broker, mqtt_subscri
     proxy = TcpProxy(mqtt_broker.host, mqtt_broker.port)
     await proxy.accept()
     api_port = free_port()
-    cfg = gateway_config(tmp_path, mqtt_port=proxy.port, api_port=api_port,
-                         assets_yaml=plc_assets([("press", dev.port)], tags=60, poll="100ms"),
-                         spool={"max_bytes": 65536, "policy": policy, "replay_rate": 200})
+    cfg = gateway_config(
+        tmp_path,
+        mqtt_port=proxy.port,
+        api_port=api_port,
+        assets_yaml=plc_assets([("press", dev.port)], tags=60, poll="100ms"),
+        spool={"max_bytes": 65536, "policy": policy, "replay_rate": 200},
+    )
     sub = await mqtt_subscriber(f"{NS}/+/data")
     try:
         async with InProcess(cfg) as gw:

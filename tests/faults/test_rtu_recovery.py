@@ -66,17 +66,29 @@ async def line(request: pytest.FixtureRequest) -> AsyncIterator[str]:
 
 
 def source(port: str, unit: int, response_timeout: float, **extra: object) -> ModbusRtuSource:
-    return ModbusRtuSource(driver="modbus_rtu", port=port, unit=unit, parity="N", baudrate=9600,
-                           response_timeout=response_timeout, timeout=2 + 4 * response_timeout, **extra)
+    return ModbusRtuSource(
+        driver="modbus_rtu",
+        port=port,
+        unit=unit,
+        parity="N",
+        baudrate=9600,
+        response_timeout=response_timeout,
+        timeout=2 + 4 * response_timeout,
+        **extra,
+    )
 
 
 async def healthy_share(port: str, response_timeout: float, polls: int, **extra: object) -> tuple[int, int]:
     """Poll unit 7 ``polls`` times while unit 9 is tried without pause; (good polls of unit 7, unit 9 tries)."""
     bus = Shared()  # the two slaves share the port's arbiter, as in a gateway
-    healthy = ModbusRtuDriver(source(port, HEALTHY, response_timeout, **extra), TAGS,
-                              DriverContext.detached("healthy", len(TAGS), shared=bus))
-    dead = ModbusRtuDriver(source(port, DEAD, response_timeout, demote_after=100, **extra), TAGS,
-                           DriverContext.detached("dead", len(TAGS), shared=bus))
+    healthy = ModbusRtuDriver(
+        source(port, HEALTHY, response_timeout, **extra), TAGS, DriverContext.detached("healthy", len(TAGS), shared=bus)
+    )
+    dead = ModbusRtuDriver(
+        source(port, DEAD, response_timeout, demote_after=100, **extra),
+        TAGS,
+        DriverContext.detached("dead", len(TAGS), shared=bus),
+    )
     await healthy.connect()
     stop = asyncio.Event()
 
@@ -149,8 +161,9 @@ async def test_with_the_engine_the_healthy_unit_never_goes_disconnected(line: st
     bus = Shared()  # the gateway's: both slaves get the one arbiter of the port
 
     def runtime(unit: int, **extra: object) -> AssetRuntime:
-        cfg = SimpleNamespace(id=f"unit-{unit}", source=source(line, unit, 0.3, poll=0.1, retry_max=1, **extra),
-                              tags=TAGS)
+        cfg = SimpleNamespace(
+            id=f"unit-{unit}", source=source(line, unit, 0.3, poll=0.1, retry_max=1, **extra), tags=TAGS
+        )
         return AssetRuntime(cfg, RTU_SPEC, buffer_seconds=60, state_dir=Path("unused"), shared=bus)
 
     healthy, dead = runtime(HEALTHY), runtime(DEAD, slow_retry=1.5)
@@ -166,8 +179,11 @@ async def test_with_the_engine_the_healthy_unit_never_goes_disconnected(line: st
         arbiter = healthy.driver.arbiter
         for _ in range(400):
             stats = arbiter.stats.per_unit.get(DEAD, {})
-            if arbiter.health(DEAD).demoted_until is not None and stats.get("demoted_skips", 0) and \
-                    dead.status.connect_failures >= 5:
+            if (
+                arbiter.health(DEAD).demoted_until is not None
+                and stats.get("demoted_skips", 0)
+                and dead.status.connect_failures >= 5
+            ):
                 break
             await asyncio.sleep(0.05)
         assert arbiter.health(DEAD).demoted_until is not None and dead.status.connect_failures >= 5

@@ -26,23 +26,30 @@ TAGS = """\
 def config(tmp_path, modbus_port: int, north: str) -> object:
     """A config with the Modbus press and ``north``: the YAML of its one uplink section (``mqtt:`` or ``uplinks:``)."""
     section, _, body = north.partition(":\n")
-    press = (f"- id: press\n  source: {{driver: modbus_tcp, host: 127.0.0.1, port: {modbus_port}, poll: 100ms, "
-             f"timeout: 500ms, retry_max: 1s}}\n  tags:\n") + textwrap.indent(textwrap.dedent(TAGS), "    ")
-    return gateway_config(tmp_path, gateway={"id": NODE, "namespace": "acme/sp/line1"}, assets_yaml=press,
-                          **{"mqtt": None, section: body})
+    press = (
+        f"- id: press\n  source: {{driver: modbus_tcp, host: 127.0.0.1, port: {modbus_port}, poll: 100ms, "
+        f"timeout: 500ms, retry_max: 1s}}\n  tags:\n"
+    ) + textwrap.indent(textwrap.dedent(TAGS), "    ")
+    return gateway_config(
+        tmp_path, gateway={"id": NODE, "namespace": "acme/sp/line1"}, assets_yaml=press, **{"mqtt": None, section: body}
+    )
 
 
 def sparkplug_uplink(port: int, *, extra: str = "", links: str | None = None) -> str:
     route = f"  host: 127.0.0.1\n  port: {port}\n" if links is None else links
-    return (f"mqtt:\n  format: sparkplug\n  group_id: {GROUP}\n  publish_interval: 200ms\n  heartbeat: 1s\n"
-            f"  reconnect_max: 1s\n  keepalive: 5s\n{route}{extra}")
+    return (
+        f"mqtt:\n  format: sparkplug\n  group_id: {GROUP}\n  publish_interval: 200ms\n  heartbeat: 1s\n"
+        f"  reconnect_max: 1s\n  keepalive: 5s\n{route}{extra}"
+    )
 
 
 class Decoded:
     """The Sparkplug messages a subscriber got, decoded by Tahu: (topic kind, device, decoded payload)."""
 
     def __init__(self, sub, tahu) -> None:
-        msgs = [m for m in sub.messages if m.topic.startswith(SP + "/") and m.topic.split("/")[2] not in ("NCMD", "DCMD")]
+        msgs = [
+            m for m in sub.messages if m.topic.startswith(SP + "/") and m.topic.split("/")[2] not in ("NCMD", "DCMD")
+        ]
         self.items = []
         for m, d in zip(msgs, tahu.decode(*[m.payload for m in msgs]) if msgs else []):
             parts = m.topic.split("/")
@@ -67,13 +74,17 @@ def count(sub, kind: str) -> int:
     return sum(1 for m in sub.messages if m.topic.startswith(f"{SP}/{kind}/"))
 
 
-async def test_births_before_data_seq_aliases_and_bdseq_across_restarts(tmp_path, modbus_sim, mqtt_broker,
-                                                                       mqtt_subscriber, tahu):
+async def test_births_before_data_seq_aliases_and_bdseq_across_restarts(
+    tmp_path, modbus_sim, mqtt_broker, mqtt_subscriber, tahu
+):
     sub = await mqtt_subscriber("spBv1.0/#")
     uns = await mqtt_subscriber("acme/sp/line1/+/data")
     # Sparkplug and JSON at once, on two uplinks (here to one broker)
-    two = ("uplinks:\n  - name: sp\n" + textwrap.indent(sparkplug_uplink(mqtt_broker.port).split("\n", 1)[1], "  ")
-           + f"  - name: uns\n    host: 127.0.0.1\n    port: {mqtt_broker.port}\n")
+    two = (
+        "uplinks:\n  - name: sp\n"
+        + textwrap.indent(sparkplug_uplink(mqtt_broker.port).split("\n", 1)[1], "  ")
+        + f"  - name: uns\n    host: 127.0.0.1\n    port: {mqtt_broker.port}\n"
+    )
     path = config(tmp_path, modbus_sim.port, two)
     for run in range(2):
         async with InProcess(path) as gw:
@@ -116,12 +127,19 @@ async def test_rebirth_on_ncmd_and_dcmd_write_round_trip(tmp_path, modbus_sim, m
         assert await wait_until(lambda: count(sub, "DDATA") >= 3, timeout=20)
         [rebirth, write] = tahu.encode(
             {"metrics": [{"name": "Node Control/Rebirth", "type": "Boolean", "value": True}]},
-            {"metrics": [{"name": "i16", "type": "Int16", "value": -77}]})
-        await asyncio.to_thread(paho_publish.single, f"{SP}/NCMD/{NODE}", rebirth, hostname=mqtt_broker.host, port=mqtt_broker.port)
+            {"metrics": [{"name": "i16", "type": "Int16", "value": -77}]},
+        )
+        await asyncio.to_thread(
+            paho_publish.single, f"{SP}/NCMD/{NODE}", rebirth, hostname=mqtt_broker.host, port=mqtt_broker.port
+        )
         assert await wait_until(lambda: count(sub, "NBIRTH") == 2, timeout=10)
-        await asyncio.to_thread(paho_publish.single, f"{SP}/DCMD/{NODE}/press", write, hostname=mqtt_broker.host, port=mqtt_broker.port)
-        assert await wait_until(lambda: struct.unpack(">h", struct.pack(">H", *modbus_sim.read_registers("hr", 100, 1)))
-                                == (-77,), timeout=10)
+        await asyncio.to_thread(
+            paho_publish.single, f"{SP}/DCMD/{NODE}/press", write, hostname=mqtt_broker.host, port=mqtt_broker.port
+        )
+        assert await wait_until(
+            lambda: struct.unpack(">h", struct.pack(">H", *modbus_sim.read_registers("hr", 100, 1))) == (-77,),
+            timeout=10,
+        )
 
         def reported() -> bool:  # the read-back value in a later DDATA, by the alias the birth gave i16
             got = Decoded(sub, tahu)
@@ -135,13 +153,16 @@ async def test_rebirth_on_ncmd_and_dcmd_write_round_trip(tmp_path, modbus_sim, m
 
 
 async def test_primary_host_state_gates_births_and_the_outage_is_replayed_as_history(
-        tmp_path, modbus_sim, mqtt_broker, mqtt_subscriber, tahu):
+    tmp_path, modbus_sim, mqtt_broker, mqtt_subscriber, tahu
+):
     first = TcpProxy(mqtt_broker.host, mqtt_broker.port)
     second = TcpProxy(mqtt_broker.host, mqtt_broker.port)
     await first.accept()
     await second.accept()
-    links = (f"  failback_after: 1h\n  links:\n    - {{name: a, host: 127.0.0.1, port: {first.port}}}\n"
-             f"    - {{name: b, host: 127.0.0.1, port: {second.port}}}\n")
+    links = (
+        f"  failback_after: 1h\n  links:\n    - {{name: a, host: 127.0.0.1, port: {first.port}}}\n"
+        f"    - {{name: b, host: 127.0.0.1, port: {second.port}}}\n"
+    )
     path = config(tmp_path, modbus_sim.port, sparkplug_uplink(0, links=links, extra="  primary_host_id: scada\n"))
     sub = await mqtt_subscriber("spBv1.0/#")
     state = "spBv1.0/STATE/scada"
@@ -151,34 +172,53 @@ async def test_primary_host_state_gates_births_and_the_outage_is_replayed_as_his
             assert await wait_until(lambda: up.connected and gw.delivery.backlog.messages >= 5, timeout=20)
             assert count(sub, "NBIRTH") == 0 and count(sub, "DDATA") == 0  # no birth, no data: host not online
             held = gw.delivery.backlog.messages
-            await asyncio.to_thread(paho_publish.single, state, json.dumps({"online": True, "timestamp": 1}), retain=True, qos=1,
-                                hostname=mqtt_broker.host, port=mqtt_broker.port)
-            assert await wait_until(lambda: gw.delivery.backlog.messages == 0 and count(sub, "DDATA") > held,
-                                    timeout=20)
+            await asyncio.to_thread(
+                paho_publish.single,
+                state,
+                json.dumps({"online": True, "timestamp": 1}),
+                retain=True,
+                qos=1,
+                hostname=mqtt_broker.host,
+                port=mqtt_broker.port,
+            )
+            assert await wait_until(
+                lambda: gw.delivery.backlog.messages == 0 and count(sub, "DDATA") > held, timeout=20
+            )
             assert up.active_link.name == "a"
-            await asyncio.to_thread(paho_publish.single, state, json.dumps({"online": False, "timestamp": 2}), retain=True, qos=1,
-                                hostname=mqtt_broker.host, port=mqtt_broker.port)
+            await asyncio.to_thread(
+                paho_publish.single,
+                state,
+                json.dumps({"online": False, "timestamp": 2}),
+                retain=True,
+                qos=1,
+                hostname=mqtt_broker.host,
+                port=mqtt_broker.port,
+            )
             # the host went away: the node leaves this connection (the broker says NDEATH) and tries link b
-            assert await wait_until(lambda: count(sub, "NDEATH") == 1 and up.active_link.name == "b"
-                                    and up.connected, timeout=20)
+            assert await wait_until(
+                lambda: count(sub, "NDEATH") == 1 and up.active_link.name == "b" and up.connected, timeout=20
+            )
             assert await wait_until(lambda: gw.delivery.backlog.messages >= 3, timeout=10)  # held again
     finally:
         await first.close()
         await second.close()
-        await asyncio.to_thread(paho_publish.single, state, b"", retain=True, hostname=mqtt_broker.host, port=mqtt_broker.port)
+        await asyncio.to_thread(
+            paho_publish.single, state, b"", retain=True, hostname=mqtt_broker.host, port=mqtt_broker.port
+        )
     got = Decoded(sub, tahu)
     kinds = got.kinds()
     assert kinds[:2] == ["NBIRTH", "DBIRTH"]  # births before any data, replayed or live
     data = got.of("DDATA")
     historical = [d for d in data if all(m.get("isHistorical") for m in d["metrics"])]
     assert len(historical) >= held  # what was made while the host was offline came as history, after the births
-    assert [seq_of(d) for _, _, d in got.items[:kinds.index("NDEATH")]] == list(range(kinds.index("NDEATH")))
+    assert [seq_of(d) for _, _, d in got.items[: kinds.index("NDEATH")]] == list(range(kinds.index("NDEATH")))
     stamps = [int(d["timestamp"]) for d in historical]
     assert stamps == sorted(stamps)
 
 
-async def test_device_death_and_rebirth_when_the_plc_goes_and_returns(tmp_path, modbus_sim, mqtt_broker,
-                                                                     mqtt_subscriber, tahu):
+async def test_device_death_and_rebirth_when_the_plc_goes_and_returns(
+    tmp_path, modbus_sim, mqtt_broker, mqtt_subscriber, tahu
+):
     sub = await mqtt_subscriber("spBv1.0/#")
     path = config(tmp_path, modbus_sim.port, sparkplug_uplink(mqtt_broker.port))
     async with InProcess(path) as gw:

@@ -38,8 +38,13 @@ async def test_gateway_starts_on_a_damaged_spool_and_keeps_every_intact_record(
 
     dev = await plc()
     api_port = free_port()
-    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=api_port, mqtt={"publish_interval": "500ms"},
-                         assets_yaml=plc_assets([("press", dev.port)]))
+    cfg = gateway_config(
+        tmp_path,
+        mqtt_port=mqtt_broker.port,
+        api_port=api_port,
+        mqtt={"publish_interval": "500ms"},
+        assets_yaml=plc_assets([("press", dev.port)]),
+    )
     sub = await mqtt_subscriber(f"{NS}/+/data")
     try:
         async with InProcess(cfg):
@@ -74,8 +79,14 @@ async def test_a_middle_segment_deleted_before_start_is_counted_as_dropped(tmp_p
 
     dev = await plc()
     api_port = free_port()
-    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=api_port, mqtt={"publish_interval": "500ms"},
-                         spool={"replay_rate": 500}, assets_yaml=plc_assets([("press", dev.port)]))
+    cfg = gateway_config(
+        tmp_path,
+        mqtt_port=mqtt_broker.port,
+        api_port=api_port,
+        mqtt={"publish_interval": "500ms"},
+        spool={"replay_rate": 500},
+        assets_yaml=plc_assets([("press", dev.port)]),
+    )
     sub = await mqtt_subscriber(f"{NS}/+/data")
     try:
         async with InProcess(cfg) as gw:

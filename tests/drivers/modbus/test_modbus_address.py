@@ -58,7 +58,7 @@ def test_accepted_forms(written: object, expected: ModbusAddress) -> None:
 @pytest.mark.parametrize(
     ("written", "hint"),
     [
-        (1, 'quote it in YAML'),  # what YAML makes of an unquoted 00001
+        (1, "quote it in YAML"),  # what YAML makes of an unquoted 00001
         (1234, "no table digit"),
         ("1234", "needs 5 or 6"),
         ("4000001", "needs 5 or 6"),

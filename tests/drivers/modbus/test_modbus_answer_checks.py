@@ -70,7 +70,11 @@ def plant(tmp_path: Path) -> Plant:
 
 
 def driver(port: int) -> ModbusTcpDriver:
-    return ModbusTcpDriver(ModbusTcpSource(driver="modbus_tcp", host="127.0.0.1", port=port, unit=1, timeout=1), TAGS, DriverContext.detached("test", len(TAGS)))
+    return ModbusTcpDriver(
+        ModbusTcpSource(driver="modbus_tcp", host="127.0.0.1", port=port, unit=1, timeout=1),
+        TAGS,
+        DriverContext.detached("test", len(TAGS)),
+    )
 
 
 @pytest.mark.parametrize("fault", ANSWER_FAULTS)
@@ -176,11 +180,10 @@ def test_answer_mismatch(request_pdu: bytes, answer: bytes, why: str | None) -> 
     assert (got is None) if why is None else (got is not None and why in got)
 
 
-
-
 async def test_mismatched_answers_are_counted_on_the_status_api(tmp_path: Path, mqtt_broker) -> None:
     """What an integrator sees: the tags bad with the mismatch text, the count under driver_counters."""
     from e2e.harness import running_gateway
+
     sim = ModbusSimulator(plant(tmp_path), port=free_port(), answer_fault="other_function")
     assets = f"""\
         - id: press-1

@@ -34,9 +34,11 @@ modbus:
 
 def plant(tmp_path: Path) -> Plant:
     points = [f'    - {{name: h{i}, address: "hr:{40 * i}", type: uint16, value: {1000 + i}}}' for i in range(10)]
-    points += ['    - {name: ir_a, address: "ir:3", type: uint16, value: 4321}',
-               '    - {name: co_a, address: "co:0", type: bool, value: true}',
-               '    - {name: di_a, address: "di:1", type: bool, value: true}']
+    points += [
+        '    - {name: ir_a, address: "ir:3", type: uint16, value: 4321}',
+        '    - {name: co_a, address: "co:0", type: bool, value: true}',
+        '    - {name: di_a, address: "di:1", type: bool, value: true}',
+    ]
     path = tmp_path / "plant.yaml"
     path.write_text(textwrap.dedent(PLANT) + "\n".join(points) + "\n")
     return Plant.load(path)
@@ -51,8 +53,19 @@ TAGS = [ModbusTag(name=f"h{i}", address=f"hr:{40 * i}", type="uint16") for i in 
 
 def driver(port: int, max_in_flight: int, unit: int = 1, timeout: float = 1) -> ModbusTcpDriver:
     # max_gap 0: one request per register tag, so the plan has more requests than a window
-    return ModbusTcpDriver(ModbusTcpSource(driver="modbus_tcp", host="127.0.0.1", port=port, unit=unit,
-                                           timeout=timeout, max_in_flight=max_in_flight, max_gap=0), TAGS, DriverContext.detached("test", len(TAGS)))
+    return ModbusTcpDriver(
+        ModbusTcpSource(
+            driver="modbus_tcp",
+            host="127.0.0.1",
+            port=port,
+            unit=unit,
+            timeout=timeout,
+            max_in_flight=max_in_flight,
+            max_gap=0,
+        ),
+        TAGS,
+        DriverContext.detached("test", len(TAGS)),
+    )
 
 
 def test_one_request_in_flight_is_the_default() -> None:

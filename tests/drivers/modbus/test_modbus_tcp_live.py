@@ -178,7 +178,9 @@ async def test_device_closing_the_socket_during_a_request_raises_device_unavaila
 
     srv, port = await raw_server(hang_up)
     async with srv:
-        driver = ModbusTcpDriver(source(port, timeout=30), TAGS[:1], DriverContext.detached("test", len(TAGS[:1])))  # not detected by a timeout
+        driver = ModbusTcpDriver(
+            source(port, timeout=30), TAGS[:1], DriverContext.detached("test", len(TAGS[:1]))
+        )  # not detected by a timeout
         await driver.connect()
         with pytest.raises(DeviceUnavailable, match="closed"):
             await driver.read()

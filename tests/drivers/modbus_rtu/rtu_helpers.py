@@ -28,8 +28,10 @@ def slave_with(values: dict[int, tuple[str, float, str]]) -> RtuSlave:
     return slave
 
 
-def driver(sim: ModbusRtuSimulator, unit: int, tags: list[ModbusTag], *, shared: Shared | None = None,
-           **extra: Any) -> ModbusRtuDriver:
+def driver(
+    sim: ModbusRtuSimulator, unit: int, tags: list[ModbusTag], *, shared: Shared | None = None, **extra: Any
+) -> ModbusRtuDriver:
     """A driver of ``unit`` on the simulator's port; drivers given one ``shared`` share its arbiter, as in a gateway."""
-    return ModbusRtuDriver(rtu_source(sim.path, unit, **extra), tags,
-                           DriverContext.detached(f"unit-{unit}", len(tags), shared=shared))
+    return ModbusRtuDriver(
+        rtu_source(sim.path, unit, **extra), tags, DriverContext.detached(f"unit-{unit}", len(tags), shared=shared)
+    )

@@ -82,8 +82,12 @@ async def test_start_up_warns_when_the_baud_rate_cannot_carry_the_poll_rates(
 ) -> None:
     wide = [tag("block", "hr:0", "string", length=100)]
     bus = Shared()
-    drivers = [ModbusRtuDriver(rtu_source(line.path, n, poll=0.1, baudrate=9600), wide,
-                               DriverContext.detached(f"unit{n}", 1, shared=bus)) for n in (1, 2)]
+    drivers = [
+        ModbusRtuDriver(
+            rtu_source(line.path, n, poll=0.1, baudrate=9600), wide, DriverContext.detached(f"unit{n}", 1, shared=bus)
+        )
+        for n in (1, 2)
+    ]
     with caplog.at_level(logging.WARNING, logger="drivers.modbus.arbiter"):
         await drivers[0].connect()
     for d in drivers:
@@ -91,13 +95,18 @@ async def test_start_up_warns_when_the_baud_rate_cannot_carry_the_poll_rates(
     (record,) = [r for r in caplog.records if "wire time" in r.message]
     assert record.levelno == logging.WARNING
     # 8 bytes out + 5 + 200 back = 213 chars x 10 bits (8N1) / 9600 = 221.9 ms + 2 gaps of 3.65 ms, every 0.1 s
-    assert "213 chars x 10 bits / 9600 baud = 221.9 ms + 2 x 3.65 ms gaps = 229.2 ms per poll -> 2292 ms/s" in record.message
+    assert (
+        "213 chars x 10 bits / 9600 baud = 221.9 ms + 2 x 3.65 ms gaps = 229.2 ms per poll -> 2292 ms/s"
+        in record.message
+    )
     assert "needs 4.58 s of wire time per second (458 %)" in record.message
     assert "polls will be skipped" in record.message
 
 
 async def test_no_warning_when_the_bus_has_room(line: ModbusRtuSimulator, caplog: pytest.LogCaptureFixture) -> None:
-    d = ModbusRtuDriver(rtu_source(line.path, 1, poll=1.0, baudrate=19200), TAGS, DriverContext.detached("test", len(TAGS)))
+    d = ModbusRtuDriver(
+        rtu_source(line.path, 1, poll=1.0, baudrate=19200), TAGS, DriverContext.detached("test", len(TAGS))
+    )
     with caplog.at_level(logging.WARNING, logger="drivers.modbus.arbiter"):
         await d.connect()
     await d.close()
@@ -160,8 +169,11 @@ def test_one_port_with_two_line_settings_is_refused(tmp_path: Path) -> None:
     context = DriverContext.detached("keep", len(TAGS), shared=bus)
     keep = ModbusRtuDriver(ModbusRtuSource(driver="modbus_rtu", port=port, baudrate=9600), TAGS, context)
     with pytest.raises(ValueError, match="configured twice with different line settings"):
-        ModbusRtuDriver(ModbusRtuSource(driver="modbus_rtu", port=port, baudrate=19200, unit=2), TAGS,
-                        DriverContext.detached("other", len(TAGS), shared=bus))
+        ModbusRtuDriver(
+            ModbusRtuSource(driver="modbus_rtu", port=port, baudrate=19200, unit=2),
+            TAGS,
+            DriverContext.detached("other", len(TAGS), shared=bus),
+        )
     assert keep.arbiter is not None
     assert np.all(context.meta.float32 == [True, False])
 

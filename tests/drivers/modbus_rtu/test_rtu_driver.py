@@ -157,8 +157,9 @@ async def test_slow_slave_within_its_timeout_is_fine_beyond_it_is_unavailable(li
 
 async def test_silent_slave_is_demoted_then_retried_once_per_slow_retry(line: ModbusRtuSimulator) -> None:
     line.faults[3].silent = True
-    d = driver(line, 3, [tag("f", "40001", "float32")], response_timeout=0.05, timeout=0.5,
-               demote_after=2, slow_retry=0.4)
+    d = driver(
+        line, 3, [tag("f", "40001", "float32")], response_timeout=0.05, timeout=0.5, demote_after=2, slow_retry=0.4
+    )
     with pytest.raises(DeviceUnavailable, match="no answer from unit 3"):
         await d.connect()  # the probe finds nobody
     with pytest.raises(DeviceUnavailable, match="no answer from unit 3"):
@@ -179,16 +180,22 @@ async def test_port_that_does_not_exist_is_a_clear_device_unavailable() -> None:
     from drivers.modbus.rtu import ModbusRtuDriver
     from drivers.modbus.rtu_config import ModbusRtuSource
 
-    d = ModbusRtuDriver(ModbusRtuSource(driver="modbus_rtu", port="/dev/ttyNOPE9", parity="N"), [tag("f", "40001", "int16")],
-                        DriverContext.detached("test", 1))
+    d = ModbusRtuDriver(
+        ModbusRtuSource(driver="modbus_rtu", port="/dev/ttyNOPE9", parity="N"),
+        [tag("f", "40001", "int16")],
+        DriverContext.detached("test", 1),
+    )
     with pytest.raises(DeviceUnavailable, match="cannot open serial port /dev/ttyNOPE9"):
         await d.connect()
     await d.close()
 
 
 async def test_write_back_goes_through_the_bus_arbiter(line: ModbusRtuSimulator) -> None:
-    tags = [tag("sp", "40011", "float32", byte_order="CDAB", writable=True),
-            tag("word", "40013", "uint16", writable=True), tag("lamp", "co:4", "bool", writable=True)]
+    tags = [
+        tag("sp", "40011", "float32", byte_order="CDAB", writable=True),
+        tag("word", "40013", "uint16", writable=True),
+        tag("lamp", "co:4", "bool", writable=True),
+    ]
     d = driver(line, 2, tags)
     await d.connect()
     try:

@@ -50,7 +50,11 @@ async def test_browse_prints_namespace_uris_and_marks_writable_nodes(tmp_path) -
         # pasted as they are, the node ids read the same nodes
         tags = [OpcUaTag(name="temp", node=_NODE.search(temp).group(1)),
                 OpcUaTag(name="setpoint", node=_NODE.search(setpoint).group(1))]  # fmt: skip
-        drv = OpcUaDriver(OpcUaSource(driver="opcua", endpoint=sim.endpoint, timeout="2s"), tags, DriverContext.detached("test", len(tags)))
+        drv = OpcUaDriver(
+            OpcUaSource(driver="opcua", endpoint=sim.endpoint, timeout="2s"),
+            tags,
+            DriverContext.detached("test", len(tags)),
+        )
         await drv.connect()
         try:
             batch = await drv.read()

@@ -74,7 +74,10 @@ def test_unparsed_node_id_message_lists_accepted_forms() -> None:
 
 def test_source_fields() -> None:
     src = OpcUaSource(
-        driver="opcua", endpoint="opc.tcp://10.0.0.5:4840/", session_timeout="2m", poll="500ms",
+        driver="opcua",
+        endpoint="opc.tcp://10.0.0.5:4840/",
+        session_timeout="2m",
+        poll="500ms",
         security_policy="Basic256Sha256",
     )
     assert src.session_timeout == 120.0 and src.poll == 0.5
@@ -112,10 +115,14 @@ def test_the_opcua_entry_point_builds_the_driver_and_validates_without_asyncua()
     assert spec.name == "opcua"
     assert spec.SourceConfig is OpcUaSource and spec.TagConfig is OpcUaTag
     tags = [OpcUaTag(name="t", node="ns=2;s=X")]
-    poll = spec.create(OpcUaSource(driver="opcua", endpoint="opc.tcp://127.0.0.1:4840/"), tags,
-                       DriverContext.detached("t", 1))
-    stream = spec.create(OpcUaSource(driver="opcua", endpoint="opc.tcp://127.0.0.1:4840/", mode="subscribe"), tags,
-                         DriverContext.detached("t", 1))
+    poll = spec.create(
+        OpcUaSource(driver="opcua", endpoint="opc.tcp://127.0.0.1:4840/"), tags, DriverContext.detached("t", 1)
+    )
+    stream = spec.create(
+        OpcUaSource(driver="opcua", endpoint="opc.tcp://127.0.0.1:4840/", mode="subscribe"),
+        tags,
+        DriverContext.detached("t", 1),
+    )
     assert isinstance(poll, OpcUaDriver) and not isinstance(poll, StreamingDriver)
     assert isinstance(stream, OpcUaSubscriber) and stream.writes_during_stream
     # validating a config (all driver models) must not import asyncua: half a second on a PC, more on a Pi

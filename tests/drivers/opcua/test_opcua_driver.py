@@ -62,9 +62,7 @@ async def test_values_and_types(oven: OvenServer) -> None:
     assert b.index is None and len(b) == len(tags)
     assert b.values.dtype == np.float64 and b.ts.dtype == np.int64
     assert b.quality.dtype == np.uint8 and b.errors.dtype == np.int32
-    np.testing.assert_array_equal(
-        b.values, [182.5, 1.0, 180.25, -7.0, 4e9, -(2.0**40), 200.0, 12345.0, 42.0, 0.0]
-    )
+    np.testing.assert_array_equal(b.values, [182.5, 1.0, 180.25, -7.0, 4e9, -(2.0**40), 200.0, 12345.0, 42.0, 0.0])
     assert (b.quality == Quality.GOOD).all() and (b.errors == 0).all()
     assert drv.namespaces[2] == "urn:acme:oven"
 

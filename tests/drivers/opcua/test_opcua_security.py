@@ -42,13 +42,23 @@ async def secured(tmp_path_factory) -> AsyncIterator[OpcUaSimulator]:
 
 
 def source(sim: OpcUaSimulator, **extra) -> OpcUaSource:
-    fields = {"security_policy": "Basic256Sha256", "security_mode": "SignAndEncrypt",
-              "username": "operator", "password": "s3cret", "timeout": "2s", **extra}
+    fields = {
+        "security_policy": "Basic256Sha256",
+        "security_mode": "SignAndEncrypt",
+        "username": "operator",
+        "password": "s3cret",
+        "timeout": "2s",
+        **extra,
+    }
     return OpcUaSource(driver="opcua", endpoint=sim.endpoint, **fields)
 
 
 def driver(sim: OpcUaSimulator, state_dir: Path, tags: list[OpcUaTag] | None = None, **extra) -> OpcUaDriver:
-    drv = OpcUaDriver(source(sim, **extra), tags or [OpcUaTag(name="temp", node=TEMP)], DriverContext.detached("test", len(tags or [OpcUaTag(name="temp", node=TEMP)])))
+    drv = OpcUaDriver(
+        source(sim, **extra),
+        tags or [OpcUaTag(name="temp", node=TEMP)],
+        DriverContext.detached("test", len(tags or [OpcUaTag(name="temp", node=TEMP)])),
+    )
     drv.state_dir = state_dir
     return drv
 
@@ -97,7 +107,11 @@ async def test_untrusted_server_refused_then_trusted_with_the_command(secured, t
 
 @pytest.mark.parametrize(
     ("policy", "mode"),
-    [("Basic256Sha256", "SignAndEncrypt"), ("Aes128_Sha256_RsaOaep", "Sign"), ("Aes256_Sha256_RsaPss", "SignAndEncrypt")],
+    [
+        ("Basic256Sha256", "SignAndEncrypt"),
+        ("Aes128_Sha256_RsaOaep", "Sign"),
+        ("Aes256_Sha256_RsaPss", "SignAndEncrypt"),
+    ],
 )
 async def test_secured_session_with_user_and_password(secured, tmp_path, policy: str, mode: str) -> None:
     trust_each_other(secured, tmp_path)
@@ -166,8 +180,17 @@ async def _browse_with_env(sim: OpcUaSimulator, state_dir: Path) -> tuple[int, s
     os.environ["SIM_PASSWORD_FOR_TEST"] = "s3cret"
     try:
         return await asyncio.to_thread(
-            cli, "browse", sim.endpoint, "--security", "Basic256Sha256/SignAndEncrypt",
-            "-u", "operator", "-P", "SIM_PASSWORD_FOR_TEST", "--state-dir", str(state_dir),
+            cli,
+            "browse",
+            sim.endpoint,
+            "--security",
+            "Basic256Sha256/SignAndEncrypt",
+            "-u",
+            "operator",
+            "-P",
+            "SIM_PASSWORD_FOR_TEST",
+            "--state-dir",
+            str(state_dir),
         )
     finally:
         del os.environ["SIM_PASSWORD_FOR_TEST"]

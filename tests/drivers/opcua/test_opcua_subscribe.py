@@ -32,8 +32,9 @@ def history(ring, row: int) -> np.ndarray:
 
 
 def subscribe_source(endpoint: str, **extra) -> OpcUaSource:
-    return OpcUaSource(driver="opcua", endpoint=endpoint, mode="subscribe", poll="100ms", timeout="1s",
-                       retry_max="1s", **extra)
+    return OpcUaSource(
+        driver="opcua", endpoint=endpoint, mode="subscribe", poll="100ms", timeout="1s", retry_max="1s", **extra
+    )
 
 
 async def test_values_deadband_and_server_restart(tmp_path) -> None:
@@ -106,7 +107,9 @@ def test_bursts_split_so_no_batch_names_a_tag_twice() -> None:
 
 def test_notifications_become_batches_with_index_and_scale() -> None:
     def item(handle: int, value: float) -> ua.MonitoredItemNotification:
-        return ua.MonitoredItemNotification(ClientHandle=handle, Value=ua.DataValue(ua.Variant(value, ua.VariantType.Double)))
+        return ua.MonitoredItemNotification(
+            ClientHandle=handle, Value=ua.DataValue(ua.Variant(value, ua.VariantType.Double))
+        )
 
     scale, offset = np.array([1.0, 10.0]), np.array([0.0, 1.0])
     batches = to_batches([item(1, 2.0), item(1, 3.0), item(0, 7.0)], scale, offset)
@@ -120,8 +123,14 @@ def test_monitored_item_parameters() -> None:
     p = plain.RequestedParameters
     assert (p.ClientHandle, p.SamplingInterval, p.QueueSize) == (4, 250.0, 4)  # 4 samples per publish
     assert not isinstance(p.Filter, ua.DataChangeFilter)
-    tag = OpcUaTag(name="b", node="ns=2;i=2", sampling_interval="50ms", queue_size=2,
-                   server_deadband=2.5, server_deadband_type="percent")
+    tag = OpcUaTag(
+        name="b",
+        node="ns=2;i=2",
+        sampling_interval="50ms",
+        queue_size=2,
+        server_deadband=2.5,
+        server_deadband_type="percent",
+    )
     q = item_request(0, ua.NodeId(2, 2), tag, src).RequestedParameters
     assert (q.SamplingInterval, q.QueueSize) == (50.0, 2)
     assert q.Filter.DeadbandType == ua.DeadbandType.Percent and q.Filter.DeadbandValue == 2.5

@@ -8,8 +8,7 @@ SCALE_PATTERN = r"'(?P<status>ST|US),GS,(?P<weight>[-+]\d+\.\d+)kg'"
 THERMO_PATTERN = r"'T1=(?P<t1>[-+]\d+\.\d+);T2=(?P<t2>[-+]\d+\.\d+);(?P<status>OK|ER)'"
 
 
-def scale_asset(port: str, *, checksum: str = "", poll: str = "100ms", timeout: str = "500ms",
-                extra: str = "") -> str:
+def scale_asset(port: str, *, checksum: str = "", poll: str = "100ms", timeout: str = "500ms", extra: str = "") -> str:
     return f"""\
 - id: scale-1
   source:

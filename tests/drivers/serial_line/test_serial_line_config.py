@@ -42,19 +42,40 @@ def _line_of(lines: list[str], needle: str) -> int:
 @pytest.mark.parametrize(
     ("change", "needle", "path", "message"),
     [
-        ((SCALE_PATTERN, r"'(?P<status>ST|US,GS,(?P<weight>\d+)'"), "pattern:", "source.pattern",
-         "not a valid regular expression: missing ), unterminated subpattern"),
+        (
+            (SCALE_PATTERN, r"'(?P<status>ST|US,GS,(?P<weight>\d+)'"),
+            "pattern:",
+            "source.pattern",
+            "not a valid regular expression: missing ), unterminated subpattern",
+        ),
         ((SCALE_PATTERN, r"'ST,GS,(\d+)'"), "pattern:", "source.pattern", "no named group"),
-        ("group: status,", "name: stable", "tags[1].group",
-         "group 'state' is not in the source's pattern; its groups: status, weight"),
+        (
+            "group: status,",
+            "name: stable",
+            "tags[1].group",
+            "group 'state' is not in the source's pattern; its groups: status, weight",
+        ),
         ("encoding: x", "encoding:", "source.encoding", "unknown encoding 'klingon'"),
         ("command: 'P\\r\\n'", "command:", "source.command", "stream mode sends no command"),
         ("type: bool,", "name: stable", "tags[1].type", "expected one of: number, int, string, bool"),
         ("terminator:", "terminator:", "source.terminator", "bad escape"),
-        ("parity:", "parity:", "source.parity", "expected one of: N, E, O, M, S, none, even, odd, mark, space (got 'X')"),
+        (
+            "parity:",
+            "parity:",
+            "source.parity",
+            "expected one of: N, E, O, M, S, none, even, odd, mark, space (got 'X')",
+        ),
     ],
-    ids=["bad-regex", "no-named-group", "group-not-in-pattern", "encoding", "stream-with-command", "tag-type",
-         "terminator-escape", "parity"],
+    ids=[
+        "bad-regex",
+        "no-named-group",
+        "group-not-in-pattern",
+        "encoding",
+        "stream-with-command",
+        "tag-type",
+        "terminator-escape",
+        "parity",
+    ],
 )
 def test_config_mistakes_name_file_line_and_field(tmp_path: Path, change, needle, path, message) -> None:
     yaml = scale_asset("/dev/ttyUSB0")
@@ -109,7 +130,10 @@ def test_bool_tags_refuse_a_scale(tmp_path: Path) -> None:
 def test_max_silence_must_fit_in_the_timeout_and_only_in_stream_mode(tmp_path: Path) -> None:
     text, _ = _errors(tmp_path, scale_asset("/dev/ttyUSB0", extra="max_silence: 2s"))
     assert "assets[0].source.max_silence: max_silence applies to stream mode only" in text
-    yaml = scale_asset("/dev/ttyUSB0", extra="max_silence: 2s").replace("mode: poll", "mode: stream").replace(
-        "    command: 'P\\r\\n'\n", "")
+    yaml = (
+        scale_asset("/dev/ttyUSB0", extra="max_silence: 2s")
+        .replace("mode: poll", "mode: stream")
+        .replace("    command: 'P\\r\\n'\n", "")
+    )
     text, _ = _errors(tmp_path, yaml)
     assert "max_silence (2s) is longer than timeout (0.5s)" in text and "set timeout to at least 2s" in text

@@ -24,8 +24,9 @@ async def test_polled_scale_and_streaming_transmitter_arrive_on_mqtt(tmp_path, m
         async with running_gateway(path) as gw:
             got = await latest_values(sub, "scale-1", {"weight_g": 7500.0, "stable": True})
             assert got == {"weight_g": 7500.0, "stable": True}
-            got = await latest_values(sub, "oven-probe", {"zone1": 180.25, "zone2_f": 212.0, "probe_ok": True,
-                                                   "status_text": "OK"})
+            got = await latest_values(
+                sub, "oven-probe", {"zone1": 180.25, "zone2_f": 212.0, "probe_ok": True, "status_text": "OK"}
+            )
             assert got == {"zone1": 180.25, "zone2_f": 212.0, "probe_ok": True, "status_text": "OK"}
             scale.weight, thermo.t1 = 8.0, 181.5
             assert (await latest_values(sub, "scale-1", {"weight_g": 8000.0}))["weight_g"] == 8000.0

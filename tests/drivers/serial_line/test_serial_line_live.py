@@ -193,8 +193,10 @@ async def test_closed_pty_ends_a_stream_with_device_unavailable(load_asset) -> N
 async def test_a_port_is_opened_by_one_asset_only(load_asset) -> None:
     async with SerialInstrument("scale") as sim:
         asset = load_asset(scale_asset(sim.path))
-        first, second = (SerialLineDriver(asset.source, asset.tags, DriverContext.detached(name, len(asset.tags)))
-                         for name in ("first", "second"))
+        first, second = (
+            SerialLineDriver(asset.source, asset.tags, DriverContext.detached(name, len(asset.tags)))
+            for name in ("first", "second")
+        )
         await first.connect()
         try:
             with pytest.raises(DeviceUnavailable, match="in use"):
