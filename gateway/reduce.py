@@ -95,20 +95,38 @@ def float32_numbers(x: np.ndarray) -> np.ndarray:
     todo = np.flatnonzero(finite & in_range)
     if not len(todo):
         return out.reshape(shape)
-    e = np.floor(np.log10(a[todo]))
+    # decimal exponent as an index into the table of powers of ten (one gather instead of ``10.0 ** k``)
+    e = np.floor(np.log10(a[todo])).astype(np.int64)
     v, want = out[todo], f[todo]
     for digits in range(6, 10):
-        k = digits - 1 - e
-        p = 10.0 ** np.abs(k)
-        with np.errstate(over="ignore", invalid="ignore"):
-            r = np.where(k >= 0, np.round(v * p) / p, np.round(v / p) * p)
+        k = (digits - 1) - e
+        r = _nearest_decimal(v, k)
         ok = r.astype(np.float32) == want
+        if ok.all():
+            out[todo] = r
+            break
         out[todo[ok]] = r[ok]
         keep = ~ok
-        if not keep.any():
-            break
         todo, e, v, want = todo[keep], e[keep], v[keep], want[keep]
     return out.reshape(shape)
+
+
+#: 10.0 ** k for k = 0 .. 31 (exact up to 1e22), the same values ``10.0 ** k`` gives
+_POW10 = 10.0 ** np.arange(32, dtype=np.float64)
+
+
+def _nearest_decimal(v: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """``round(v * 10**k) / 10**k`` (``round(v / 10**-k) * 10**-k`` where ``k < 0``): the float nearest to the
+    decimal with ``k`` digits after the point; one branch when every ``k`` has the same sign (the usual case)."""
+    if k.min() >= 0:
+        p = _POW10[k]
+        return np.round(v * p) / p
+    if k.max() < 0:
+        p = _POW10[-k]
+        return np.round(v / p) * p
+    p = _POW10[np.abs(k)]
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.where(k >= 0, np.round(v * p) / p, np.round(v / p) * p)
 
 
 def json_value(x: float, float32: bool) -> float | None:
@@ -364,7 +382,10 @@ class Reducer:
         out.agg = {key: published[j * k:(j + 1) * k] for j, key in enumerate(stats)}
         out.agg["n"] = n.astype(np.int64)
         combos = self.agg_combos
-        out.agg_keys = [combos[c] for c in self.want_keys[agg].tolist()]
+        if len(combos) == 1:  # every aggregated tag carries the same keys: one list, no lookup per tag
+            out.agg_keys = [combos[0]] * len(agg)
+        else:
+            out.agg_keys = [combos[c] for c in self.want_keys[agg].tolist()]
 
     def _add_series(self, mode: str, rows: np.ndarray, has_new: np.ndarray, out: Reduced) -> None:
         pos = np.flatnonzero(has_new & self.mode_mask[mode][rows])

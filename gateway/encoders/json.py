@@ -21,6 +21,8 @@ float32 precision, others without float64 noise (done by the reducer). A replaye
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import Any
 
 import numpy as np
@@ -33,17 +35,73 @@ from gateway.reduce import Reduced
 SHAPES = ("full", "compact")
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _Q_TEXT = np.array([orjson.dumps(str(q)) for q in QUALITY_NAMES.tolist()], dtype=object)
+_NO_INTS = np.False_  # a mean is never written as an integer
 
 
-def _texts(values: np.ndarray, integer: np.ndarray) -> list[bytes]:
-    """Each value as JSON text: one orjson pass per kind (NaN -> null), integers without ``.0``."""
-    out = orjson.dumps(np.ascontiguousarray(values, dtype=np.float64), option=_NUMPY)[1:-1].split(b",")
+def _width(agg_keys: tuple[str, ...]) -> int:
+    """Pieces per row in :meth:`JsonEncoder._objects`: head, ts, label, v, q (+ the first aggregate's label),
+    per aggregate its text and the next label, the closing brace."""
+    return 4 + 2 * len(agg_keys) + (1 if agg_keys else 2)
+
+
+@functools.cache
+def _q_labels(next_key: str) -> np.ndarray:
+    """``,"q":"good"`` per quality, followed by the label of ``next_key`` when there is one."""
+    label = b',"' + next_key.encode() + b'":' if next_key else b""
+    return np.array([b',"q":' + t + label for t in _Q_TEXT.tolist()], dtype=object)
+
+
+def _texts(values: np.ndarray, integer: np.ndarray, merges: dict[bytes, Any] | None = None) -> list[bytes]:
+    """Each value as JSON text: one orjson pass per kind (NaN -> null), integers without ``.0``.
+
+    A column with integer and float rows formats each kind on its own and puts the texts back in row order
+    with one ``itemgetter`` (kept in ``merges`` per pattern of integer rows: a tag's kind does not change
+    between messages)."""
+    if not len(values):
+        return []
+    values = np.ascontiguousarray(values, dtype=np.float64)
     ints = integer & np.isfinite(values)
-    if ints.any():
-        idx = np.flatnonzero(ints)
-        for j, t in zip(idx.tolist(), orjson.dumps(_as_ints(values[idx]))[1:-1].split(b",")):
+    if not ints.any():
+        return orjson.dumps(values, option=_NUMPY)[1:-1].split(b",")
+    idx = np.flatnonzero(ints)
+    iv = values[idx]
+    if not (np.abs(iv) < 2.0**63).all():  # a uint64 above 2**63: those few through ``int``
+        out = orjson.dumps(values, option=_NUMPY)[1:-1].split(b",")
+        for j, t in zip(idx.tolist(), orjson.dumps(_as_ints(iv))[1:-1].split(b",")):
             out[j] = t
-    return out if len(values) else []
+        return out
+    itexts = orjson.dumps(iv.astype(np.int64), option=_NUMPY)[1:-1].split(b",")
+    if len(idx) == len(values):
+        return itexts
+    others = np.flatnonzero(~ints)
+    ftexts = orjson.dumps(values[others], option=_NUMPY)[1:-1].split(b",")
+    key = ints.tobytes()
+    getter = None if merges is None else merges.get(key)
+    if getter is None:
+        # row j's text is at position order[j] of ftexts + itexts
+        order = np.argsort(np.concatenate([others, idx]), kind="stable")
+        getter = operator.itemgetter(*order.tolist())
+        if merges is not None:
+            if len(merges) >= 16:
+                merges.clear()
+            merges[key] = getter
+    return list(getter(ftexts + itexts))
+
+
+def _int_texts(a: np.ndarray) -> list[bytes]:
+    """An int64 column as JSON texts; a column of few runs of one value (one timestamp per request, one count
+    for every tag) formats each run once and repeats its text."""
+    n = len(a)
+    if n > 16:
+        starts = np.flatnonzero(a[1:] != a[:-1]) + 1
+        if len(starts) * 8 < n:
+            heads = np.concatenate(([0], starts))
+            texts = orjson.dumps(np.ascontiguousarray(a[heads]), option=_NUMPY)[1:-1].split(b",")
+            out: list[bytes] = []
+            for t, c in zip(texts, np.diff(heads, append=n).tolist()):
+                out += [t] * c
+            return out
+    return orjson.dumps(np.ascontiguousarray(a), option=_NUMPY)[1:-1].split(b",") if n else []
 
 
 def _as_ints(values: np.ndarray) -> list[int]:
@@ -144,6 +202,9 @@ class JsonEncoder:
         self.shape = shape
         self.ts_tolerance_ms = int(ts_tolerance_ms)
         self._keys: dict[str, list[bytes]] = {}  # asset -> b'"name":' per tag
+        self._head_keys: dict[str, list[bytes]] = {}  # asset -> b'"name":{"ts":' per tag
+        self._templates: dict[tuple[str, tuple[str, ...], int], list[bytes]] = {}
+        self._merges: dict[bytes, Any] = {}  # pattern of integer rows -> itemgetter (see _texts)
 
     def data(self, asset: str, seq: int, ts_ms: int, reduced: Reduced) -> bytes:
         if self.shape == "compact":
@@ -160,32 +221,58 @@ class JsonEncoder:
         n = len(r.rows)
         agg_keys: tuple[str, ...] = ()
         if not r.plain:
+            keys_all = r.agg_keys
             uniform = (not (r.errors or r.strings or r.series) and len(r.agg_pos) == n
-                       and len(set(r.agg_keys)) == 1)
+                       and keys_all.count(keys_all[0]) == n)
             if not uniform:  # errors, strings, series, mixed aggregates: one piece per row, from the arrays
                 return b",".join(self._members(asset, r, range(n)))
-            agg_keys = r.agg_keys[0]  # every row aggregated alike (the usual profile): columns too
-        keys = self._name_keys(asset, r.names)
-        rows = r.rows.tolist()
-        columns = [(b'{"ts":', orjson.dumps(r.ts_ms, option=_NUMPY)[1:-1].split(b",")),
-                   (b',"v":', _texts(r.values, r.integer)),
-                   (b',"q":', _Q_TEXT[r.quality].tolist())]
-        for key in agg_keys:
+            agg_keys = keys_all[0]  # every row aggregated alike (the usual profile): columns too
+        # the pieces of a row: '"name":{"ts":', ts, ',"v":', v, ',"q":"good"' + first label, then per
+        # aggregate its text and the next label, then "}," ("}" in the last row); the constant pieces sit in a
+        # template list kept per asset and layout, the columns go in by slice assignment (in C), joined once
+        out = self._template(asset, r, agg_keys)
+        width = _width(agg_keys)
+        out[1::width] = _int_texts(r.ts_ms)
+        out[3::width] = _texts(r.values, r.integer, self._merges)
+        out[4::width] = _q_labels(agg_keys[0] if agg_keys else "")[r.quality].tolist()
+        for c, key in enumerate(agg_keys):
             if key == "n":
-                texts = orjson.dumps(r.agg["n"], option=_NUMPY)[1:-1].split(b",")
+                texts = _int_texts(r.agg["n"])
             else:  # min/max of an integer tag are integers; a mean never is
-                texts = _texts(r.agg[key], r.integer if key != "mean" else np.zeros(n, dtype=bool))
-            columns.append((b',"' + key.encode() + b'":', texts))
-        # interleave the columns by slice assignment (in C), then join once
-        width = 2 * len(columns) + 2
-        out: list[bytes] = [b""] * (width * n)
-        out[0::width] = keys if n == len(keys) else [keys[i] for i in rows]
-        for c, (label, texts) in enumerate(columns):
-            out[1 + 2 * c::width] = [label] * n
-            out[2 + 2 * c::width] = texts
+                texts = _texts(r.agg[key], r.integer if key != "mean" else _NO_INTS, self._merges)
+            out[5 + 2 * c::width] = texts
+        return b"".join(out)
+
+    def _template(self, asset: str, r: Reduced, agg_keys: tuple[str, ...]) -> list[bytes]:
+        """The piece list of :meth:`_objects` with its constant pieces in place (kept when ``r`` has every tag)."""
+        n = len(r.rows)
+        full = n == len(r.names)
+        cache_key = (asset, agg_keys, n)
+        out = self._templates.get(cache_key) if full else None
+        if out is not None:
+            return out
+        width = _width(agg_keys)
+        heads = self._heads(asset, r.names)
+        out = [b""] * (width * n)
+        out[0::width] = heads if full else [heads[i] for i in r.rows.tolist()]
+        out[2::width] = [b',"v":'] * n
+        for c, key in enumerate(agg_keys[1:]):
+            out[6 + 2 * c::width] = [b',"' + key.encode() + b'":'] * n
         out[width - 1::width] = [b"},"] * n
         out[-1] = b"}"
-        return b"".join(out)
+        if full:
+            if len(self._templates) >= 16:
+                self._templates.clear()
+            self._templates[cache_key] = out
+        return out
+
+    def _heads(self, asset: str, names: list[str]) -> list[bytes]:
+        """``"name":{"ts":`` per tag of ``asset``."""
+        heads = self._head_keys.get(asset)
+        if heads is None or len(heads) != len(names):
+            heads = [k + b'{"ts":' for k in self._name_keys(asset, names)]
+            self._head_keys[asset] = heads
+        return heads
 
     def _members(self, asset: str, r: Reduced, sel: range | list[int]) -> list[bytes]:
         """``"name":{...}`` of the rows at ``sel`` with whatever each carries (error, aggregates, a series),
