@@ -38,17 +38,36 @@ _Q_TEXT = np.array([orjson.dumps(str(q)) for q in QUALITY_NAMES.tolist()], dtype
 _NO_INTS = np.False_  # a mean is never written as an integer
 
 
-def _width(agg_keys: tuple[str, ...]) -> int:
-    """Pieces per row in :meth:`JsonEncoder._objects`: head, ts, label, v, q (+ the first aggregate's label),
-    per aggregate its text and the next label, the closing brace."""
-    return 4 + 2 * len(agg_keys) + (1 if agg_keys else 2)
+@functools.cache
+def _layout(agg_keys: tuple[str, ...]) -> tuple[Any, ...]:
+    """The pieces of one row in :meth:`JsonEncoder._objects`: constant bytes, or ``(column, prefix, suffix)``.
+
+    The constant labels go into the texts of columns that are formatted once per run of equal values (the
+    timestamps: one per request; the counts: one for all) or from a table (quality), so a row of
+    ``ts, v, q, min, max, mean, n`` is 9 pieces: ``"name":{"ts":`` · ts ``,"v":`` · v ·
+    ``,"q":"good","min":`` · min · ``,"max":`` · max · ``,"mean":`` · mean · ``,"n":`` n ``},``.
+    A row's last piece ends with ``},`` (the last row's without its comma).
+    """
+    slots: list[Any] = [b"", ("ts", b"", b',"v":'), ("v", b"", b"")]
+    labels = [b',"' + key.encode() + b'":' for key in agg_keys]
+    slots.append(("q", b"", labels[0] if agg_keys else b"},"))
+    for c, key in enumerate(agg_keys):
+        last = c == len(agg_keys) - 1
+        if key == "n":
+            slots.append(("n", labels[c] if c else b"", b"}," if last else labels[c + 1]))
+            continue
+        if c:
+            slots.append(labels[c])
+        slots.append((key, b"", b""))
+        if last:
+            slots.append(b"},")
+    return tuple(slots)
 
 
 @functools.cache
-def _q_labels(next_key: str) -> np.ndarray:
-    """``,"q":"good"`` per quality, followed by the label of ``next_key`` when there is one."""
-    label = b',"' + next_key.encode() + b'":' if next_key else b""
-    return np.array([b',"q":' + t + label for t in _Q_TEXT.tolist()], dtype=object)
+def _q_labels(suffix: bytes) -> np.ndarray:
+    """``,"q":"good"`` per quality, followed by ``suffix`` (the next label, or the closing brace)."""
+    return np.array([b',"q":' + t + suffix for t in _Q_TEXT.tolist()], dtype=object)
 
 
 def _texts(values: np.ndarray, integer: np.ndarray, merges: dict[bytes, Any] | None = None) -> list[bytes]:
@@ -88,10 +107,12 @@ def _texts(values: np.ndarray, integer: np.ndarray, merges: dict[bytes, Any] | N
     return list(getter(ftexts + itexts))
 
 
-def _int_texts(a: np.ndarray) -> list[bytes]:
-    """An int64 column as JSON texts; a column of few runs of one value (one timestamp per request, one count
-    for every tag) formats each run once and repeats its text."""
+def _int_texts(a: np.ndarray, prefix: bytes = b"", suffix: bytes = b"") -> list[bytes]:
+    """An int64 column as JSON texts, each between ``prefix`` and ``suffix``; a column of few runs of one value
+    (one timestamp per request, one count for every tag) formats each run once and repeats its text."""
     n = len(a)
+    if not n:
+        return []
     if n > 16:
         starts = np.flatnonzero(a[1:] != a[:-1]) + 1
         if len(starts) * 8 < n:
@@ -99,9 +120,12 @@ def _int_texts(a: np.ndarray) -> list[bytes]:
             texts = orjson.dumps(np.ascontiguousarray(a[heads]), option=_NUMPY)[1:-1].split(b",")
             out: list[bytes] = []
             for t, c in zip(texts, np.diff(heads, append=n).tolist()):
-                out += [t] * c
+                out += [prefix + t + suffix] * c
             return out
-    return orjson.dumps(np.ascontiguousarray(a), option=_NUMPY)[1:-1].split(b",") if n else []
+    body = orjson.dumps(np.ascontiguousarray(a), option=_NUMPY)[1:-1]
+    if not (prefix or suffix):
+        return body.split(b",")
+    return (prefix + body.replace(b",", suffix + b"\x00" + prefix) + suffix).split(b"\x00")
 
 
 def _as_ints(values: np.ndarray) -> list[int]:
@@ -227,23 +251,31 @@ class JsonEncoder:
             if not uniform:  # errors, strings, series, mixed aggregates: one piece per row, from the arrays
                 return b",".join(self._members(asset, r, range(n)))
             agg_keys = keys_all[0]  # every row aggregated alike (the usual profile): columns too
-        # the pieces of a row: '"name":{"ts":', ts, ',"v":', v, ',"q":"good"' + first label, then per
-        # aggregate its text and the next label, then "}," ("}" in the last row); the constant pieces sit in a
-        # template list kept per asset and layout, the columns go in by slice assignment (in C), joined once
-        out = self._template(asset, r, agg_keys)
-        width = _width(agg_keys)
-        out[1::width] = _int_texts(r.ts_ms)
-        out[3::width] = _texts(r.values, r.integer, self._merges)
-        out[4::width] = _q_labels(agg_keys[0] if agg_keys else "")[r.quality].tolist()
-        for c, key in enumerate(agg_keys):
-            if key == "n":
-                texts = _int_texts(r.agg["n"])
+        # a row is a fixed list of pieces (see _layout): its constant pieces sit in a template list kept per
+        # asset and layout, every column goes in by one slice assignment (in C), and the list is joined once
+        slots = _layout(agg_keys)
+        width = len(slots)
+        out = self._template(asset, r, agg_keys, slots)
+        for pos, slot in enumerate(slots):
+            if isinstance(slot, bytes):
+                continue
+            column, prefix, suffix = slot
+            if column == "ts":
+                texts = _int_texts(r.ts_ms, prefix, suffix)
+            elif column == "v":
+                texts = _texts(r.values, r.integer, self._merges)
+            elif column == "q":
+                texts = _q_labels(suffix)[r.quality].tolist()
+            elif column == "n":
+                texts = _int_texts(r.agg["n"], prefix, suffix)
             else:  # min/max of an integer tag are integers; a mean never is
-                texts = _texts(r.agg[key], r.integer if key != "mean" else _NO_INTS, self._merges)
-            out[5 + 2 * c::width] = texts
+                texts = _texts(r.agg[column], r.integer if column != "mean" else _NO_INTS, self._merges)
+            out[pos::width] = texts
+        if not isinstance(slots[-1], bytes):  # the last row's closing piece without its comma
+            out[-1] = out[-1][:-1]
         return b"".join(out)
 
-    def _template(self, asset: str, r: Reduced, agg_keys: tuple[str, ...]) -> list[bytes]:
+    def _template(self, asset: str, r: Reduced, agg_keys: tuple[str, ...], slots: tuple[Any, ...]) -> list[bytes]:
         """The piece list of :meth:`_objects` with its constant pieces in place (kept when ``r`` has every tag)."""
         n = len(r.rows)
         full = n == len(r.names)
@@ -251,15 +283,15 @@ class JsonEncoder:
         out = self._templates.get(cache_key) if full else None
         if out is not None:
             return out
-        width = _width(agg_keys)
+        width = len(slots)
         heads = self._heads(asset, r.names)
         out = [b""] * (width * n)
         out[0::width] = heads if full else [heads[i] for i in r.rows.tolist()]
-        out[2::width] = [b',"v":'] * n
-        for c, key in enumerate(agg_keys[1:]):
-            out[6 + 2 * c::width] = [b',"' + key.encode() + b'":'] * n
-        out[width - 1::width] = [b"},"] * n
-        out[-1] = b"}"
+        for pos, slot in enumerate(slots[1:], 1):
+            if isinstance(slot, bytes):
+                out[pos::width] = [slot] * n
+        if isinstance(slots[-1], bytes):
+            out[-1] = slots[-1][:-1]
         if full:
             if len(self._templates) >= 16:
                 self._templates.clear()
