@@ -339,8 +339,17 @@ class Reducer:
     def _entries(self, rows: np.ndarray, ts: np.ndarray, v: np.ndarray, q: np.ndarray, new: np.ndarray) -> Reduced:
         ring = self.ring
         qr = q[rows]
-        out = Reduced(self.names, rows, ts[rows] // _NS_PER_MS, self._published(rows, v[rows]), qr,
-                      self.integer[rows])
+        has_new = new[rows]
+        agg = self._aggregates(rows, has_new)
+        if agg is None:
+            values = self._published(rows, v[rows])
+        else:  # one publishing pass over the values and the min/max/mean columns together
+            pos, sel, stats, ok, n = agg
+            both = self._published(np.concatenate([rows, sel, sel, sel]), np.concatenate([v[rows], *stats]))
+            values, published = both[: len(rows)], both[len(rows) :]
+            if not ok.all():
+                published[~np.concatenate([ok, ok, ok])] = np.nan
+        out = Reduced(self.names, rows, ts[rows] // _NS_PER_MS, values, qr, self.integer[rows])
         if ring.is_string[rows].any():
             for j in np.flatnonzero(ring.is_string[rows] & (qr != Quality.BAD)).tolist():
                 text = ring.last_string[int(rows[j])]
@@ -350,42 +359,42 @@ class Reducer:
         for j in bad.tolist():
             e = int(ring.last_error[rows[j]])
             out.errors[j] = ring.error_text.get(e, f"error {e}")
-        has_new = new[rows]
-        self._add_aggregates(rows, has_new, out)
+        if agg is not None:
+            k = len(sel)
+            out.agg_pos = pos
+            out.agg = {key: published[j * k : (j + 1) * k] for j, key in enumerate(("min", "max", "mean"))}
+            out.agg["n"] = n.astype(np.int64)
+            combos = self.agg_combos
+            if len(combos) == 1:  # every aggregated tag carries the same keys: one list, no lookup per tag
+                out.agg_keys = [combos[0]] * k
+            else:
+                out.agg_keys = [combos[c] for c in self.want_keys[sel].tolist()]
         for mode in ("raw", "lttb"):
             self._add_series(mode, rows, has_new, out)
         return out
 
-    def _add_aggregates(self, rows: np.ndarray, has_new: np.ndarray, out: Reduced) -> None:
+    def _aggregates(
+        self, rows: np.ndarray, has_new: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray, np.ndarray] | None:
+        """Min, max and mean over the good samples since the last publish of the aggregated rows with new
+        samples, not yet at publish precision: ``(positions in rows, tags, [min, max, mean], n > 0, n)``."""
         pos = np.flatnonzero(has_new & self.has_agg[rows])
         if not len(pos):
-            return
+            return None
         agg = rows[pos]
-        _, w, wq, count = self.ring.pending(agg, self.cursor)
+        _, w, wq, count = self.ring.pending(agg, self.cursor, copy=False)
         good = wq == Quality.GOOD
         n = good.sum(axis=1)
-        ok = n > 0
         if good.all():  # no bad or padded sample: plain reductions
-            stats = {"min": w.min(axis=1), "max": w.max(axis=1), "mean": w.mean(axis=1)}
+            stats = [w.min(axis=1), w.max(axis=1), w.mean(axis=1)]
         else:
             with np.errstate(invalid="ignore", divide="ignore"):
-                stats = {
-                    "min": np.where(good, w, np.inf).min(axis=1, initial=np.inf),
-                    "max": np.where(good, w, -np.inf).max(axis=1, initial=-np.inf),
-                    "mean": np.where(good, w, 0.0).sum(axis=1) / n,
-                }
-        # one publishing pass over the three columns together
-        published = self._published(np.concatenate([agg, agg, agg]), np.concatenate(list(stats.values())))
-        published[~np.concatenate([ok, ok, ok])] = np.nan
-        k = len(agg)
-        out.agg_pos = pos
-        out.agg = {key: published[j * k:(j + 1) * k] for j, key in enumerate(stats)}
-        out.agg["n"] = n.astype(np.int64)
-        combos = self.agg_combos
-        if len(combos) == 1:  # every aggregated tag carries the same keys: one list, no lookup per tag
-            out.agg_keys = [combos[0]] * len(agg)
-        else:
-            out.agg_keys = [combos[c] for c in self.want_keys[agg].tolist()]
+                stats = [
+                    np.where(good, w, np.inf).min(axis=1, initial=np.inf),
+                    np.where(good, w, -np.inf).max(axis=1, initial=-np.inf),
+                    np.where(good, w, 0.0).sum(axis=1) / n,
+                ]
+        return pos, agg, stats, n > 0, n
 
     def _add_series(self, mode: str, rows: np.ndarray, has_new: np.ndarray, out: Reduced) -> None:
         pos = np.flatnonzero(has_new & self.mode_mask[mode][rows])
