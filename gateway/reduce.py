@@ -56,6 +56,10 @@ def json_number(x: float) -> float | None:
     return x
 
 
+#: 10.0 ** k for k = 0 .. 31 (exact up to 1e22), the same values ``10.0 ** k`` gives
+_POW10 = 10.0 ** np.arange(32, dtype=np.float64)
+
+
 def json_numbers(x: np.ndarray) -> np.ndarray:
     """:func:`json_number` over an array, vectorised: values rounded to 15 significant digits.
 
@@ -68,7 +72,8 @@ def json_numbers(x: np.ndarray) -> np.ndarray:
         k = 14 - np.floor(np.log10(a))
     ok = (a < 1e15) & (a >= 1e-8)
     k = np.where(ok, k, 0.0)
-    p = 10.0 ** k
+    # a table of powers instead of ``10.0 ** k`` (k is 0 .. 23 where ok, -1 just below 1e15)
+    p = _POW10[k.astype(np.intp)] if k.min() >= 0 else 10.0**k
     with np.errstate(invalid="ignore", over="ignore"):
         return np.where(ok, np.round(x * p) / p, x)
 
@@ -109,10 +114,6 @@ def float32_numbers(x: np.ndarray) -> np.ndarray:
         keep = ~ok
         todo, e, v, want = todo[keep], e[keep], v[keep], want[keep]
     return out.reshape(shape)
-
-
-#: 10.0 ** k for k = 0 .. 31 (exact up to 1e22), the same values ``10.0 ** k`` gives
-_POW10 = 10.0 ** np.arange(32, dtype=np.float64)
 
 
 def _nearest_decimal(v: np.ndarray, k: np.ndarray) -> np.ndarray:
