@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import operator
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -70,12 +71,12 @@ def _q_labels(suffix: bytes) -> np.ndarray:
     return np.array([b',"q":' + t + suffix for t in _Q_TEXT.tolist()], dtype=object)
 
 
-def _texts(values: np.ndarray, integer: np.ndarray, merges: dict[bytes, Any] | None = None) -> list[bytes]:
+def _texts(values: np.ndarray, integer: np.ndarray, merges: dict[bytes, Any] | None = None) -> Sequence[bytes]:
     """Each value as JSON text: one orjson pass per kind (NaN -> null), integers without ``.0``.
 
     A column with integer and float rows formats each kind on its own and puts the texts back in row order
     with one ``itemgetter`` (kept in ``merges`` per pattern of integer rows: a tag's kind does not change
-    between messages)."""
+    between messages); then the texts come as a tuple."""
     if not len(values):
         return []
     values = np.ascontiguousarray(values, dtype=np.float64)
@@ -104,7 +105,8 @@ def _texts(values: np.ndarray, integer: np.ndarray, merges: dict[bytes, Any] | N
             if len(merges) >= 16:
                 merges.clear()
             merges[key] = getter
-    return list(getter(ftexts + itexts))
+    texts: tuple[bytes, ...] = getter(ftexts + itexts)
+    return texts
 
 
 def _int_texts(a: np.ndarray, prefix: bytes = b"", suffix: bytes = b"") -> list[bytes]:
@@ -260,12 +262,14 @@ class JsonEncoder:
             if isinstance(slot, bytes):
                 continue
             column, prefix, suffix = slot
+            texts: Sequence[bytes]
             if column == "ts":
                 texts = _int_texts(r.ts_ms, prefix, suffix)
             elif column == "v":
                 texts = _texts(r.values, r.integer, self._merges)
             elif column == "q":
-                texts = _q_labels(suffix)[r.quality].tolist()
+                labels = _q_labels(suffix)
+                texts = labels[r.quality].tolist() if r.quality.any() else [labels[0]] * n
             elif column == "n":
                 texts = _int_texts(r.agg["n"], prefix, suffix)
             else:  # min/max of an integer tag are integers; a mean never is
@@ -313,7 +317,7 @@ class JsonEncoder:
         keys = self._name_keys(asset, r.names)
         rows = r.rows.tolist()
         ts = orjson.dumps(r.ts_ms, option=_NUMPY)[1:-1].split(b",")
-        vals = _texts(r.values, r.integer)
+        vals = list(_texts(r.values, r.integer, self._merges))
         for j, text in r.strings.items():
             vals[j] = orjson.dumps(text)
         qs = _Q_TEXT[r.quality].tolist()
@@ -372,7 +376,7 @@ class JsonEncoder:
             for series in r.series.values():
                 extra[[s.pos for s in series]] = True
             bare &= ~extra
-        texts = _texts(r.values, r.integer)
+        texts = list(_texts(r.values, r.integer, self._merges))
         for j, s in r.strings.items():
             texts[j] = orjson.dumps(s)
         keys = self._name_keys(asset, r.names)
