@@ -3,7 +3,8 @@
 - a driver imports only the contract modules of ``gateway``;
 - the simulators import neither ``gateway`` nor ``drivers`` (a decoding bug must not cancel out);
 - ``gateway`` never imports a particular driver, except the command line (which composes sub-commands of the
-  drivers until they register through an entry point) and ``bench`` (a tool that starts the simulators);
+  drivers until they register through an entry point); the bench finds its hot-path workload through the
+  entry point group ``iiot_gateway.bench``;
 - no import circle among the modules' top-level imports (imports inside functions and under
   ``TYPE_CHECKING`` are not module dependencies).
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT = {"gateway.driver", "gateway.batch", "gateway.config.common", "gateway.scaling"}
-COMPOSERS = {"gateway.cli", "gateway.bench"}  # may import drivers (lazily): the CLI and the bench tool
+COMPOSERS = {"gateway.cli"}  # may import drivers (lazily): the CLI, until driver sub-commands register
 
 
 def modules() -> dict[str, Path]:
