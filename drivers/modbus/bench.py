@@ -92,8 +92,7 @@ class HotPath:
         #: publish precision: float32 registers at float32 precision
         self.float32 = np.array([t.type == "float32" for t in self.tags], dtype=bool)
         self._words = np.zeros(self.plan.register_words, dtype=np.uint16)
-        types = sorted({f"{t.type} {t.byte_order}" for t in self.tags})
-        self.description = (f"{n_tags} Modbus tags ({len(types)} type/byte-order mixes) read in "
+        self.description = (f"{n_tags} Modbus tags ({len(_TYPES)} type/byte-order mixes) read in "
                             f"{len(self.plan.requests)} requests of up to 125 registers")
 
     def polls(self, count: int, *, naive: bool = False) -> list[list[_Response]]:
