@@ -236,14 +236,14 @@ class JsonEncoder:
         if self.shape == "compact":
             return self._compact(asset, seq, reduced)
         head = orjson.dumps({"seq": seq, "ts": ts_ms, "asset": asset})
-        return head[:-1] + b',"tags":{' + self._objects(asset, reduced) + b"}}"
+        return self._objects(asset, reduced, head[:-1] + b',"tags":{', b"}}")
 
-    def _objects(self, asset: str, r: Reduced) -> bytes:
-        """The full-shape ``tags`` members, written from the arrays (one formatting pass per column, interleaved)
-        when every row is ts, v, q, or every row also carries the same aggregates; else (errors, strings,
-        series, mixed aggregates) through :func:`entries` and one orjson call."""
+    def _objects(self, asset: str, r: Reduced, head: bytes = b"", tail: bytes = b"") -> bytes:
+        """The full-shape ``tags`` members between ``head`` and ``tail``, written from the arrays (one formatting
+        pass per column, interleaved) when every row is ts, v, q, or every row also carries the same
+        aggregates; else (errors, strings, series, mixed aggregates) one piece per row (:meth:`_members`)."""
         if not len(r.rows):
-            return b""
+            return head + tail
         n = len(r.rows)
         agg_keys: tuple[str, ...] = ()
         if not r.plain:
@@ -251,7 +251,7 @@ class JsonEncoder:
             uniform = (not (r.errors or r.strings or r.series) and len(r.agg_pos) == n
                        and keys_all.count(keys_all[0]) == n)
             if not uniform:  # errors, strings, series, mixed aggregates: one piece per row, from the arrays
-                return b",".join(self._members(asset, r, range(n)))
+                return head + b",".join(self._members(asset, r, range(n))) + tail
             agg_keys = keys_all[0]  # every row aggregated alike (the usual profile): columns too
         # a row is a fixed list of pieces (see _layout): its constant pieces sit in a template list kept per
         # asset and layout, every column goes in by one slice assignment (in C), and the list is joined once
@@ -274,13 +274,15 @@ class JsonEncoder:
                 texts = _int_texts(r.agg["n"], prefix, suffix)
             else:  # min/max of an integer tag are integers; a mean never is
                 texts = _texts(r.agg[column], r.integer if column != "mean" else _NO_INTS, self._merges)
-            out[pos::width] = texts
+            out[1 + pos : -1 : width] = texts
         if not isinstance(slots[-1], bytes):  # the last row's closing piece without its comma
-            out[-1] = out[-1][:-1]
+            out[-2] = out[-2][:-1]
+        out[0], out[-1] = head, tail  # the message around the members: no copy of the whole text
         return b"".join(out)
 
     def _template(self, asset: str, r: Reduced, agg_keys: tuple[str, ...], slots: tuple[Any, ...]) -> list[bytes]:
-        """The piece list of :meth:`_objects` with its constant pieces in place (kept when ``r`` has every tag)."""
+        """The piece list of :meth:`_objects` with its constant pieces in place (kept when ``r`` has every tag),
+        with one free slot before the first row and one after the last (for the message's head and tail)."""
         n = len(r.rows)
         full = n == len(r.names)
         cache_key = (asset, agg_keys, n)
@@ -289,13 +291,13 @@ class JsonEncoder:
             return out
         width = len(slots)
         heads = self._heads(asset, r.names)
-        out = [b""] * (width * n)
-        out[0::width] = heads if full else [heads[i] for i in r.rows.tolist()]
+        out = [b""] * (width * n + 2)
+        out[1:-1:width] = heads if full else [heads[i] for i in r.rows.tolist()]
         for pos, slot in enumerate(slots[1:], 1):
             if isinstance(slot, bytes):
-                out[pos::width] = [slot] * n
+                out[1 + pos : -1 : width] = [slot] * n
         if isinstance(slots[-1], bytes):
-            out[-1] = slots[-1][:-1]
+            out[-2] = slots[-1][:-1]
         if full:
             if len(self._templates) >= 16:
                 self._templates.clear()
@@ -350,7 +352,7 @@ class JsonEncoder:
     def full(self, asset: str, seq: int | None, ts_ms: int, reduced: Reduced) -> bytes:
         """The full shape whatever ``shape`` is (the retained ``last`` message); no ``seq`` when None."""
         head = orjson.dumps({"ts": ts_ms, "asset": asset} if seq is None else {"seq": seq, "ts": ts_ms, "asset": asset})
-        return head[:-1] + b',"tags":{' + self._objects(asset, reduced) + b"}}"
+        return self._objects(asset, reduced, head[:-1] + b',"tags":{', b"}}")
 
     def wire(self, topic: str, payload: bytes, *, replay: bool, compression: str) -> tuple[str, bytes]:
         if replay:
