@@ -384,11 +384,12 @@ class Reducer:
             return None
         agg = rows[pos]
         _, w, wq, count = self.ring.pending(agg, self.cursor, copy=False)
-        good = wq == Quality.GOOD
-        n = good.sum(axis=1)
-        if good.all():  # no bad or padded sample: plain reductions
+        if not wq.any():  # every sample good (GOOD is 0), none padded: plain reductions over ``count`` samples
+            n = count
             stats = [w.min(axis=1), w.max(axis=1), w.mean(axis=1)]
         else:
+            good = wq == Quality.GOOD
+            n = good.sum(axis=1)
             with np.errstate(invalid="ignore", divide="ignore"):
                 stats = [
                     np.where(good, w, np.inf).min(axis=1, initial=np.inf),
