@@ -85,8 +85,9 @@ def float32_numbers(x: np.ndarray) -> np.ndarray:
     For 6..9 significant digits (a float32 never needs more; and at most one decimal of 7 or fewer digits
     lies within a float32's rounding interval, so a shorter one is found at 6 digits with trailing zeros),
     the nearest decimal with that many digits is computed with an exact power of ten (exact in float64 up to
-    1e22, which covers magnitudes 1e-14 .. 1e22; the rare others go through ``str``) and kept where it
-    converts back to the same float32. Any shape; NaN and infinities stay as they are.
+    1e22, which covers magnitudes 1e-14 .. 1e22; the rare others go through ``str``), all four candidates of
+    every value in one pass, and the shortest that converts back to the same float32 is kept. Any shape; NaN
+    and infinities stay as they are.
     """
     shape = np.shape(x)
     f = np.ravel(x).astype(np.float32)
@@ -97,23 +98,25 @@ def float32_numbers(x: np.ndarray) -> np.ndarray:
     odd = np.flatnonzero(finite & ~in_range)
     if len(odd):
         out[odd] = f[odd].astype(str).astype(np.float64)
-    todo = np.flatnonzero(finite & in_range)
-    if not len(todo):
+    sel = finite & in_range
+    todo = None if sel.all() else np.flatnonzero(sel)
+    if todo is not None and not len(todo):
         return out.reshape(shape)
-    # decimal exponent as an index into the table of powers of ten (one gather instead of ``10.0 ** k``)
-    e = np.floor(np.log10(a[todo])).astype(np.int64)
-    v, want = out[todo], f[todo]
-    for digits in range(6, 10):
-        k = (digits - 1) - e
-        r = _nearest_decimal(v, k)
-        ok = r.astype(np.float32) == want
-        if ok.all():
-            out[todo] = r
-            break
-        out[todo[ok]] = r[ok]
-        keep = ~ok
-        todo, e, v, want = todo[keep], e[keep], v[keep], want[keep]
+    v, want = (out, f) if todo is None else (out[todo], f[todo])
+    # the four candidates (6, 7, 8, 9 digits) of every value at once, (4, m), and the first that reads back
+    e = np.floor(np.log10(np.abs(v))).astype(np.int64)
+    r = _nearest_decimal(v, _DIGITS_MINUS_1 - e)
+    ok = r.astype(np.float32) == want
+    first = ok.argmax(axis=0)
+    cols = np.arange(len(v))
+    found = np.where(ok[first, cols], r[first, cols], v)
+    if todo is None:
+        return found.reshape(shape)
+    out[todo] = found
     return out.reshape(shape)
+
+
+_DIGITS_MINUS_1 = np.arange(5, 9)[:, None]  # significant digits - 1 of the candidates 6 .. 9
 
 
 def _nearest_decimal(v: np.ndarray, k: np.ndarray) -> np.ndarray:
