@@ -277,6 +277,7 @@ class Reducer:
         self.mode_mask = {m: modes == m for m in ("raw", "lttb", "swinging_door")}
         self.points = np.array([x["points"] for x in s], dtype=np.int64)
         self.always_on_new = (modes == "raw") | (modes == "lttb") | self.has_agg
+        self.every_tag_on_new = bool(self.always_on_new.all())
         sd = np.flatnonzero(modes == "swinging_door")
         self.sdt = SwingingDoor(np.array([s[i]["deviation"] for i in sd.tolist()]), self.heartbeat[sd])
         self.sdt_pos = np.full(len(self.tags), -1, dtype=np.int64)
@@ -289,14 +290,17 @@ class Reducer:
         new = ring.head > self.cursor
         sent = self.sent
 
-        with np.errstate(invalid="ignore"):
-            moved = np.abs(v - sent.value)
-            threshold = np.maximum(self.deadband, self.deadband_pct * np.abs(sent.value))
-            value_changed = np.where(threshold > 0, moved > threshold, v != sent.value)
-        nan_changed = np.isnan(v) != np.isnan(sent.value)
-        value_changed = (value_changed & ~np.isnan(moved)) | nan_changed
-        strings_changed = self._strings_changed(new)
-        due = new & (value_changed | (q != sent.quality) | self.always_on_new | strings_changed)
+        if self.every_tag_on_new:  # raw, lttb or aggregates everywhere: a tag with a new sample is due
+            due = new.copy()
+        else:
+            with np.errstate(invalid="ignore"):
+                moved = np.abs(v - sent.value)
+                threshold = np.maximum(self.deadband, self.deadband_pct * np.abs(sent.value))
+                value_changed = np.where(threshold > 0, moved > threshold, v != sent.value)
+            nan_changed = np.isnan(v) != np.isnan(sent.value)
+            value_changed = (value_changed & ~np.isnan(moved)) | nan_changed
+            strings_changed = self._strings_changed(new)
+            due = new & (value_changed | (q != sent.quality) | self.always_on_new | strings_changed)
         due |= has & (now - sent.at >= self.heartbeat)
         sdt = self._swinging_door(new)
         if sdt:
@@ -309,9 +313,12 @@ class Reducer:
             if sdt:
                 pos = {int(r): j for j, r in enumerate(rows.tolist())}
                 out.series["swinging_door"] = [Series(pos[i], *sdt[i]) for i in sorted(sdt)]
-            sent.value[rows] = v[rows]
-            sent.quality[rows] = q[rows]
-            sent.at[rows] = now
+            if len(rows) == len(due):  # every tag: whole-array copies, no gather and scatter
+                sent.value[:], sent.quality[:], sent.at[:] = v, q, now
+            else:
+                sent.value[rows] = v[rows]
+                sent.quality[rows] = q[rows]
+                sent.at[rows] = now
             for i in rows[ring.is_string[rows]].tolist():
                 sent.string[i] = ring.last_string[i]
         self.cursor[:] = ring.head
@@ -342,18 +349,20 @@ class Reducer:
 
     def _entries(self, rows: np.ndarray, ts: np.ndarray, v: np.ndarray, q: np.ndarray, new: np.ndarray) -> Reduced:
         ring = self.ring
-        qr = q[rows]
-        has_new = new[rows]
+        if len(rows) == len(v):  # every tag (the arrays are the reducer's own copies of the ring's last)
+            qr, has_new, vr, tr = q, new, v, ts
+        else:
+            qr, has_new, vr, tr = q[rows], new[rows], v[rows], ts[rows]
         agg = self._aggregates(rows, has_new)
         if agg is None:
-            values = self._published(rows, v[rows])
+            values = self._published(rows, vr)
         else:  # one publishing pass over the values and the min/max/mean columns together
             pos, sel, stats, ok, n = agg
-            both = self._published(np.concatenate([rows, sel, sel, sel]), np.concatenate([v[rows], *stats]))
+            both = self._published(np.concatenate([rows, sel, sel, sel]), np.concatenate([vr, *stats]))
             values, published = both[: len(rows)], both[len(rows) :]
             if not ok.all():
                 published[~np.concatenate([ok, ok, ok])] = np.nan
-        out = Reduced(self.names, rows, ts[rows] // _NS_PER_MS, values, qr, self.integer[rows])
+        out = Reduced(self.names, rows, tr // _NS_PER_MS, values, qr, self.integer[rows])
         if ring.is_string[rows].any():
             for j in np.flatnonzero(ring.is_string[rows] & (qr != Quality.BAD)).tolist():
                 text = ring.last_string[int(rows[j])]
