@@ -21,7 +21,7 @@ from drivers.modbus.config import ModbusTag
 from drivers.modbus.plan import ReadPlan, compile_plan
 from gateway.batch import Batch
 
-_TYPES = [("float32", "ABCD"), ("float32", "CDAB"), ("int16", "ABCD"), ("uint16", "BADC"),
+_TYPES: list[tuple[Any, Any]] = [("float32", "ABCD"), ("float32", "CDAB"), ("int16", "ABCD"), ("uint16", "BADC"),
           ("int32", "CDAB"), ("uint32", "DCBA"), ("float64", "ABCD"), ("int16", "ABCD")]  # fmt: skip
 _WORDS = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "float64": 4}
 _FMT = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "float32": "f", "float64": "d"}
@@ -103,9 +103,10 @@ class HotPath:
         """The driver's decoding of one poll's answers into ``batch`` (a full batch of every tag)."""
         ModbusDriverBase.decode_answers(self.plan, answers, batch, self._words)
 
-    def naive_layout(self) -> list[tuple[str, int, int, str, str, str, float, float]]:
+    def naive_layout(self) -> list[tuple[Any, ...]]:
         """Per tag: name, first word in the poll's registers, words, ``struct`` formats, byte order, scale, offset."""
-        layout, pos = [], 0
+        layout: list[tuple[Any, ...]] = []
+        pos = 0
         for t in self.tags:
             n = _WORDS[t.type]
             layout.append((t.name, pos, n, ">" + _FMT[t.type], f">{n}H", t.byte_order, t.scale, t.offset))

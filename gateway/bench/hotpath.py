@@ -94,7 +94,8 @@ def naive(work: Any, polls_in: list[list[Any]], windows: int, polls: int,
     tags = work.tags
     layout = work.naive_layout()
     history: dict[str, list[dict[str, Any]]] = {t.name: [] for t in tags}
-    publishers = {t.name: (_shortest_f32 if f32 else _json_number) for t, f32 in zip(tags, work.float32.tolist())}
+    publishers: dict[str, Callable[[float], Any]] = {
+        t.name: (_shortest_f32 if f32 else _json_number) for t, f32 in zip(tags, work.float32.tolist())}
     means = dict(publishers)
     for t, integer in zip(tags, integer_tags(tags).tolist()):  # published as JSON integers (their mean is not)
         if integer:
@@ -182,6 +183,7 @@ def json_encoders(work: Any, polls_in: list[list[Any]]) -> dict[str, Any]:
         work.decode(answers, b)
         ring.write(b)
     reduced = red.reduce(0.0)
+    assert reduced is not None  # every tag has new samples
     msg = {"seq": 1, "ts": 0, "asset": "bench", "tags": entries(reduced)}
     full, compact = JsonEncoder("full"), JsonEncoder("compact")
 

@@ -71,7 +71,8 @@ def _q_labels(suffix: bytes) -> np.ndarray:
     return np.array([b',"q":' + t + suffix for t in _Q_TEXT.tolist()], dtype=object)
 
 
-def _texts(values: np.ndarray, integer: np.ndarray, merges: dict[bytes, Any] | None = None) -> Sequence[bytes]:
+def _texts(values: np.ndarray, integer: np.ndarray | np.bool_, merges: dict[bytes, Any] | None = None
+           ) -> Sequence[bytes]:
     """Each value as JSON text: one orjson pass per kind (NaN -> null), integers without ``.0``.
 
     A column with integer and float rows formats each kind on its own and puts the texts back in row order
