@@ -186,9 +186,7 @@ def _tag_values(a: "AssetRuntime") -> list[TagStatus]:
 
 
 def _driver_counters(a: "AssetRuntime") -> dict[str, int] | None:
-    counters = getattr(a.driver, "counters", None)
-    as_dict = getattr(counters, "as_dict", None)
-    return as_dict() if callable(as_dict) else None
+    return dict(a.driver.counters()) or None
 
 
 def create_app(gw: "Gateway") -> FastAPI:

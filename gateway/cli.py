@@ -1,4 +1,5 @@
-"""``iiot-gateway`` command line: run, validate, schema, demo, simulate, sub, browse, trust, tags, probe."""
+"""``iiot-gateway`` command line: run, validate, schema, demo, simulate, sub, bench, and the commands the
+drivers register through the ``iiot_gateway.commands`` entry points (browse, trust, tags, probe)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from gateway import __version__
-
-EXIT_CONFIG = 2
+from gateway.driver_commands import CommandContext, add_commands
 
 
 def setup_logging(level: str) -> None:
@@ -57,47 +58,6 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return cmd_schema()
 
 
-#: drivers whose tags ``tags import`` can write (they share drivers.modbus.config.ModbusTag)
-MODBUS_DRIVERS = ("modbus_tcp", "modbus_rtu", "modbus_rtu_tcp")
-
-
-def cmd_tags_import(args: argparse.Namespace) -> int:
-    """Print a Kepware CSV export as YAML tag lines; 0 all converted, 1 some rows failed, 2 not such a file."""
-    if args.driver not in MODBUS_DRIVERS:
-        print(f"tags import: driver {args.driver!r} is not supported; use one of {', '.join(MODBUS_DRIVERS)}",
-              file=sys.stderr)
-        return EXIT_CONFIG
-    # lazy: the Modbus mapping lives with the driver (a driver-CLI entry point would be the clean form)
-    from drivers.modbus.kepware import NotKepwareCsv, import_csv
-
-    try:
-        with open(args.file, "rb") as fh:
-            data = fh.read()
-        result = import_csv(data, writable=args.writable, byte_order=args.byte_order or "ABCD",
-                            fix_names=args.fix_names)
-    except OSError as exc:
-        print(f"{args.file}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except NotKepwareCsv as exc:
-        print(f"{args.file}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    sys.stdout.write(result.yaml(args.file))
-    for err in result.errors:
-        print(f"{args.file}:{err}", file=sys.stderr)
-    if result.multi_register and args.byte_order is None:
-        print(f"{args.file}: note: Kepware keeps the word order of 32/64-bit values in the device settings, not in "
-              "the CSV ('First word low' is on by default there: --byte-order CDAB); `iiot-gateway probe modbus` "
-              "shows which order reads right", file=sys.stderr)
-    print(f"{args.file}: {len(result.tags)} tags imported, {len(result.errors)} rows failed", file=sys.stderr)
-    return 1 if result.errors else 0
-
-
-def cmd_probe(args: argparse.Namespace) -> int:
-    from drivers.modbus.probe import main_probe  # lazy, as for browse: the CLI composes
-
-    return main_probe(args)
-
-
 def cmd_simulate(args: argparse.Namespace) -> int:
     from simulators.runner import main_simulate
 
@@ -112,25 +72,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return main_demo(args)
 
 
-def _state_dir_of_config(args: argparse.Namespace) -> None:
-    """``--config FILE`` without ``--state-dir``: the config's ``gateway.state_dir`` (the driver's tools do
-    not load configs themselves)."""
-    if getattr(args, "config", None) and not getattr(args, "state_dir", None):
-        args.state_dir = _load_or_exit(args.config).gateway.state_dir
-
-
-def cmd_browse(args: argparse.Namespace) -> int:
-    from drivers.opcua.tools import main_browse  # the CLI composes; the engine never imports a driver
-
-    _state_dir_of_config(args)
-    return main_browse(args)
-
-
-def cmd_trust(args: argparse.Namespace) -> int:
-    from drivers.opcua.tools import main_trust
-
-    _state_dir_of_config(args)
-    return main_trust(args)
+def _state_dir_of(config_path: str) -> Path:
+    """``gateway.state_dir`` of a config file, for the drivers' tools (they do not load configs themselves)."""
+    return Path(_load_or_exit(config_path).gateway.state_dir)
 
 
 def cmd_sub(args: argparse.Namespace) -> int:
@@ -165,40 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default="docs/config.md",
                    help="with --markdown: file to write, '-' for stdout (default: docs/config.md)")
     s.set_defaults(func=cmd_schema)
-
-    tg = sub.add_parser("tags", help="tag tools: import a Kepware CSV export as YAML tag lines")
-    tg_sub = tg.add_subparsers(dest="tags_command", required=True, metavar="TAGS_COMMAND")
-    ti = tg_sub.add_parser("import", help="print a Kepware CSV export as the YAML lines of an asset's tags:")
-    ti.add_argument("file", help="CSV exported from Kepware (File > Export CSV on a device or tag group)")
-    ti.add_argument("--driver", required=True, help=f"driver of the asset: {', '.join(MODBUS_DRIVERS)}")
-    ti.add_argument("--writable", action="store_true",
-                    help="emit writable: true for tags Kepware had as Read/Write (default: a comment only)")
-    ti.add_argument("--byte-order", choices=["ABCD", "CDAB", "BADC", "DCBA"], default=None,
-                    help="byte order of every 32/64-bit tag (Kepware keeps it per device; default ABCD)")
-    ti.add_argument("--fix-names", action="store_true",
-                    help="replace characters our tag names do not allow (spaces ...) with '_' instead of failing")
-    ti.set_defaults(func=cmd_tags_import)
-
-    pr = sub.add_parser("probe", help="read registers and print every type x byte order x address base reading")
-    pr_sub = pr.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
-    pt = pr_sub.add_parser("modbus", help="a Modbus TCP device: probe modbus HOST[:PORT] --address 40133")
-    pt.add_argument("target", metavar="HOST[:PORT]", help="device address; port 502 when not given")
-    pu = pr_sub.add_parser("modbus-rtu", help="a Modbus RTU slave: probe modbus-rtu /dev/ttyUSB0 --address 40133")
-    pu.add_argument("target", metavar="PORT", help="serial device, e.g. /dev/ttyUSB0 or /dev/serial/by-id/...")
-    pu.add_argument("--baudrate", type=int, default=9600)
-    pu.add_argument("--parity", choices=["N", "E", "O"], default="E")
-    pu.add_argument("--stopbits", type=int, choices=[1, 2], default=1)
-    for q in (pt, pu):
-        q.add_argument("--unit", type=int, default=1, help="unit id (default 1)")
-        q.add_argument("--address", required=True,
-                       help="register as the manual writes it: 40133, 30001, 4x0133, hr:132")
-        q.add_argument("--expect", type=float, default=None,
-                       help="the value the device should show: matching readings are marked")
-        q.add_argument("--count", type=int, choices=[1, 2, 4], default=4,
-                       help="registers of the value (1, 2 or 4; default 4: every type)")
-        q.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer (default 2)")
-        q.add_argument("--json", action="store_true", help="print the readings as JSON")
-        q.set_defaults(func=cmd_probe)
 
     sim = sub.add_parser("simulate", help="run the bundled Modbus TCP and OPC UA PLC simulators")
     sim.add_argument("file", nargs="?", help="plant model YAML (default: the bundled plant)")
@@ -238,15 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-n", "--count", type=int, default=0, help="exit after this many messages (0: never)")
     m.set_defaults(func=cmd_sub)
 
-    from drivers.opcua.cli_args import add_browse_arguments, add_trust_arguments
+    # the drivers' own commands (browse, trust, probe, tags): entry points, see gateway/driver_commands.py
+    add_commands(sub, CommandContext(state_dir_of=_state_dir_of))
 
-    b = sub.add_parser("browse", help="list an OPC UA server's variables as YAML tag lines (node ids, types)")
-    add_browse_arguments(b)
-    b.set_defaults(func=cmd_browse)
-
-    t = sub.add_parser("trust", help="OPC UA certificates: list rejected/trusted servers, trust one, show own")
-    add_trust_arguments(t)
-    t.set_defaults(func=cmd_trust)
     bn = sub.add_parser("bench", help="measure throughput, CPU, bytes, latency and memory on this machine")
     bn.add_argument("--quick", action="store_true", help="shorter runs (under a minute)")
     bn.add_argument("--json", metavar="FILE", help="also write the JSON document to FILE")

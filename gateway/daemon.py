@@ -16,7 +16,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gateway.commands import MqttCommands
 from gateway.delivery import Delivery
@@ -24,6 +24,9 @@ from gateway.engine import Gateway
 from gateway.publisher import Publisher
 from gateway.uplink.links import Link
 from gateway.uplink.mqtt import MqttUplink
+
+if TYPE_CHECKING:
+    from gateway.config.models import Config, MqttSection
 
 log = logging.getLogger("gateway")
 
@@ -35,7 +38,7 @@ EXIT_CONFIG = 2
 class North:
     """Everything of one uplink."""
 
-    cfg: Any
+    cfg: MqttSection
     uplink: MqttUplink
     delivery: Delivery
     publisher: Publisher
@@ -50,13 +53,13 @@ class UplinkBuilder:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
 
-    def __call__(self, cfg: Any, only: set[str] | None = None) -> list[North]:
+    def __call__(self, cfg: Config, only: set[str] | None = None) -> list[North]:
         """The uplinks of ``cfg`` (those named in ``only``, when given)."""
         ups = cfg.all_uplinks
         writable = any(getattr(t, "writable", False) for a in self.gw.assets.values() for t in a.tags)
         return [self._north(up, i, len(ups), writable) for i, up in enumerate(ups) if only is None or up.name in only]
 
-    def _north(self, up: Any, index: int, count: int, writable: bool) -> North:
+    def _north(self, up: MqttSection, index: int, count: int, writable: bool) -> North:
         gw = self.gw
         gid = gw.cfg.gateway.id
         path = gw.spool_base / up.name
@@ -71,6 +74,7 @@ class UplinkBuilder:
         if up.format == "sparkplug":
             from gateway.encoders.sparkplug import EdgeNode
 
+            assert up.group_id is not None  # required with format: sparkplug (MqttSection's validator)
             node = EdgeNode(up.group_id, gid, gw.assets, path, key=up.name, profile=up.reduce)
         uplink = MqttUplink(up, client_id=gid if count == 1 else f"{gid}-{up.name}",
                             status_topic=None if node is not None else gw.status_topic,
@@ -96,7 +100,7 @@ class UplinkBuilder:
         return North(up, uplink, delivery, publisher, commands)
 
 
-def build(cfg: Any) -> Gateway:
+def build(cfg: Config) -> Gateway:
     """The gateway of ``cfg``, wired and not started: ``await gw.run(stop, gw.bind_api())`` runs it."""
     gw = Gateway(cfg)
     gw.build_norths = builder = UplinkBuilder(gw)
@@ -145,7 +149,7 @@ def install_reload_signal(gw: Gateway) -> None:
     loop.add_signal_handler(signal.SIGHUP, on_hup)
 
 
-async def run_gateway(cfg: Any, stop: asyncio.Event | None = None, config_path: str | None = None) -> int:
+async def run_gateway(cfg: Config, stop: asyncio.Event | None = None, config_path: str | None = None) -> int:
     """Run the daemon on a loaded config until ``stop`` is set (or a signal arrives); the exit code."""
     from gateway.spool import SpoolError
     from gateway.uplink.tls import UplinkConfigError, build_ssl_context

@@ -16,7 +16,10 @@ Paths of a message
     - Link up and keeping up: sent at once from RAM (the *live* path) and forgotten when the PUBACK comes.
     - Link down, or a PUBACK late by more than ``spool.ack_timeout`` (the link is then closed and reopened:
       a half-open link is caught this way), or more than ``mqtt.max_queued`` messages waiting in RAM: the
-      message, and everything unacknowledged in RAM, goes to the on-disk *backlog* spool in ``seq`` order.
+      message, and everything unacknowledged in RAM, goes to the on-disk *backlog* spool in ``seq`` order, so
+      the backlog never holds a message before an older one. A message already in flight stays in flight
+      too; when its PUBACK comes, its copy on disk is forgotten without being sent (after a crash it may be
+      sent twice).
     - Backlog: replayed oldest first when the link is up, at most ``spool.replay_rate`` messages per second
       and half the in-flight window, so live data keeps flowing; replayed payloads carry ``"replay": true``.
       The start and the end of a replay are logged with counts.
@@ -35,10 +38,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.seq import SeqCounter
 from gateway.spool import Spool, SpoolError, SpoolRecord
+
+if TYPE_CHECKING:
+    from gateway.config.models import SpoolSection
 
 log = logging.getLogger("gateway.delivery")
 
@@ -77,6 +83,7 @@ class _Sent:
     backlog_pos: int | None  # set for a replayed message
     wal_pos: int | None  # set for a live message in durability "always"
     at: float
+    spilled: bool = False  # a live message also written to the backlog while in flight (see _spill)
 
 
 @dataclass(slots=True)
@@ -96,7 +103,7 @@ class _Job:
 class Delivery:
     """The data path between the engine and the MQTT uplink (see the module docstring)."""
 
-    def __init__(self, uplink: Uplink, cfg: Any, *, path: Path, ack_timeout: float, max_queued: int,
+    def __init__(self, uplink: Uplink, cfg: SpoolSection, *, path: Path, ack_timeout: float, max_queued: int,
                  wire: Wire = plain_wire, max_inflight: int = 64, flush_timeout: float = 2.0) -> None:
         self.cfg = cfg
         self.path = path
@@ -132,6 +139,10 @@ class Delivery:
         self._dropped_seen = 0  # spool drops already logged (one log line per episode)
         self._replay_started: float | None = None  # monotonic start of the replay under way
         self._replay_count = 0
+        #: seqs of spilled messages in flight -> their backlog position once the replay has handed them out
+        self._spilled: dict[int, int | None] = {}
+        #: seqs of spilled messages acknowledged live: their copy on disk is acknowledged, never sent
+        self._acked_spilled: set[int] = set()
         uplink.set_delivery(self._on_ack, self._on_lost, self._on_data_gate)
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -208,12 +219,8 @@ class Delivery:
         if open_:
             self.link_changed(True)
             return
-        if self._live:
-            back = list(self._live)
-            self._live.clear()
-            self._job.backlog_records.extend(rec for rec, _ in back)
-            self._job.wal_acks.extend(pos for _, pos in back if pos is not None)
-            self._kick()
+        self._spill()
+        self._kick()
 
     def _note_replay_end(self) -> None:
         if self._replay_started is not None and not self.backlog.messages and not self._replay_inflight:
@@ -248,8 +255,26 @@ class Delivery:
             self._pump()
             return
         else:
-            self._job.backlog_records.append(rec)
+            self._spill(rec)
         self._kick()
+
+    def _spill(self, rec: SpoolRecord | None = None, wal_pos: int | None = None) -> None:
+        """Everything unacknowledged in RAM, and ``rec``, to the backlog in seq order (with the next file work).
+        Live messages in flight stay in flight; their PUBACK or the link's loss decides what becomes of their
+        copy on disk (:meth:`_done`, :meth:`_on_lost`)."""
+        back = list(self._live)
+        self._live.clear()
+        for sent in self._inflight.values():
+            if sent.backlog_pos is None and not sent.spilled:
+                sent.spilled = True
+                self._spilled[sent.rec.seq] = None
+                back.append((sent.rec, sent.wal_pos))
+                sent.wal_pos = None  # the backlog has it now
+        if rec is not None:
+            back.append((rec, wal_pos))
+        back.sort(key=lambda x: x[0].seq)
+        self._job.backlog_records.extend(r for r, _ in back)
+        self._job.wal_acks.extend(pos for _, pos in back if pos is not None)
 
     # ------------------------------------------------------------------------------------------- sending
 
@@ -275,6 +300,13 @@ class Delivery:
 
     def _done(self, sent: _Sent) -> None:
         self.delivered += 1
+        if sent.spilled:
+            pos = self._spilled.pop(sent.rec.seq, None)
+            if pos is None:  # not handed out by the replay yet: acknowledged when it is
+                self._acked_spilled.add(sent.rec.seq)
+            else:
+                self._job.backlog_acks.append(pos)
+                self._kick()
         if sent.backlog_pos is not None:
             self.replayed += 1
             self._job.backlog_acks.append(sent.backlog_pos)
@@ -301,6 +333,10 @@ class Delivery:
         for sent in self._inflight.values():
             if sent.backlog_pos is not None:
                 self._job.requeue.append(sent.backlog_pos)
+            elif sent.spilled:  # its copy on disk is replayed
+                pos = self._spilled.pop(sent.rec.seq, None)
+                if pos is not None:
+                    self._job.requeue.append(pos)
             else:
                 back.append((sent.rec, sent.wal_pos))
         self._inflight.clear()
@@ -356,8 +392,7 @@ class Delivery:
                 if self._room_in_ram():
                     self._live.append((rec, pos))
                 else:
-                    self._job.backlog_records.append(rec)
-                    self._job.wal_acks.append(pos)
+                    self._spill(rec, pos)
             self._pump()
         self._more_backlog = True
         self._note_drops()
@@ -404,7 +439,13 @@ class Delivery:
                 tokens -= len(batch)
                 unsent = []
                 for pos, rec in batch:
-                    if self._closing or not self._send(rec, backlog_pos=pos, wal_pos=None):
+                    if rec.seq in self._acked_spilled:  # delivered live after it was spilled
+                        self._acked_spilled.discard(rec.seq)
+                        self._job.backlog_acks.append(pos)
+                        self._kick()
+                    elif rec.seq in self._spilled:  # still in flight live: its PUBACK or its loss decides
+                        self._spilled[rec.seq] = pos
+                    elif self._closing or not self._send(rec, backlog_pos=pos, wal_pos=None):
                         unsent.append(pos)
                 if unsent:
                     self._job.requeue.extend(unsent)

@@ -21,7 +21,9 @@ one task that owns the source, never two calls at once:
 - ``counters() -> Mapping[str, int]`` — the driver's own counters, shown on the status API.
 
 A :class:`StreamingDriver` also has ``subscribe()``, an async iterator of Batches the gateway uses instead of
-``read()`` (e.g. OPC UA ``mode: subscribe``, a serial instrument that streams). After each connect it first
+``read()`` (e.g. OPC UA ``mode: subscribe``, a serial instrument that streams). The gateway streams from a
+driver that is an instance of :class:`StreamingDriver` (subclass it); a driver whose config chooses between
+polling and streaming returns one class or the other from ``create``. After each connect it first
 yields one full read; it raises :class:`DeviceUnavailable` when the link is lost. Batches may hold a subset of
 tags (``Batch.index``), each tag at most once per batch. Writes never run while the stream is inside the
 driver unless the class sets ``writes_during_stream = True`` (its protocol multiplexes requests, as OPC UA
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -67,10 +70,13 @@ class WriteError(Exception):
 
 @dataclass
 class TagMeta:
-    """Per-tag publish metadata of one source, one bool per tag, shared by reference between the driver and
-    every uplink's reducer: ``float32`` — publish at float32 precision (the value is a 32-bit float on the
-    device); ``integer`` — publish as a JSON integer. The gateway fills both from the config before
-    ``create``; a driver may set more (never clear) when it learns types from the values (OPC UA)."""
+    """Per-tag publish metadata of one source, one bool per tag in config order, shared by reference between
+    the driver and every uplink's reducer: ``float32`` — publish at float32 precision (the value is a 32-bit
+    float on the device: ``123.4``, not ``123.40000152587891``); ``integer`` — publish as a JSON integer.
+
+    Before ``create`` the gateway sets ``integer`` for the tags the common config makes integers and leaves
+    ``float32`` all False. The driver updates both in place, never replaces the arrays: from its config
+    (Modbus ``type: float32``) in ``create``, or from the types of the values it reads (OPC UA), at any time."""
 
     float32: np.ndarray
     integer: np.ndarray
@@ -82,16 +88,22 @@ class TagMeta:
 
 class Shared:
     """Resources several sources of one gateway share, by key (e.g. ``"serial:/dev/ttyUSB0"`` -> the bus
-    arbiter of that port). Owned by the gateway; a driver gets it through its context."""
+    arbiter of that port). Owned by the gateway; a driver gets it through its context.
+
+    A resource lives as long as some driver holds a reference to it (the drivers keep it, this holds it
+    weakly): after a hot reload removed or changed every asset on a port, the next driver on it gets a fresh
+    one, with the new line settings. Resources are therefore objects that take weak references (instances of
+    ordinary classes, not ints or tuples)."""
 
     def __init__(self) -> None:
-        self._items: dict[str, Any] = {}
+        self._items: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
     def get(self, key: str, make: Callable[[], T]) -> T:
-        """The resource ``key``, created by ``make()`` on first use."""
-        if key not in self._items:
-            self._items[key] = make()
-        item: T = self._items[key]
+        """The resource ``key``, created by ``make()`` when no driver holds one."""
+        item: T | None = self._items.get(key)
+        if item is None:
+            item = make()
+            self._items[key] = item
         return item
 
     def __contains__(self, key: str) -> bool:
@@ -106,6 +118,13 @@ class DriverContext:
     state_dir: Path
     meta: TagMeta
     shared: Shared = field(default_factory=Shared)
+
+    @classmethod
+    def detached(cls, asset: str, n_tags: int, *, state_dir: Path | str = "state",
+                 shared: Shared | None = None) -> "DriverContext":
+        """A context for a driver used outside a running gateway (a command-line tool such as ``probe``, a
+        test): all-False metadata, the given state directory, ``shared`` or a new :class:`Shared` of its own."""
+        return cls(asset, Path(state_dir), TagMeta.empty(n_tags), Shared() if shared is None else shared)
 
 
 @runtime_checkable
@@ -158,20 +177,27 @@ class DriverSpec:
 
 
 @functools.cache
-def registry() -> dict[str, Any]:
+def registry() -> dict[str, DriverSpec]:
     """Driver name -> driver spec, from the ``iiot_gateway.drivers`` entry points (loaded once).
 
-    A plug-in that fails to import is logged and left out: it must not take the other drivers down.
+    A plug-in that fails to import, or names something other than a :class:`DriverSpec` whose ``name`` is
+    the entry point's, is logged and left out: it must not take the other drivers down.
     """
-    found: dict[str, Any] = {}
+    log = logging.getLogger("gateway.driver")
+    found: dict[str, DriverSpec] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
-            # TRANSITION (issue 13): the four bundled drivers still register classes; once they are ported this
-            # refuses anything but a DriverSpec
-            found[ep.name] = ep.load()
+            spec = ep.load()
         except Exception as exc:
-            logging.getLogger("gateway.driver").warning(
-                "driver %r cannot be loaded: %s: %s", ep.name, type(exc).__name__, exc
-            )
+            log.warning("driver %r cannot be loaded: %s: %s", ep.name, type(exc).__name__, exc)
+            continue
+        if not isinstance(spec, DriverSpec):
+            log.warning("driver %r is left out: its entry point %s names a %s, not a gateway.driver.DriverSpec",
+                        ep.name, ep.value, type(spec).__name__)
+        elif spec.name != ep.name:
+            log.warning("driver %r is left out: its entry point %s names the spec of driver %r", ep.name,
+                        ep.value, spec.name)
+        else:
+            found[ep.name] = spec
     return dict(sorted(found.items()))
 

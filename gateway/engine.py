@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
-from gateway.driver import registry
+from gateway.driver import Shared, registry
 from gateway.source import AssetRuntime
 
 if TYPE_CHECKING:
+    from gateway.config.models import AssetBase, Config
     from gateway.daemon import North
     from gateway.delivery import Delivery
     from gateway.publisher import Publisher
@@ -58,10 +59,12 @@ class Gateway:
     """Sources, lifecycle and status of the daemon; build one with :func:`gateway.daemon.build`, which also
     sets :attr:`build_norths`, :attr:`norths` and (API enabled) :attr:`serve_api`."""
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.started_at = time.time()
         self.namespace: str = cfg.gateway.namespace
+        #: resources the drivers of several assets share (the arbiter of one RS-485 port), kept across reloads
+        self.shared = Shared()
         self.assets: dict[str, AssetRuntime] = {a.id: self._asset(a) for a in cfg.assets}
         self.status_topic = f"{self.namespace}/_gateway/{cfg.gateway.id}/status"
         self.metrics_topic = f"{self.namespace}/_gateway/{cfg.gateway.id}/metrics"
@@ -80,16 +83,16 @@ class Gateway:
         self._north_tasks: dict[int, list[asyncio.Task[None]]] = {}
         #: hot reload (gateway/reload.py): the file it re-reads, the config before the last reload
         self.config_path: str | None = None
-        self.previous_cfg: Any = None
+        self.previous_cfg: Config | None = None
         self.reload_lock = asyncio.Lock()
         #: what made the daemon stop by itself (a failed uplink, API, ...); raised by run() after shutdown
         self.fatal: Exception | None = None
 
-    def _asset(self, a: Any) -> AssetRuntime:
+    def _asset(self, a: AssetBase) -> AssetRuntime:
         cfg = self.cfg
         return AssetRuntime(a, registry()[a.source.driver], buffer_seconds=cfg.buffer.seconds,
-                            on_state=self._asset_state_changed, state_dir=cfg.gateway.state_dir,
-                            log_summary_interval=cfg.gateway.log_summary_interval)
+                            state_dir=Path(cfg.gateway.state_dir), shared=self.shared,
+                            on_state=self._asset_state_changed, log_summary_interval=cfg.gateway.log_summary_interval)
 
     # -- the first uplink, for callers that know one (tests, the demo) --------------------------------
     @property

@@ -95,9 +95,9 @@ def asset_snapshot(a: "AssetRuntime") -> dict[str, Any]:
     values: list[Any] = shown.tolist()
     for i in np.flatnonzero(np.isnan(shown)).tolist():
         values[i] = None
-    for i, s in enumerate(a.ring.last_string):
-        if s is not None and good[i]:
-            values[i] = s
+    for i, text in enumerate(a.ring.last_string):
+        if text is not None and good[i]:
+            values[i] = text
     quality = [int(x) if h else None for x, h in zip(q.tolist(), has.tolist())]
     errors: list[str | None] = [None] * len(a.tags)
     for i in np.flatnonzero(has & (q == 2)).tolist():

@@ -48,7 +48,7 @@ class _Families:
     """Builds each family once per scrape; ``add`` skips values that are None."""
 
     def __init__(self) -> None:
-        self._f: dict[str, Metric] = {}
+        self._f: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
 
     def add(self, kind: str, name: str, doc: str, labels: dict[str, str], value: float | None) -> None:
         if value is None:
@@ -57,7 +57,7 @@ class _Families:
         if fam is None:
             cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
             fam = self._f[name] = cls(P + name, doc, labels=list(labels))
-        fam.add_metric(list(labels.values()), value)  # type: ignore[attr-defined]
+        fam.add_metric(list(labels.values()), value)
 
     def __iter__(self) -> Iterator[Metric]:
         return iter(self._f.values())

@@ -48,7 +48,7 @@ class SparkplugPublisher(Publisher):
         self._host_online = self.primary_host is None
         self._host_ts = -1
         self._born: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.births = 0
         up = self.uplink
         up.subscribe(node.topic("NCMD"), self._on_ncmd, qos=1)
@@ -115,7 +115,7 @@ class SparkplugPublisher(Publisher):
             if self.uplink.accepts_data:
                 self.uplink.publish(*self.node.ddeath(asset.id), qos=BIRTH_QOS)
 
-    def publish_last(self, *, force: bool = False) -> None:
+    def publish_last(self, *, force: bool = False, first_only: bool = False) -> None:
         """Births carry every metric's value: no ``last`` message on a Sparkplug uplink."""
 
     def publish_metrics(self) -> None:

@@ -145,7 +145,8 @@ async def apply(gw: Gateway, new: Any) -> Plan:
             gw._start_source(asset)
         log.info("reload applied: %s", ", ".join(f"{k.replace('_', ' ')} {', '.join(v)}" for k, v in p.summary().items()))
         if started:
-            gw._tg.create_task(_grace_check(gw, [a.id for a in started]), name="reload-grace")  # type: ignore[union-attr]
+            assert gw._tg is not None  # reloads are applied while the gateway runs
+            gw._tg.create_task(_grace_check(gw, [a.id for a in started]), name="reload-grace")
         return p
 
 

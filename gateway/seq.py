@@ -155,7 +155,7 @@ class SeqCounter:
                 self._write(clean=False, reserved=target)
 
             fut = asyncio.get_running_loop().run_in_executor(io, reserve)
-            fut.add_done_callback(lambda f, t=target: self._reserved(f, t))
+            fut.add_done_callback(lambda f: self._reserved(f, target))
         return seq
 
     def _reserved(self, fut: asyncio.Future[None], target: int) -> None:

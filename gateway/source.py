@@ -11,17 +11,20 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from gateway.batch import Batch, Quality
-from gateway.driver import DeviceUnavailable, Driver
+from gateway.driver import DeviceUnavailable, Driver, DriverContext, DriverSpec, Shared, StreamingDriver, TagMeta
 from gateway.logsafe import ChangeLog, safe
 from gateway.reduce import integer_tags
 from gateway.ringbuffer import RingBuffer
 from gateway.status import AssetStatus, Backoff
 from gateway.writes import WriteFailed, classify
+
+if TYPE_CHECKING:
+    from gateway.config.models import AssetBase
 
 log = logging.getLogger("gateway.source")
 
@@ -38,12 +41,13 @@ class AssetRuntime:
 
     def __init__(
         self,
-        cfg: Any,
-        driver_cls: type[Driver],
+        cfg: AssetBase,
+        spec: DriverSpec,
         *,
         buffer_seconds: float,
+        state_dir: Path,
+        shared: Shared,
         on_state: Callable[["AssetRuntime"], None] | None = None,
-        state_dir: str | None = None,
         log_summary_interval: float = 60.0,
     ) -> None:
         self.cfg = cfg
@@ -51,23 +55,16 @@ class AssetRuntime:
         self.source = cfg.source
         self.tags = list(cfg.tags)
         self.tag_index = {t.name: i for i, t in enumerate(self.tags)}
-        self.driver = driver_cls(cfg.source, self.tags)
-        if state_dir is not None and hasattr(self.driver, "state_dir"):
-            # a driver that keeps files (e.g. OPC UA certificates) declares ``state_dir``; it gets gateway.state_dir
-            self.driver.state_dir = Path(state_dir)  # type: ignore[attr-defined]
+        #: per tag: published at float32 precision / as a JSON integer (tag metadata for every uplink's
+        #: reducer, shared by reference with the driver, which may refine it: see gateway.driver.TagMeta)
+        self.meta = TagMeta(np.zeros(len(self.tags), dtype=bool), integer_tags(self.tags))
+        self.driver: Driver = spec.create(cfg.source, self.tags, DriverContext(self.id, state_dir, self.meta, shared))
         self.ring = RingBuffer.for_rate(len(self.tags), buffer_seconds, cfg.source.poll)
-        f32 = getattr(self.driver, "float32_tags", None)
-        #: per tag: published at float32 precision / as a JSON integer (tag metadata for every uplink's reducer)
-        self.float32 = np.zeros(len(self.tags), dtype=bool) if f32 is None else np.asarray(f32, dtype=bool)
-        self.integer = integer_tags(self.tags)
-        learnt = getattr(self.driver, "integer_tags", None)
-        if isinstance(learnt, np.ndarray) and learnt.dtype == np.bool_ and learnt.shape == self.integer.shape:
-            learnt |= self.integer  # shared: a driver that learns integer types from the values (OPC UA) is followed
-            self.integer = learnt
+        self.float32 = self.meta.float32
+        self.integer = self.meta.integer
         self.status = AssetStatus()
-        #: the driver pushes batches (``subscribe()``) instead of being polled; the driver decides from its
-        #: source config (e.g. ``mode: subscribe``) through its ``streaming`` attribute
-        self.streaming = bool(getattr(self.driver, "streaming", False))
+        #: the driver pushes batches (``subscribe()``) instead of being polled
+        self.streaming = isinstance(self.driver, StreamingDriver)
         self._on_state = on_state
         #: state changes (tags bad / good again, down / up again) are rate-limited: a flapping device logs
         #: its first changes and then one summary per ``gateway.log_summary_interval``
@@ -165,20 +162,31 @@ class AssetRuntime:
 
         The driver's ``subscribe()`` yields a batch whenever values arrive; it raises DeviceUnavailable when
         the connection is lost. No timeout applies between batches: a quiet device is not a dead one (the
-        driver detects dead links with its own keepalive and raises). Writes are served by a second task
-        meanwhile, so in stream mode a driver's ``write()`` runs while its ``subscribe()`` is suspended.
+        driver detects dead links with its own keepalive and raises). Queued writes are served between two
+        batches, while the stream is outside the driver; a driver whose protocol multiplexes requests
+        (``writes_during_stream``) gets them at once, from a second task, while its ``subscribe()`` waits.
         """
+        driver = self.driver
+        assert isinstance(driver, StreamingDriver)
         loop = asyncio.get_running_loop()
         last = loop.time()
-        writer = asyncio.create_task(self._serve_writes(None), name=f"writes:{self.id}")
+        concurrent = driver.writes_during_stream
+        writer = asyncio.create_task(self._serve_writes(None), name=f"writes:{self.id}") if concurrent else None
+        stream = driver.subscribe()
         try:
-            async for batch in self.driver.subscribe():  # type: ignore[attr-defined]
+            async for batch in stream:
                 now = loop.time()
                 self._accept(batch, now - last)
                 last = now
+                if not concurrent and (lost := await self._serve_queued()) is not None:
+                    raise lost
         finally:
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+            if writer is not None:
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
+            aclose = getattr(stream, "aclose", None)  # an async generator: run its cleanup before close()
+            if aclose is not None:
+                await aclose()
 
     async def _poll_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -227,33 +235,46 @@ class AssetRuntime:
         while True:
             try:
                 async with asyncio.timeout_at(until):
-                    tag, value, future = await self._writes.get()
+                    item = await self._writes.get()
             except TimeoutError:
                 return None
-            if future.done():  # the caller gave up before its turn
-                continue
-            limit = 2 * self.source.timeout  # write and read back: two round trips
-            try:
-                async with asyncio.timeout(limit):
-                    result = await self.driver.write(tag, value)
-            except asyncio.CancelledError:
-                if not future.done():
-                    future.set_exception(WriteFailed("unavailable", f"asset {self.id!r} is stopping; the write "
-                                                     "may or may not have been applied"))
-                raise
-            except Exception as exc:
-                failed = classify(exc, asset=self.id, timeout=limit)
-                if failed.unexpected:
-                    log.exception("asset %s: driver error during a write", self.id)
-                if not future.done():
-                    future.set_exception(failed)
-                if isinstance(exc, CONNECTION_ERRORS) and until is not None:
-                    return exc  # polling: reconnect (in stream mode the subscription notices a dead link itself)
-            else:
-                if not future.done():
-                    future.set_result(result)
+            lost = await self._serve_one(*item)
+            if lost is not None and until is not None:
+                return lost  # polling: reconnect (a concurrent stream notices a dead link itself)
             if until is not None and loop.time() >= until:
                 return None
+
+    async def _serve_queued(self) -> BaseException | None:
+        """Run the writes queued now (stream mode, between two batches); the connection error one ended in."""
+        while not self._writes.empty():
+            lost = await self._serve_one(*self._writes.get_nowait())
+            if lost is not None:
+                return lost
+        return None
+
+    async def _serve_one(self, tag: str, value: Any, future: asyncio.Future[Any]) -> BaseException | None:
+        """One write and its read-back, its outcome set on ``future``; the connection error it ended in."""
+        if future.done():  # the caller gave up before its turn
+            return None
+        limit = 2 * self.source.timeout  # write and read back: two round trips
+        try:
+            async with asyncio.timeout(limit):
+                result = await self.driver.write(tag, value)
+        except asyncio.CancelledError:
+            if not future.done():
+                future.set_exception(WriteFailed("unavailable", f"asset {self.id!r} is stopping; the write "
+                                                 "may or may not have been applied"))
+            raise
+        except Exception as exc:
+            failed = classify(exc, asset=self.id, timeout=limit)
+            if failed.unexpected:
+                log.exception("asset %s: driver error during a write", self.id)
+            if not future.done():
+                future.set_exception(failed)
+            return exc if isinstance(exc, CONNECTION_ERRORS) else None
+        if not future.done():
+            future.set_result(result)
+        return None
 
     def _fail_writes(self, text: str) -> None:
         while not self._writes.empty():

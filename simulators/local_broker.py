@@ -17,6 +17,10 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from simulators.mqtt_broker import EmbeddedBroker
 
 
 def mosquitto_binary() -> str | None:
@@ -59,12 +63,15 @@ class LocalBroker:
         if kind == "mosquitto" and self.binary is None:
             raise FileNotFoundError("no mosquitto binary on this machine (apt-get install mosquitto)")
         self.kind = "mosquitto" if self.binary else "embedded"
-        self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="iiot-broker-")
-        self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if not workdir:
+            self._tmp = tempfile.TemporaryDirectory(prefix="iiot-broker-")
+            workdir = Path(self._tmp.name)
+        self.workdir = Path(workdir)
         self.log = self.workdir / "mosquitto.log"
         self.extra_conf = extra_conf
         self._proc: subprocess.Popen | None = None
-        self._embedded = None
+        self._embedded: EmbeddedBroker | None = None
 
     def _conf(self) -> Path:
         conf = self.workdir / "mosquitto.conf"

@@ -276,7 +276,7 @@ class ModbusSimulator:
     # -- raw access -----------------------------------------------------------------------------------------
 
     def _table(self, table: str, address0: int, count: int) -> np.ndarray:
-        image = self._regs.get(table)
+        image: np.ndarray | None = self._regs.get(table)  # uint16 registers or bool bits
         if image is None:
             image = self._bits.get(table)
         if image is None:
@@ -334,11 +334,11 @@ class ModbusSimulator:
             function = {1: 2, 2: 1, 3: 4, 4: 3}[function]
             start, count = read
             if bits:  # the other bit table's contents: what a server that mixed up the tables sends
-                other = self._bits["di" if function == 2 else "co"]
-                data = np.packbits(np.resize(other[start:], count), bitorder="little").tobytes()
+                other_bits = self._bits["di" if function == 2 else "co"]
+                data = np.packbits(np.resize(other_bits[start:], count), bitorder="little").tobytes()
             else:
-                other = self._regs["ir" if function == 4 else "hr"]
-                data = np.resize(other[start:], count).astype(">u2").tobytes()
+                other_regs = self._regs["ir" if function == 4 else "hr"]
+                data = np.resize(other_regs[start:], count).astype(">u2").tobytes()
         elif fault == "transaction_id_zero":
             tid = 0
             data = bytes((0x5A,)) * len(data) if bits else b"\xde\xad" * (len(data) // 2)

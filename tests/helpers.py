@@ -1,22 +1,26 @@
 """Test helpers shared by the suite: free ports, MQTT brokers (Mosquitto, embedded or amqtt), a test subscriber, and
-a TCP proxy that can refuse, cut or black-hole a link (fault injection that a real broker cannot produce)."""
+a TCP proxy that can refuse, cut or black-hole a link (fault injection that a real broker cannot produce), the
+gateway as a process, and the one builder of gateway config files (:func:`gateway_config`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import itertools
 import json
 import os
 import signal
 import socket
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+from ruamel.yaml import YAML
 from paho.mqtt.enums import CallbackAPIVersion
 
 from simulators.local_broker import LocalBroker, mosquitto_binary  # noqa: F401 (re-exported for tests)
@@ -312,3 +316,53 @@ async def reap(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         proc.kill()
         await proc.wait()
+
+
+# ------------------------------------------------------------------------------------ a gateway config file
+
+#: namespace of the configs :func:`gateway_config` writes (the topics are ``{NAMESPACE}/{asset}/...``)
+NAMESPACE = "acme/test/line1"
+
+
+def gateway_config(tmp_path: Path, *, assets_yaml: str, mqtt_port: int | None = None, api_port: int | None = None,
+                   name: str = "gateway.yaml", **sections: Any) -> Path:
+    """Write a whole gateway config to ``tmp_path / name`` and return its path: the one way tests build one.
+
+    ``assets_yaml`` is the ``assets:`` list (YAML, any indentation). The other sections have defaults:
+
+    - ``gateway``: id ``test-gw``, :data:`NAMESPACE`, ``state_dir`` in ``tmp_path / "state"``;
+    - ``mqtt``: ``127.0.0.1:mqtt_port``, publish_interval 200ms, keepalive 5s, reconnect_max 1s;
+    - ``api``: listening on ``127.0.0.1:api_port``; without ``api_port`` it is off;
+    - ``buffer``: 60 seconds.
+
+    A keyword per section changes it: a mapping is merged into the default (a key set to None is left out),
+    a string is the section's YAML (``mqtt="links: [...]"``) instead of the default, None leaves the
+    section out (``mqtt=None, uplinks="- name: plant ..."``). Sections without a default (``spool``,
+    ``uplinks``) come after these, in the order given.
+    """
+    default: dict[str, Any] = {
+        "gateway": {"id": "test-gw", "namespace": NAMESPACE, "state_dir": tmp_path / "state"},
+        "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "publish_interval": "200ms", "keepalive": "5s",
+                 "reconnect_max": "1s"},
+        "api": {"listen": f"127.0.0.1:{api_port}"} if api_port else {"enabled": False},
+        "buffer": {"seconds": 60},
+    }
+    for key, value in sections.items():
+        base = default.get(key)
+        default[key] = {**base, **value} if isinstance(value, dict) and isinstance(base, dict) else value
+    text = "".join(_section(key, value) for key, value in default.items() if value is not None)
+    path = tmp_path / name
+    path.write_text(text + _section("assets", assets_yaml), encoding="utf-8")
+    return path
+
+
+def _section(key: str, value: dict[str, Any] | str) -> str:
+    if isinstance(value, str):
+        body = textwrap.dedent(value).strip("\n")
+    else:  # plain YAML as a person writes it (tests may edit the text: "publish_interval: 200ms")
+        out = io.StringIO()
+        yaml = YAML()
+        yaml.default_flow_style = False
+        yaml.dump({k: str(v) if isinstance(v, Path) else v for k, v in value.items() if v is not None}, out)
+        body = out.getvalue().strip("\n")
+    return f"{key}:\n{textwrap.indent(body, '  ')}\n"

@@ -10,8 +10,8 @@ import re
 import sys
 from pathlib import Path
 
-from e2e.harness import running_gateway, write_config
-from helpers import free_port
+from e2e.harness import running_gateway
+from helpers import free_port, gateway_config
 from ruamel.yaml import YAML
 
 from gateway.config import load_config
@@ -71,7 +71,8 @@ async def test_the_health_check_passes_on_a_running_gateway_and_fails_once_it_st
                                                                                     modbus_sim):
     code = compose()["services"]["gateway"]["healthcheck"]["test"][-1]
     port = free_port()
-    cfg = write_config(tmp_path, mqtt_broker, api_port=port, assets_yaml=PRESS.format(port=modbus_sim.port))
+    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=port,
+                         assets_yaml=PRESS.format(port=modbus_sim.port))
     async with running_gateway(cfg) as rg:
         assert await health(code, port) == 0
         await rg.stop()

@@ -2,9 +2,8 @@
 
 - a driver imports only the contract modules of ``gateway``;
 - the simulators import neither ``gateway`` nor ``drivers`` (a decoding bug must not cancel out);
-- ``gateway`` never imports a particular driver, except the command line (which composes sub-commands of the
-  drivers until they register through an entry point); the bench finds its hot-path workload through the
-  entry point group ``iiot_gateway.bench``;
+- ``gateway`` never imports a particular driver: the drivers' own commands register through the
+  ``iiot_gateway.commands`` entry points, the bench's hot-path workload through ``iiot_gateway.bench``;
 - no import circle among the modules' top-level imports (imports inside functions and under
   ``TYPE_CHECKING`` are not module dependencies).
 """
@@ -15,8 +14,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTRACT = {"gateway.driver", "gateway.batch", "gateway.config.common", "gateway.scaling"}
-COMPOSERS = {"gateway.cli"}  # may import drivers (lazily): the CLI, until driver sub-commands register
+CONTRACT = {"gateway.driver", "gateway.batch", "gateway.config.common", "gateway.scaling", "gateway.driver_commands"}
+COMPOSERS: set[str] = set()  # modules of gateway that may import drivers: none left
 
 
 def modules() -> dict[str, Path]:
@@ -81,7 +80,7 @@ def test_simulators_import_neither_gateway_nor_drivers():
     assert bad == []
 
 
-def test_gateway_never_imports_a_driver_except_the_cli_and_the_bench():
+def test_gateway_never_imports_a_driver_except_the_bench():
     known = modules()
     bad = [f"{mod} imports {name}" for mod, path in known.items()
            if mod.startswith("gateway") and not any(mod == c or mod.startswith(c + ".") for c in COMPOSERS)

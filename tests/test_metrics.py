@@ -4,11 +4,10 @@ text: names, labels, and values that follow what really happens."""
 from __future__ import annotations
 
 import asyncio
-import textwrap
 import time
 
-from e2e.harness import running_gateway, write_config
-from helpers import free_port, wait_until
+from e2e.harness import running_gateway
+from helpers import free_port, gateway_config, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import __version__
@@ -46,7 +45,8 @@ async def scrape(rg) -> Scrape:
 
 
 async def test_metrics_follow_the_source_the_uplink_and_the_spool(tmp_path, mqtt_broker, modbus_sim):
-    cfg = write_config(tmp_path, mqtt_broker, api_port=free_port(), assets_yaml=PRESS.format(port=modbus_sim.port))
+    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(),
+                         assets_yaml=PRESS.format(port=modbus_sim.port))
     async with running_gateway(cfg) as rg:
         gw = rg.gw
         assert await wait_until(lambda: gw.ready and gw.assets["press-3"].status.polls >= 3)
@@ -122,19 +122,10 @@ async def test_metrics_follow_the_source_the_uplink_and_the_spool(tmp_path, mqtt
 async def test_metrics_label_each_link_of_an_uplink(tmp_path, mqtt_broker, modbus_sim):
     # the first link leads nowhere (a closed port): the uplink fails over to the second, the real broker
     dead = free_port()
-    cfg = tmp_path / "gateway.yaml"
-    cfg.write_text(f"""\
-gateway: {{id: test-gw, namespace: acme/test/line1, state_dir: {tmp_path / 'state'}}}
-mqtt:
-  publish_interval: 200ms
-  keepalive: 5s
-  reconnect_max: 1s
-  links:
-    - {{name: ethernet, host: 127.0.0.1, port: {dead}}}
-    - {{name: cellular, host: {mqtt_broker.host}, port: {mqtt_broker.port}}}
-api: {{listen: "127.0.0.1:{free_port()}"}}
-assets:
-{textwrap.indent(PRESS.format(port=modbus_sim.port), "  ")}""")
+    links = [{"name": "ethernet", "host": "127.0.0.1", "port": dead},
+             {"name": "cellular", "host": mqtt_broker.host, "port": mqtt_broker.port}]
+    cfg = gateway_config(tmp_path, mqtt={"host": None, "links": links}, api_port=free_port(),
+                         assets_yaml=PRESS.format(port=modbus_sim.port))
     async with running_gateway(cfg) as rg:
         cell = rg.gw.uplink.links[1]
         assert await wait_until(lambda: rg.gw.uplink.connected and cell.messages_sent > 2, timeout=20)

@@ -20,6 +20,7 @@ import pytest
 from drivers.modbus.config import ModbusTcpSource
 from drivers.modbus.probe import Reading, probe, windows_for
 from drivers.modbus.tcp import ModbusTcpDriver
+from gateway.driver import DriverContext
 from simulators.codec import encode_number
 from simulators.modbus_rtu_sim import ModbusRtuSimulator, RtuSlave
 
@@ -37,7 +38,7 @@ ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")
 
 def tcp(port: int):
     source = ModbusTcpSource(driver="modbus_tcp", host="127.0.0.1", port=port, unit=1, timeout=2)
-    return lambda tags: ModbusTcpDriver(source, tags)
+    return lambda tags: ModbusTcpDriver(source, tags, DriverContext.detached("test", len(tags)))
 
 
 def found(matches: list[Reading]) -> set[tuple[str, str, int, str]]:

@@ -8,8 +8,8 @@ import signal
 from pathlib import Path
 
 import httpx
-from e2e.harness import NAMESPACE, running_gateway, write_config
-from helpers import free_port, reap, start_gateway, stop_gateway, wait_until
+from e2e.harness import running_gateway
+from helpers import NAMESPACE, free_port, gateway_config, reap, start_gateway, stop_gateway, wait_until
 
 TOKEN = "reload-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -28,9 +28,8 @@ EXTRA_TAG = '    - {name: oil_temp, address: "30001", type: int16, scale: 0.1}\n
 
 
 def config(tmp_path, broker, port: int) -> Path:
-    path = write_config(tmp_path, broker, ASSETS.format(port=port), api_port=free_port())
-    path.write_text(path.read_text().replace("api:\n", f"api:\n  token: {TOKEN}\n", 1))
-    return path
+    return gateway_config(tmp_path, mqtt_port=broker.port, assets_yaml=ASSETS.format(port=port), api_port=free_port(),
+                          api={"token": TOKEN})
 
 
 def with_extra_tag(path: Path) -> str:

@@ -8,8 +8,8 @@ import asyncio
 import logging
 import re
 
-from e2e.harness import running_gateway, write_config
-from helpers import free_port, wait_until
+from e2e.harness import running_gateway
+from helpers import free_port, gateway_config, wait_until
 
 from gateway.logsafe import ChangeLog
 from simulators.serial_instrument import SerialInstrument
@@ -34,11 +34,6 @@ SUMMARY = "more state change(s)"
 
 def messages(caplog, logger: str = "gateway.source") -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == logger]
-
-
-def with_summary_interval(path, interval: str):
-    path.write_text(path.read_text().replace("gateway:\n", f"gateway:\n  log_summary_interval: {interval}\n", 1))
-    return path
 
 
 def test_change_log_logs_first_changes_then_one_summary_per_interval(caplog):
@@ -71,8 +66,9 @@ async def test_a_flapping_instrument_logs_its_first_changes_and_then_summaries(t
     caplog.set_level(logging.INFO, logger="gateway")
     async with SerialInstrument("scale", checksum="xor8", seed=3) as scale:
         scale.faults.bad_checksum = 0.5  # every other reply, at random, is rejected: all tags bad, then good
-        path = write_config(tmp_path, mqtt_broker, SCALE.format(port=scale.path), api_port=free_port())
-        async with running_gateway(with_summary_interval(path, "400ms")) as rg:
+        path = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, assets_yaml=SCALE.format(port=scale.path),
+                              api_port=free_port(), gateway={"log_summary_interval": "400ms"})
+        async with running_gateway(path) as rg:
             asset = rg.gw.assets["scale-1"]
             assert await wait_until(lambda: asset.changes.suppressed >= 40 and any(
                 SUMMARY in m for m in messages(caplog)), timeout=30)
@@ -106,7 +102,7 @@ async def test_stream_batches_name_the_bad_tag_by_its_plan_position(tmp_path, mq
     - {{name: zone2, group: t2}}
     - {{name: probe_ok, group: status, type: bool, true_values: [OK], false_values: ["NO"]}}
 """
-        path = write_config(tmp_path, mqtt_broker, asset, api_port=free_port())
+        path = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, assets_yaml=asset, api_port=free_port())
         async with running_gateway(path) as rg:
             runtime = rg.gw.assets["probe"]
             assert await wait_until(lambda: runtime.status.polls >= 5)
@@ -177,9 +173,10 @@ async def test_undecodable_modbus_answers_are_counted_not_traced(tmp_path, mqtt_
       tags:
         - {{name: strokes, address: 40003, type: uint32}}
     """
-    path = write_config(tmp_path, mqtt_broker, assets, api_port=free_port())
+    path = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, assets_yaml=assets, api_port=free_port(),
+                          gateway={"log_summary_interval": "1h"})
     try:
-        async with running_gateway(with_summary_interval(path, "1h")) as rg:
+        async with running_gateway(path) as rg:
             async def mismatched() -> int:
                 detail = (await rg.api.get("/api/v1/assets/press")).json()
                 return (detail["driver_counters"] or {}).get("mismatched_answers", 0)
@@ -211,11 +208,12 @@ async def test_undecodable_opcua_messages_are_counted_not_traced(tmp_path, mqtt_
       tags:
         - {{name: zone1_temp, node: "ns=2;s=Oven1.Zone1.Temperature"}}
     """
-    path = write_config(tmp_path, mqtt_broker, assets, api_port=free_port())
+    path = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, assets_yaml=assets, api_port=free_port(),
+                          gateway={"log_summary_interval": "1h"})
     try:
-        async with running_gateway(with_summary_interval(path, "1h")) as rg:
+        async with running_gateway(path) as rg:
             runtime = rg.gw.assets["oven"]
-            assert await wait_until(lambda: runtime.driver.counters.bad_frames >= 3, timeout=30)
+            assert await wait_until(lambda: runtime.driver.counters()["bad_frames"] >= 3, timeout=30)
             assert await wait_until(lambda: runtime.status.reconnects >= 3, timeout=30)  # each one dropped it
             detail = (await rg.api.get("/api/v1/assets/oven")).json()
             assert detail["driver_counters"]["bad_frames"] >= 3

@@ -15,8 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from e2e.harness import write_config
-from helpers import free_port
+from helpers import free_port, gateway_config
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "deploy" / "iiot-gateway.service"
@@ -112,7 +111,8 @@ async def stop_daemon(proc: asyncio.subprocess.Process, *, signalled: bool) -> i
 
 async def test_run_says_ready_then_pings_the_watchdog_then_stopping(tmp_path, mqtt_broker, modbus_sim,
                                                                    notify_socket):
-    cfg = write_config(tmp_path, mqtt_broker, api_port=free_port(), assets_yaml=PRESS.format(port=modbus_sim.port))
+    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(),
+                         assets_yaml=PRESS.format(port=modbus_sim.port))
     proc = await start_daemon(cfg, notify_socket, WATCHDOG_USEC="300000")  # a ping every 0.15 s
     signalled = False
     try:
@@ -142,7 +142,8 @@ async def test_ready_waits_for_the_first_connect_attempt_even_when_it_fails(tmp_
     server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     broker = SimpleNamespace(host="127.0.0.1", port=port)
-    cfg = write_config(tmp_path, broker, api_port=free_port(), assets_yaml=PRESS.format(port=modbus_sim.port))
+    cfg = gateway_config(tmp_path, mqtt_port=broker.port, api_port=free_port(),
+                         assets_yaml=PRESS.format(port=modbus_sim.port))
     proc = await start_daemon(cfg, notify_socket)  # no WATCHDOG_USEC: no pings
     signalled = False
     try:

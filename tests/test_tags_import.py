@@ -14,10 +14,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import gateway_config
 
 from drivers.modbus.kepware import import_csv, yaml_scalar
 from drivers.modbus.tcp import ModbusTcpDriver
 from gateway.config import load_config
+from gateway.driver import DriverContext
 
 HEADING = ('"Tag Name","Address","Data Type","Respect Data Type","Client Access","Scan Rate","Scaling","Raw Low",'
            '"Raw High","Scaled Low","Scaled High","Scaled Data Type","Clamp Low","Clamp High","Eng Units",'
@@ -58,17 +60,11 @@ def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
                           text=True, env=env, timeout=60)
 
 
-def gateway_config(tmp_path: Path, port: int, tags_yaml: str) -> Path:
-    path = tmp_path / "plant.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        gateway: {{id: gw-1, namespace: acme/site/area/line}}
-        mqtt: {{host: 127.0.0.1, port: 1883}}
-        assets:
-          - id: press-3
-            source: {{driver: modbus_tcp, host: 127.0.0.1, port: {port}, unit: 1, timeout: 2s}}
-            tags:
-        """) + textwrap.indent(tags_yaml, "      "), encoding="utf-8")
-    return path
+def press_config(tmp_path: Path, port: int, tags_yaml: str) -> Path:
+    """A gateway config whose one asset, on the Modbus device at ``port``, has the tag lines ``tags_yaml``."""
+    press = (f"- id: press-3\n  source: {{driver: modbus_tcp, host: 127.0.0.1, port: {port}, unit: 1, timeout: 2s}}\n"
+             "  tags:\n") + textwrap.indent(tags_yaml, "    ")
+    return gateway_config(tmp_path, assets_yaml=press, name="plant.yaml")
 
 
 async def test_imported_tags_validate_and_read_the_plant(tmp_path, modbus_sim) -> None:
@@ -84,7 +80,7 @@ async def test_imported_tags_validate_and_read_the_plant(tmp_path, modbus_sim) -
         assert says in line, line
     assert "9 tags imported, 7 rows failed" in done.stderr
 
-    cfg_path = gateway_config(tmp_path, modbus_sim.port, done.stdout)
+    cfg_path = press_config(tmp_path, modbus_sim.port, done.stdout)
     valid = cli("validate", cfg_path)
     assert valid.returncode == 0, valid.stderr + cfg_path.read_text()
     assert "9 tags" in valid.stdout
@@ -96,7 +92,7 @@ async def test_imported_tags_validate_and_read_the_plant(tmp_path, modbus_sim) -
     assert tags["motor_current"].scale == pytest.approx(0.01) and tags["motor_current"].unit == "A"
     assert tags["pressure"].description == "Main cylinder, hydraulic"
 
-    driver = ModbusTcpDriver(asset.source, list(asset.tags))
+    driver = ModbusTcpDriver(asset.source, list(asset.tags), DriverContext.detached("test", len(list(asset.tags))))
     await driver.connect()
     try:
         batch = await driver.read()
@@ -151,7 +147,7 @@ def test_a_file_that_is_no_tag_export_exits_2(tmp_path, content) -> None:
 
 
 def test_validate_suggests_float32_for_type_float(tmp_path) -> None:
-    path = gateway_config(tmp_path, 5020, '- {name: level, address: "40001", type: float}\n')
+    path = press_config(tmp_path, 5020, '- {name: level, address: "40001", type: float}\n')
     done = cli("validate", path)
     assert done.returncode == 2
     assert "did you mean 'float32'?" in done.stderr, done.stderr

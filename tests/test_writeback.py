@@ -13,8 +13,8 @@ import struct
 
 import paho.mqtt.publish as paho_publish
 from asyncua import Client
-from e2e.harness import NAMESPACE, running_gateway, write_config
-from helpers import free_port, wait_until
+from e2e.harness import running_gateway
+from helpers import NAMESPACE, free_port, gateway_config, wait_until
 
 from simulators.modbus_sim import ModbusSimulator
 
@@ -45,12 +45,10 @@ OVEN = """\
 """
 
 
-def config(tmp_path, broker, assets: str, *, token: bool = True):
-    path = write_config(tmp_path, broker, assets, api_port=free_port())
-    if token:  # the token comes from the environment, as in production
-        text = path.read_text().replace("api:\n", "api:\n  token: ${API_TOKEN}\n", 1)
-        path.write_text(text)
-    return path
+def config(tmp_path, broker, assets: str, *, token: bool = True, **sections):
+    # the token comes from the environment, as in production
+    return gateway_config(tmp_path, mqtt_port=broker.port, assets_yaml=assets, api_port=free_port(),
+                          api={"token": "${API_TOKEN}"} if token else {}, **sections)
 
 
 async def connected(rg, *assets: str) -> None:

@@ -96,8 +96,8 @@ def address_text(value: Any) -> str:
             )
         return text
     if isinstance(value, float):
-        text = getattr(value, "text", None)
-        return str(text).strip() if text is not None else repr(value)
+        written = getattr(value, "text", None)  # a YamlFloat keeps the number as written
+        return str(written).strip() if written is not None else repr(value)
     if isinstance(value, str):
         return value.strip()
     raise AddressError(f"expected a Modbus address, got {type(value).__name__}; {ACCEPTED_FORMS}")

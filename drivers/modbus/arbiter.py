@@ -45,7 +45,7 @@ from drivers.modbus.rtu_frame import (
     scan_response,
 )
 from drivers.modbus.rtu_link import Link
-from gateway.driver import DeviceUnavailable
+from gateway.driver import DeviceUnavailable, Shared
 
 log = logging.getLogger("drivers.modbus.arbiter")
 
@@ -380,20 +380,15 @@ class BusArbiter:
         return DeviceUnavailable(f"no answer from {where} within {policy.response_timeout:g} s")
 
 
-_ARBITERS: weakref.WeakValueDictionary[str, BusArbiter] = weakref.WeakValueDictionary()
-
-
-def arbiter_for(key: str, settings: tuple[Any, ...], make: Callable[[], BusArbiter]) -> BusArbiter:
-    """The arbiter of bus ``key`` (created by ``make`` on first use; dropped when no driver holds it).
+def arbiter_for(shared: Shared, key: str, settings: tuple[Any, ...], make: Callable[[], BusArbiter]) -> BusArbiter:
+    """The arbiter of bus ``key`` among the gateway's ``shared`` resources (created by ``make`` on first use;
+    dropped when no driver holds it).
 
     Raises ``ValueError`` when the bus is already in use with different line settings (two assets naming
     one port with different baud rates cannot both be right).
     """
-    arbiter = _ARBITERS.get(key)
-    if arbiter is None:
-        arbiter = make()
-        _ARBITERS[key] = arbiter
-    elif arbiter.settings != settings:
+    arbiter = shared.get(key, make)
+    if arbiter.settings != settings:
         raise ValueError(
             f"{arbiter.name} is configured twice with different line settings: {arbiter.settings} and {settings}; "
             f"every asset on one port must use the same baudrate, parity, stopbits and bytesize"

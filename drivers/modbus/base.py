@@ -10,8 +10,8 @@ into :class:`~gateway.driver.DeviceUnavailable` — lives here.
 from __future__ import annotations
 
 import time
-from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from abc import abstractmethod
+from typing import Any
 
 import numpy as np
 from pymodbus.exceptions import ModbusException
@@ -26,7 +26,7 @@ from drivers.modbus.config import ModbusTag
 from drivers.modbus.decode import apply_scaling, decode_bits, decode_poll
 from drivers.modbus.plan import ReadPlan, ReadRequest, compile_plan
 from gateway.batch import Batch
-from gateway.driver import DeviceUnavailable
+from gateway.driver import DeviceUnavailable, Driver, DriverContext
 
 #: Standard Modbus exception codes (the number the device answered with is kept as the error code).
 EXCEPTION_NAMES: dict[int, str] = {
@@ -69,6 +69,12 @@ class _RegistersAsArray:
     debug log line even when debug logging is off, and printing the registers is the costly part.
     """
 
+    #: set by pymodbus on the response (ModbusPDU), named in __str__
+    dev_id: int
+    transaction_id: int
+    #: a NumPy uint16 view instead of ModbusPDU's list of ints
+    registers: Any
+
     def decode(self, data: bytes) -> None:
         n = int(data[0])
         if n >= len(data):
@@ -93,38 +99,34 @@ def exception_text(code: int) -> str:
     return f"Modbus exception {code} ({EXCEPTION_NAMES.get(code, 'unknown exception code')})"
 
 
-class ModbusDriverBase(ABC):
+def plan_of(source: Any, tags: list[ModbusTag]) -> ReadPlan:
+    """The read plan of ``tags`` within the source's limits; ``ValueError`` (PlanError) when they cannot be
+    read within them (e.g. a string tag longer than ``max_registers_per_read``)."""
+    return compile_plan(tags, max_registers_per_read=source.max_registers_per_read,
+                        max_bits_per_read=source.max_bits_per_read, max_gap=source.max_gap)  # fmt: skip
+
+
+def check(source: Any, tags: list[ModbusTag]) -> None:
+    """``DriverSpec.check`` of the Modbus drivers: the tags compile into a plan (see :func:`plan_of`)."""
+    plan_of(source, tags)
+
+
+class ModbusDriverBase(Driver):
     """Polls a compiled :class:`ReadPlan` over a pymodbus async client.
 
     Called only from the source's task (never concurrently), as described in :mod:`gateway.driver`.
     Subclasses implement :meth:`_make_client` and :attr:`endpoint`.
     """
 
-    TagConfig: ClassVar[type[ModbusTag]] = ModbusTag
-
-    def __init__(self, source: Any, tags: list[ModbusTag]) -> None:
+    def __init__(self, source: Any, tags: list[ModbusTag], context: DriverContext) -> None:
         self.source = source
         self.tags = list(tags)
-        self.plan: ReadPlan = self._compile(source, self.tags)
+        self.plan = plan_of(source, self.tags)
         #: float32 tags are published at float32 precision (123.4, not 123.40000152587891)
-        self.float32_tags = np.array([t.type == "float32" for t in self.tags], dtype=bool)
+        context.meta.float32 |= np.array([t.type == "float32" for t in self.tags], dtype=bool)
         self._client: Any = None
         #: the poll buffer: every register response of a poll, at ``plan.word_offset`` (reused every poll)
         self._words = np.zeros(self.plan.register_words, dtype=np.uint16)
-
-    @staticmethod
-    def _compile(source: Any, tags: list[ModbusTag]) -> ReadPlan:
-        return compile_plan(
-            tags,
-            max_registers_per_read=source.max_registers_per_read,
-            max_bits_per_read=source.max_bits_per_read,
-            max_gap=source.max_gap,
-        )
-
-    @classmethod
-    def check_config(cls, source: Any, tags: list[ModbusTag]) -> None:
-        """Raise ``ValueError`` (PlanError) when the tags cannot be read within the source's limits."""
-        cls._compile(source, tags)
 
     @property
     @abstractmethod

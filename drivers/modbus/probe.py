@@ -39,7 +39,7 @@ from drivers.modbus.address import (
 from drivers.modbus.base import ModbusDriverBase
 from drivers.modbus.config import REGISTERS, ModbusTag
 from gateway.batch import Quality
-from gateway.driver import DeviceUnavailable
+from gateway.driver import DeviceUnavailable, DriverContext, Shared
 
 TYPES = ("int16", "uint16", "int32", "uint32", "float32", "int64", "uint64", "float64")
 ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")
@@ -156,7 +156,7 @@ def show(type_: str, value: float) -> str:
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
     if type_ in ("float32", "float64"):
-        v = np.float32(value) if type_ == "float32" else np.float64(value)
+        v: np.floating[Any] = np.float32(value) if type_ == "float32" else np.float64(value)
         if v == 0 or 1e-4 <= abs(v) < 1e9:
             return np.format_float_positional(v, unique=True, trim="-")
         return np.format_float_scientific(v, unique=True, trim="-")
@@ -266,7 +266,7 @@ def main_probe(args: argparse.Namespace) -> int:
             endpoint = f"Modbus TCP {host}:{port} unit {args.unit}"
 
             def make(tags: list[ModbusTag]) -> ModbusDriverBase:
-                return ModbusTcpDriver(tcp, tags)
+                return ModbusTcpDriver(tcp, tags, DriverContext.detached("probe", len(tags)))
         else:
             from drivers.modbus.rtu import ModbusRtuDriver
             from drivers.modbus.rtu_config import ModbusRtuSource
@@ -274,10 +274,13 @@ def main_probe(args: argparse.Namespace) -> int:
             rtu = ModbusRtuSource(driver="modbus_rtu", port=args.target, unit=args.unit, baudrate=args.baudrate,
                                   parity=args.parity, stopbits=args.stopbits, timeout=args.timeout,
                                   response_timeout=min(0.5, args.timeout / 2), retries=1)
-            endpoint = f"Modbus RTU {args.target} ({args.baudrate} {8}{args.parity}{args.stopbits}) unit {args.unit}"
+            line = f"{rtu.baudrate} {rtu.bytesize}{rtu.parity}{rtu.stopbits}"
+            endpoint = f"Modbus RTU {args.target} ({line}) unit {args.unit}"
+
+            bus = Shared()  # every window's driver joins the one arbiter of the port
 
             def make(tags: list[ModbusTag]) -> ModbusDriverBase:
-                return ModbusRtuDriver(rtu, tags)
+                return ModbusRtuDriver(rtu, tags, DriverContext.detached("probe", len(tags), shared=bus))
     except ProbeError as exc:
         print(f"probe: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Any, ClassVar
+from abc import abstractmethod
+from typing import Any
 
 from pymodbus.client.mixin import ModbusClientMixin
 from pymodbus.exceptions import ModbusException
@@ -23,16 +24,16 @@ from pymodbus.pdu import ModbusPDU
 from pymodbus.pdu.decoders import DecodePDU
 
 from drivers.modbus.arbiter import BusArbiter, SlaveLoad, SlavePolicy, UnitCounters, arbiter_for
-from drivers.modbus.base import BadResponse, ModbusDriverBase
+from drivers.modbus.base import BadResponse, ModbusDriverBase, check
 from drivers.modbus.check import MISMATCHED_ANSWER, answer_mismatch
 from drivers.modbus.config import ModbusTag
 from drivers.modbus.rtu_config import ModbusRtuSource, ModbusRtuTcpSource
 from drivers.modbus.rtu_frame import MALFORMED_FRAME, bits_per_char, silent_interval
 from drivers.modbus.rtu_link import SerialLink, TcpLink
-from gateway.driver import DeviceUnavailable
+from gateway.driver import DeviceUnavailable, DriverContext, DriverSpec, Shared
 
 
-class RtuClient(ModbusClientMixin):  # type: ignore[type-arg]
+class RtuClient(ModbusClientMixin):
     """The subset of pymodbus's async client that :class:`ModbusDriverBase` uses, over a bus arbiter.
 
     ``connect()`` opens (or joins) the shared link; ``close()`` leaves it; every request method of
@@ -66,7 +67,7 @@ class RtuClient(ModbusClientMixin):  # type: ignore[type-arg]
             self._joined = False
             self.arbiter.release(self.owner)
 
-    async def execute(self, no_response_expected: bool, request: ModbusPDU) -> ModbusPDU:  # type: ignore[override]
+    async def execute(self, no_response_expected: bool, request: ModbusPDU) -> ModbusPDU:
         """Send one request to this client's unit (``device_id`` arguments are ignored: one client, one slave)."""
         if no_response_expected:
             raise NotImplementedError("broadcast requests (no response expected) are not supported over RTU")
@@ -91,17 +92,21 @@ class _RtuDriverBase(ModbusDriverBase):
 
     source: ModbusRtuSource | ModbusRtuTcpSource
 
-    def __init__(self, source: Any, tags: list[ModbusTag]) -> None:
-        super().__init__(source, tags)
+    def __init__(self, source: Any, tags: list[ModbusTag], context: DriverContext) -> None:
+        super().__init__(source, tags, context)
         self.policy = SlavePolicy(source.response_timeout, source.demote_after, source.slow_retry,
                                   retries=source.retries, silent_after_timeout=source.silent_after_timeout)
-        self.arbiter = self._arbiter()
+        self.arbiter = self._arbiter(context.shared)
         self.arbiter.register(self, SlaveLoad(source.unit, source.poll, self._frames()))
         #: this slave's bus counters (CRC errors, timeouts, stray bytes ...) for the status API
-        self.counters = UnitCounters(self.arbiter.stats, source.unit)
+        self.stats = UnitCounters(self.arbiter.stats, source.unit)
 
-    def _arbiter(self) -> BusArbiter:
-        raise NotImplementedError
+    @abstractmethod
+    def _arbiter(self, shared: Shared) -> BusArbiter:
+        """The arbiter of this slave's bus among the gateway's shared resources (one per port)."""
+
+    def counters(self) -> dict[str, int]:
+        return self.stats.as_dict()
 
     def _frames(self) -> tuple[tuple[int, int], ...]:
         frames = []
@@ -125,7 +130,7 @@ class _RtuDriverBase(ModbusDriverBase):
         client = self._client
         assert client is not None
         try:
-            await self._send(client, self.plan.requests[0])  # type: ignore[arg-type]
+            await self._send(client, self.plan.requests[0])
         except BadResponse as exc:
             raise DeviceUnavailable(exc.text) from exc
 
@@ -133,22 +138,19 @@ class _RtuDriverBase(ModbusDriverBase):
 class ModbusRtuDriver(_RtuDriverBase):
     """One Modbus RTU slave (``unit``) on a serial port shared with the other assets that name it."""
 
-    name: ClassVar[str] = "modbus_rtu"
-    SourceConfig: ClassVar[type[ModbusRtuSource]] = ModbusRtuSource
-    TagConfig: ClassVar[type[ModbusTag]] = ModbusTag
-
     source: ModbusRtuSource
 
     @property
     def endpoint(self) -> str:
         return f"{self.source.port} unit {self.source.unit}"
 
-    def _arbiter(self) -> BusArbiter:
+    def _arbiter(self, shared: Shared) -> BusArbiter:
         s = self.source
         key = "serial:" + os.path.realpath(s.port)
         settings = (s.baudrate, s.bytesize, s.parity, s.stopbits)
         bits = bits_per_char(s.bytesize, s.parity, s.stopbits)
         return arbiter_for(
+            shared,
             key,
             settings,
             lambda: BusArbiter(
@@ -165,21 +167,22 @@ class ModbusRtuDriver(_RtuDriverBase):
 class ModbusRtuTcpDriver(_RtuDriverBase):
     """One Modbus RTU slave behind a serial-to-Ethernet converter (RTU frames tunnelled over TCP)."""
 
-    name: ClassVar[str] = "modbus_rtu_tcp"
-    SourceConfig: ClassVar[type[ModbusRtuTcpSource]] = ModbusRtuTcpSource
-    TagConfig: ClassVar[type[ModbusTag]] = ModbusTag
-
     source: ModbusRtuTcpSource
 
     @property
     def endpoint(self) -> str:
         return f"{self.source.host}:{self.source.port} unit {self.source.unit}"
 
-    def _arbiter(self) -> BusArbiter:
+    def _arbiter(self, shared: Shared) -> BusArbiter:
         s = self.source
         key = f"tcp:{s.host}:{s.port}"
         return arbiter_for(
+            shared,
             key,
             (),
             lambda: BusArbiter(f"{s.host}:{s.port}", (), lambda: TcpLink(s.host, s.port), t35=0.0),
         )
+
+
+RTU_SPEC = DriverSpec("modbus_rtu", ModbusRtuSource, ModbusTag, ModbusRtuDriver, check)
+RTU_TCP_SPEC = DriverSpec("modbus_rtu_tcp", ModbusRtuTcpSource, ModbusTag, ModbusRtuTcpDriver, check)

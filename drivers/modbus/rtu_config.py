@@ -6,13 +6,15 @@ byte order). Several assets naming the same ``port`` share one bus; their line s
 
 from __future__ import annotations
 
-import os
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from drivers.modbus.config import ModbusReadLimits
-from gateway.config.common import Claim, Duration, tcp_resource
+from gateway.config.common import Claim, Duration, SerialLine, parity_letter, serial_resource, tcp_resource
+
+#: the parities Modbus RTU allows (no mark or space), as a letter or a word; validated to the letter
+RtuParity = Annotated[Literal["N", "E", "O", "none", "even", "odd"], AfterValidator(parity_letter)]
 
 
 class _RtuCommon(ModbusReadLimits):
@@ -61,17 +63,17 @@ class _RtuCommon(ModbusReadLimits):
         return self
 
 
-class ModbusRtuSource(_RtuCommon):
+class ModbusRtuSource(SerialLine, _RtuCommon):
     """A Modbus RTU slave on a local serial port (RS-485 / RS-232 adapter)."""
 
+    # the line settings are the common SerialLine, with the Modbus default (8E1) and what Modbus allows of them
+
     driver: Literal["modbus_rtu"]
-    port: str = Field(min_length=1, description="Serial device, e.g. /dev/ttyUSB0, /dev/ttyAMA0, /dev/serial/by-id/...")
-    baudrate: int = Field(9600, ge=300, le=4_000_000, description="Bits per second, e.g. 9600, 19200, 38400, 115200")
-    parity: Literal["N", "E", "O"] = Field(
-        "E", description="E (even, the Modbus default), O (odd) or N (none; the spec then asks for stopbits: 2)"
+    parity: RtuParity = Field(  # a subset of SerialLine's
+        "E", description="E (even, the Modbus default), O (odd) or N (none; the spec then asks for stopbits: 2); "
+        "even, odd, none work too"
     )
-    stopbits: Literal[1, 2] = Field(1, description="1 or 2 stop bits")
-    bytesize: int = Field(8, description="Data bits per character; Modbus RTU needs 8")
+    stopbits: Literal[1, 2] = Field(1, description="1 or 2 stop bits")  # a subset of SerialLine's
 
     @field_validator("bytesize")
     @classmethod
@@ -82,9 +84,8 @@ class ModbusRtuSource(_RtuCommon):
 
     def claims(self) -> tuple[Claim, ...]:
         """The serial port (by its real path, as the bus arbiter keys it): one line, one unit id per slave."""
-        line = (("baudrate", self.baudrate), ("parity", self.parity), ("stopbits", self.stopbits),
-                ("bytesize", self.bytesize))  # fmt: skip
-        return (Claim("serial:" + os.path.realpath(self.port), "Modbus RTU bus", "port", True, line, ("unit", self.unit)),)
+        line = self.line_settings()
+        return (Claim(serial_resource(self.port), "Modbus RTU bus", "port", True, line, ("unit", self.unit)),)
 
 
 class ModbusRtuTcpSource(_RtuCommon):

@@ -14,6 +14,7 @@ import contextlib
 import os
 import time
 from abc import ABC, abstractmethod
+from typing import Any
 
 from drivers.serial_io import open_in_thread
 
@@ -78,7 +79,7 @@ class SerialLink(Link):
     def __init__(self, port: str, *, baudrate: int, bytesize: int, parity: str, stopbits: float) -> None:
         super().__init__(port)
         self.settings = {"baudrate": baudrate, "bytesize": bytesize, "parity": parity, "stopbits": stopbits}
-        self._serial = None
+        self._serial: Any = None  # serial.Serial once open (pyserial is imported lazily)
         self._fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -87,7 +88,7 @@ class SerialLink(Link):
 
         def _open() -> serial.Serial:
             return serial.Serial(
-                self.name, timeout=0, write_timeout=0, exclusive=True, **self.settings  # type: ignore[arg-type]
+                self.name, timeout=0, write_timeout=0, exclusive=True, **self.settings
             )
 
         try:
@@ -182,7 +183,7 @@ class TcpLink(Link):
             transport, _ = await loop.create_connection(lambda: _TcpProtocol(self), self.host, self.port)
         except OSError as exc:
             raise OSError(f"cannot connect to {self.name}: {exc.strerror or exc}") from exc
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport
 
     async def send(self, data: bytes) -> None:
         if self.broken is not None or self._transport is None or self._transport.is_closing():

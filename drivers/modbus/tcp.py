@@ -3,39 +3,35 @@
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU, bit_message, register_message
 
 from drivers.modbus.address import Table
-from drivers.modbus.base import BadResponse, ModbusDriverBase
+from drivers.modbus.base import BadResponse, ModbusDriverBase, check
 from drivers.modbus.config import ModbusTag, ModbusTcpSource
 from drivers.modbus.tcp_client import MbapClient, TcpCounters
 from gateway.batch import Batch
-from gateway.driver import DeviceUnavailable
+from gateway.driver import DeviceUnavailable, DriverContext, DriverSpec
 
 
 class ModbusTcpDriver(ModbusDriverBase):
     """Reads holding/input registers, coils and discrete inputs of one Modbus TCP device.
 
-    ``ModbusTcpDriver(source, tags)`` compiles the tags into ``self.plan`` once; see
+    ``ModbusTcpDriver(source, tags, context)`` compiles the tags into ``self.plan`` once; see
     :class:`~drivers.modbus.base.ModbusDriverBase` for ``connect / read / write / close``.
     The engine owns reconnect, backoff and timeouts; the client checks that every answer belongs to its
-    request (see :mod:`drivers.modbus.tcp_client`) and counts what it saw in ``self.counters``.
+    request (see :mod:`drivers.modbus.tcp_client`) and counts what it saw in ``self.stats``.
     """
-
-    name: ClassVar[str] = "modbus_tcp"
-    SourceConfig: ClassVar[type[ModbusTcpSource]] = ModbusTcpSource
-    TagConfig: ClassVar[type[ModbusTag]] = ModbusTag
 
     source: ModbusTcpSource
 
-    def __init__(self, source: Any, tags: list[ModbusTag]) -> None:
-        super().__init__(source, tags)
+    def __init__(self, source: Any, tags: list[ModbusTag], context: DriverContext) -> None:
+        super().__init__(source, tags, context)
         #: requests, answers, timeouts, mismatched and stale answers, for the status API (kept across reconnects)
-        self.counters = TcpCounters()
+        self.stats = TcpCounters()
         #: with ``max_in_flight`` > 1: the plan's requests in windows sent in one write each
         #: (index of the window's first request, its request PDUs, the positions of its tags)
         self._windows = self._request_windows(source.max_in_flight) if source.max_in_flight > 1 else None
@@ -80,6 +76,12 @@ class ModbusTcpDriver(ModbusDriverBase):
             self.source.host,
             self.source.port,
             timeout=self.source.timeout,  # connect and per-request response timeout
-            counters=self.counters,
+            counters=self.stats,
             name=f"{self.source.host}:{self.source.port}",
         )
+
+    def counters(self) -> dict[str, int]:
+        return self.stats.as_dict()
+
+
+SPEC = DriverSpec("modbus_tcp", ModbusTcpSource, ModbusTag, ModbusTcpDriver, check)

@@ -6,7 +6,7 @@ gateway's own certificate, the server certificate checked against the trust fold
 resolves every tag to a NodeId (``nsu=`` namespace URIs, browse paths in batched
 TranslateBrowsePathsToNodeIds calls; :mod:`drivers.opcua.address`) and builds the Read requests once.
 ``read()`` sends those prepared requests and decodes the answers into a :class:`~gateway.batch.Batch`
-with NumPy. In subscribe mode (``streaming = True``) the engine iterates ``subscribe()`` instead.
+with NumPy. In subscribe mode (:class:`OpcUaSubscriber`) the engine iterates ``subscribe()`` instead.
 
 Per-tag problems never fail the source: a node the server does not know comes back with
 ``BadNodeIdUnknown`` on that tag, a namespace URI the server does not have or a browse path that leads
@@ -31,7 +31,7 @@ from drivers.opcua import address, decode, session, subscription
 from drivers.opcua.frames import OpcUaCounters, count_bad_frames
 from drivers.opcua.config import OpcUaSource, OpcUaTag
 from gateway.batch import Batch
-from gateway.driver import DeviceUnavailable
+from gateway.driver import DeviceUnavailable, Driver, DriverContext, StreamingDriver
 
 #: Used when the config does not set ``max_nodes_per_read`` and the server reports 0 (no limit) or nothing.
 DEFAULT_MAX_NODES_PER_READ = 500
@@ -83,23 +83,18 @@ def _read_params(node_ids: Sequence[ua.NodeId]) -> ua.ReadParameters:
     return params
 
 
-class OpcUaDriver:
+class OpcUaDriver(Driver):
     """Polls the Value attribute of OPC UA variables. See :mod:`gateway.driver` for the contract.
 
     ``read()`` returns every tag in plan order (the order of ``tags``): numbers and booleans as float64
     with the tag's scale/offset applied, String/LocalizedText values in ``Batch.strings``; quality and
     error codes as described in :mod:`drivers.opcua.decode`. Called from one task only, never concurrently.
 
-    ``streaming`` is True for ``mode: subscribe``; the engine then iterates :meth:`subscribe`.
-    ``state_dir`` (the gateway's ``gateway.state_dir``, set by the engine before ``connect()``) holds the
-    certificate store ``pki/`` of a secured source.
+    ``mode: subscribe`` is :class:`OpcUaSubscriber`. ``state_dir`` (the gateway's ``gateway.state_dir``, from
+    the context) holds the certificate store ``pki/`` of a secured source.
     """
 
-    name: ClassVar[str] = "opcua"
-    SourceConfig: ClassVar[type[OpcUaSource]] = OpcUaSource
-    TagConfig: ClassVar[type[OpcUaTag]] = OpcUaTag
-
-    def __init__(self, source: OpcUaSource, tags: list[OpcUaTag]) -> None:
+    def __init__(self, source: OpcUaSource, tags: list[OpcUaTag], context: DriverContext) -> None:
         self.source = source
         self.tags = list(tags)
         self._scale = np.array([t.scale for t in self.tags], dtype=np.float64)
@@ -109,18 +104,17 @@ class OpcUaDriver:
         self._readable = np.empty(0, dtype=np.intp)
         self._failures: list[tuple[np.ndarray, int, str]] = []
         self._max_monitored = 0
-        self.streaming = source.mode == "subscribe"
         #: shown by the status API as ``driver_counters`` (undecodable messages from the server)
-        self.counters = OpcUaCounters()
-        self.float32_tags = np.zeros(len(self.tags), dtype=bool)
+        self.stats = OpcUaCounters()
+        self.float32_tags = context.meta.float32
         """Per tag: its value is an OPC UA Float, published at float32 precision. Learnt from the values
         read (the type is the server's, not the config's) and updated in place (:func:`decode.mark_types`)."""
-        self.integer_tags = np.zeros(len(self.tags), dtype=bool)
+        self.integer_tags = context.meta.integer
         """Per tag: its value is a Boolean or an integer type and the tag has no scale or offset: published as
         a JSON integer. Learnt from the values read, like ``float32_tags``."""
         self._unscaled = np.array([t.scale == 1 and t.offset == 0 for t in self.tags], dtype=bool)
-        self.state_dir: Path = Path("state")
-        """Where the certificate store lives (``<state_dir>/pki``); the engine sets ``gateway.state_dir``."""
+        self.state_dir: Path = context.state_dir
+        """Where the certificate store lives (``<state_dir>/pki``): the gateway's ``gateway.state_dir``."""
         self.node_ids: list[ua.NodeId | None] = []
         """Per tag (plan order) the NodeId it resolved to at connect; None when it did not resolve."""
         self.max_nodes_per_read = 0
@@ -144,7 +138,7 @@ class OpcUaDriver:
         except (TimeoutError, OSError, ua.UaError) as exc:
             raise DeviceUnavailable(f"OPC UA server {self.source.endpoint}: {_describe(exc)}") from exc
         self._client = client
-        count_bad_frames(client, self.counters)
+        count_bad_frames(client, self.stats)
         try:
             namespaces, limits = await self._read_server_info(client)
             read_limit, monitored_limit, translate_limit = limits
@@ -215,64 +209,6 @@ class OpcUaDriver:
         np.multiply(batch.values, self._scale, out=batch.values)
         np.add(batch.values, self._offset, out=batch.values)
         return batch
-
-    # -- subscribe -----------------------------------------------------------------------------------------
-
-    async def subscribe(self) -> AsyncIterator[Batch]:
-        """Subscribe mode: create the subscription and one monitored item per resolved tag, yield one full
-        :meth:`read` (so nothing is missed across a reconnect), then a Batch (with ``index``) per data
-        change notification — several when a burst reports a tag more than once.
-
-        Raises :class:`DeviceUnavailable` when the connection or the subscription dies (socket closed,
-        asyncua's keepalive probe failing, a StatusChangeNotification from the server, no publish response
-        within three keepalive periods); the engine then reconnects and calls ``subscribe()`` again.
-        """
-        client = self._client
-        if client is None or client.uaclient.state is not UaClientState.CONNECTED:
-            raise DeviceUnavailable(f"OPC UA server {self.source.endpoint}: not connected")
-        inbox = subscription.NotificationInbox()
-        timing = subscription.timing(self.source)
-        try:
-            created = await client.uaclient.create_subscription(subscription.subscription_params(timing), inbox.callback)
-            positions = self._readable.tolist()
-            requests = [
-                subscription.item_request(p, self.node_ids[p], self.tags[p], self.source) for p in positions  # type: ignore[arg-type]
-            ]
-            params = ua.CreateMonitoredItemsParameters()
-            params.SubscriptionId = created.SubscriptionId
-            params.TimestampsToReturn = ua.TimestampsToReturn.Both
-            results: list[ua.MonitoredItemCreateResult] = []
-            for i in range(0, len(requests), self._max_monitored):
-                params.ItemsToCreate = requests[i : i + self._max_monitored]
-                results.extend(await client.uaclient.create_monitored_items(params))
-        except (TimeoutError, OSError, ua.UaError) as exc:
-            raise DeviceUnavailable(f"OPC UA server {self.source.endpoint}: {_describe(exc)}") from exc
-        refused = [
-            (pos, result.StatusCode.value)
-            for pos, result in zip(positions, results)
-            if result.StatusCode is not None and result.StatusCode.value >> 31
-        ]
-        if refused:  # those tags stay bad until the next connect
-            self._failures.append((
-                np.array([pos for pos, _ in refused], dtype=np.intp),
-                decode.ERR_NOT_MONITORED,
-                subscription.refused_text([(self.tags[pos], status) for pos, status in refused]),
-            ))
-        yield await self.read()
-        keepalive_s = created.RevisedPublishingInterval / 1000.0 * max(1, created.RevisedMaxKeepAliveCount)
-        deadline = 3 * keepalive_s + self.source.timeout
-        while True:
-            try:
-                items = await inbox.get(deadline)
-            except subscription.SubscriptionLost as exc:
-                raise DeviceUnavailable(f"OPC UA server {self.source.endpoint}: {exc}") from exc
-            if items is None:
-                raise DeviceUnavailable(
-                    f"OPC UA server {self.source.endpoint}: no publish response or keepalive for {deadline:.1f} s"
-                )
-            for batch in subscription.to_batches(items, self._scale, self._offset, self.float32_tags,
-                                                 self.integer_tags, self._unscaled):
-                yield batch
 
     async def write(self, tag: str, value: Any) -> Any:
         """Write engineering ``value`` to ``tag``'s Value attribute, read it back, return the read-back value.
@@ -371,9 +307,12 @@ class OpcUaDriver:
             same = type(got) is type(raw) and got == raw
         if not same:
             raise WriteError(f"{where}: wrote {raw!r} but read back {got!r}")
-        if isinstance(got, bool) or isinstance(got, str):
+        if isinstance(got, (bool, str)) or got is None:  # None: never equal to a value written
             return got
         return engineering(cfg, got)
+
+    def counters(self) -> dict[str, int]:
+        return self.stats.as_dict()
 
     # -- close ---------------------------------------------------------------------------------------------
 
@@ -383,6 +322,73 @@ class OpcUaDriver:
         if client is None:
             return
         await session.close_quietly(client, self.source.timeout)
+
+
+
+class OpcUaSubscriber(OpcUaDriver, StreamingDriver):
+    """``mode: subscribe``: the gateway iterates :meth:`subscribe` instead of polling ``read()``.
+
+    Writes may run while the subscription waits (``writes_during_stream``): OPC UA multiplexes requests on one
+    secure channel by request handle, so a Write and the Publish responses of the subscription do not mix up.
+    """
+
+    writes_during_stream: ClassVar[bool] = True
+
+    async def subscribe(self) -> AsyncIterator[Batch]:
+        """Subscribe mode: create the subscription and one monitored item per resolved tag, yield one full
+        :meth:`read` (so nothing is missed across a reconnect), then a Batch (with ``index``) per data
+        change notification — several when a burst reports a tag more than once.
+
+        Raises :class:`DeviceUnavailable` when the connection or the subscription dies (socket closed,
+        asyncua's keepalive probe failing, a StatusChangeNotification from the server, no publish response
+        within three keepalive periods); the engine then reconnects and calls ``subscribe()`` again.
+        """
+        client = self._client
+        if client is None or client.uaclient.state is not UaClientState.CONNECTED:
+            raise DeviceUnavailable(f"OPC UA server {self.source.endpoint}: not connected")
+        inbox = subscription.NotificationInbox()
+        timing = subscription.timing(self.source)
+        try:
+            created = await client.uaclient.create_subscription(subscription.subscription_params(timing), inbox.callback)
+            positions = self._readable.tolist()
+            requests = [
+                subscription.item_request(p, self.node_ids[p], self.tags[p], self.source) for p in positions
+            ]
+            params = ua.CreateMonitoredItemsParameters()
+            params.SubscriptionId = created.SubscriptionId
+            params.TimestampsToReturn = ua.TimestampsToReturn.Both
+            results: list[ua.MonitoredItemCreateResult] = []
+            for i in range(0, len(requests), self._max_monitored):
+                params.ItemsToCreate = requests[i : i + self._max_monitored]
+                results.extend(await client.uaclient.create_monitored_items(params))
+        except (TimeoutError, OSError, ua.UaError) as exc:
+            raise DeviceUnavailable(f"OPC UA server {self.source.endpoint}: {_describe(exc)}") from exc
+        refused = [
+            (pos, result.StatusCode.value)
+            for pos, result in zip(positions, results)
+            if result.StatusCode is not None and result.StatusCode.value >> 31
+        ]
+        if refused:  # those tags stay bad until the next connect
+            self._failures.append((
+                np.array([pos for pos, _ in refused], dtype=np.intp),
+                decode.ERR_NOT_MONITORED,
+                subscription.refused_text([(self.tags[pos], status) for pos, status in refused]),
+            ))
+        yield await self.read()
+        keepalive_s = created.RevisedPublishingInterval / 1000.0 * max(1, created.RevisedMaxKeepAliveCount)
+        deadline = 3 * keepalive_s + self.source.timeout
+        while True:
+            try:
+                items = await inbox.get(deadline)
+            except subscription.SubscriptionLost as exc:
+                raise DeviceUnavailable(f"OPC UA server {self.source.endpoint}: {exc}") from exc
+            if items is None:
+                raise DeviceUnavailable(
+                    f"OPC UA server {self.source.endpoint}: no publish response or keepalive for {deadline:.1f} s"
+                )
+            for batch in subscription.to_batches(items, self._scale, self._offset, self.float32_tags,
+                                                 self.integer_tags, self._unscaled):
+                yield batch
 
 
 def _describe(exc: BaseException) -> str:

@@ -52,7 +52,7 @@ def count_bad_frames(client: Any, counters: OpcUaCounters) -> None:
     """Count the parse failures of ``client``'s current connection in ``counters`` (call after connect)."""
     protocol = getattr(getattr(client, "uaclient", None), "protocol", None)
     logger = getattr(protocol, "logger", None)
-    if logger is not None and not isinstance(logger, _CountingLogger):
+    if protocol is not None and logger is not None and not isinstance(logger, _CountingLogger):
         protocol.logger = _CountingLogger(logger, counters)
 
 

@@ -88,7 +88,9 @@ def application_uri_of(cert: x509.Certificate) -> str | None:
 
 def describe(cert: x509.Certificate, path: Path) -> CertInfo:
     cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    subject = f"CN={cn[0].value}" if cn else cert.subject.rfc4514_string()
+    value = cn[0].value if cn else None
+    name = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    subject = f"CN={name}" if cn else cert.subject.rfc4514_string()
     return CertInfo(path, subject, thumbprint(cert), cert.not_valid_after_utc, application_uri_of(cert))
 
 

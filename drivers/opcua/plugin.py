@@ -6,19 +6,15 @@ OPC UA source need neither.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 from drivers.opcua.config import OpcUaSource, OpcUaTag
+from gateway.driver import Driver, DriverContext, DriverSpec
 
 
-class OpcUaDriver:
-    """Registry entry of ``driver: opcua``; constructing it returns the real :class:`drivers.opcua.driver.OpcUaDriver`."""
+def create(source: OpcUaSource, tags: list[OpcUaTag], context: DriverContext) -> Driver:
+    """A polling driver, or for ``mode: subscribe`` a streaming one (asyncua is imported here, at first use)."""
+    from drivers.opcua.driver import OpcUaDriver, OpcUaSubscriber
 
-    name: ClassVar[str] = "opcua"
-    SourceConfig: ClassVar[type[OpcUaSource]] = OpcUaSource
-    TagConfig: ClassVar[type[OpcUaTag]] = OpcUaTag
+    return (OpcUaSubscriber if source.mode == "subscribe" else OpcUaDriver)(source, tags, context)
 
-    def __new__(cls, source: OpcUaSource, tags: list[OpcUaTag]) -> Any:  # type: ignore[misc]
-        from drivers.opcua.driver import OpcUaDriver as Driver
 
-        return Driver(source, tags)
+SPEC = DriverSpec("opcua", OpcUaSource, OpcUaTag, create)

@@ -8,7 +8,6 @@ not (single quotes, plain), so ``'P\\r\\n'``, ``"P\\r\\n"`` and ``P\\r\\n`` all 
 from __future__ import annotations
 
 import codecs
-import os
 import re
 import warnings
 from typing import Any, Literal
@@ -22,7 +21,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from gateway.config.common import Claim, Duration, SourceBase, StrictModel, TagBase
+from gateway.config.common import Claim, Duration, SerialLine, SourceBase, StrictModel, TagBase, serial_resource
 
 ChecksumKind = Literal["xor8", "sum8", "lrc", "crc16_modbus", "crc16_ccitt"]
 TagType = Literal["number", "int", "string", "bool"]
@@ -45,7 +44,7 @@ def control_bytes(text: str) -> bytes:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", DeprecationWarning)
-            return codecs.escape_decode(raw)[0]  # type: ignore[attr-defined]
+            return codecs.escape_decode(raw)[0]
     except (ValueError, DeprecationWarning) as e:
         raise ValueError(f"bad escape in {text!r} ({e}); use \\r, \\n, \\t, \\xNN or \\\\") from None
 
@@ -79,17 +78,12 @@ class ChecksumConfig(StrictModel):
         return 4 if self.kind.startswith("crc16") else 2
 
 
-class SerialLineSource(SourceBase):
+class SerialLineSource(SerialLine, SourceBase):
     """A serial port with one line-oriented ASCII instrument on it."""
 
+    # the line settings (port, baudrate, bytesize, parity, stopbits) are the common SerialLine: 9600 8N1
+
     driver: Literal["serial_line"]
-    port: str = Field(min_length=1, description="Serial device, e.g. /dev/ttyUSB0 or /dev/serial/by-id/...")
-    baudrate: int = Field(9600, ge=50, le=4_000_000, description="Bits per second")
-    bytesize: Literal[5, 6, 7, 8] = Field(8, description="Data bits")
-    parity: Literal["none", "even", "odd", "mark", "space", "N", "E", "O", "M", "S"] = Field(
-        "none", description="none, even, odd, mark, space (or N, E, O, M, S)"
-    )
-    stopbits: Literal[1, 1.5, 2] = 1
     mode: Literal["poll", "stream"] = Field(
         "poll",
         description="poll: send `command` every `poll` interval and read one reply line; "
@@ -189,7 +183,7 @@ class SerialLineSource(SourceBase):
 
     def claims(self) -> tuple[Claim, ...]:
         """The serial port, opened exclusively: no other asset may name it."""
-        return (Claim("serial:" + os.path.realpath(self.port), "serial instrument", "port", shared=False),)
+        return (Claim(serial_resource(self.port), "serial instrument", "port", shared=False),)
 
 
 class SerialLineTag(TagBase):
@@ -243,7 +237,7 @@ class SerialLineTag(TagBase):
         return tuple(self.false_values) if self.false_values is not None else DEFAULT_FALSE
 
 
-def check_config(source: SerialLineSource, tags: list[SerialLineTag]) -> None:
+def check(source: SerialLineSource, tags: list[SerialLineTag]) -> None:
     """Every tag's group exists in the pattern (errors point at the tag's line)."""
     groups = source.regex.groupindex
     errors: list[InitErrorDetails] = []

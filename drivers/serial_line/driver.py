@@ -6,13 +6,14 @@ gives every tag BAD with the reason, a group that does not convert marks that ta
 runs into the engine's ``timeout``, which makes the asset disconnected. ``connect()`` opens the port and
 sends one command: the device must answer (with any line) for the asset to count as connected.
 
-Stream mode (``streaming = True``): ``subscribe()`` yields one batch per accepted line, holding the tags
+Stream mode (:class:`SerialLineStreamDriver`): ``subscribe()`` yields one batch per accepted line, holding the tags
 whose groups the line matched. Rejected lines are only counted: nothing is published for them. With
 ``max_silence`` set, ``connect()`` waits for a first valid line and ``subscribe()`` raises
 :class:`DeviceUnavailable` when no valid line came for that long.
 
-In both modes every discarded line or fragment is counted in :attr:`SerialLineDriver.counters`; the last one
-is described in :attr:`SerialLineDriver.last_rejected`. A closed or removed port raises
+In both modes every discarded line or fragment is counted in :attr:`SerialLineDriver.stats` (the status API's
+``driver_counters``); the last one is described in :attr:`SerialLineDriver.last_rejected`. Tags are
+read-only: a write raises :class:`~gateway.scaling.TagNotWritable`. A closed or removed port raises
 :class:`DeviceUnavailable`. I/O runs on the event loop through non-blocking file descriptors (see
 :mod:`drivers.serial_line.port`).
 """
@@ -22,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
-from drivers.serial_line.config import SerialLineSource, SerialLineTag, check_config
+from drivers.serial_line.config import SerialLineSource, SerialLineTag, check
 from drivers.serial_line.framing import LineCounters
 from drivers.serial_line.parse import (
     ERR_MISSING,
@@ -38,33 +39,25 @@ from drivers.serial_line.parse import (
 )
 from drivers.serial_line.port import Item, SerialPort
 from gateway.batch import Batch
-from gateway.driver import DeviceUnavailable
+from gateway.driver import DeviceUnavailable, Driver, DriverContext, DriverSpec, StreamingDriver
+from gateway.scaling import TagNotWritable
 
 #: connect gives up this much before the engine's timeout, so the error says what was missing
 _CONNECT_MARGIN = 0.05
 
 
-class SerialLineDriver:
-    """Reads a line-oriented ASCII instrument on a serial port. See :mod:`gateway.driver` for the contract.
+class SerialLineDriver(Driver):
+    """Reads a line-oriented ASCII instrument on a serial port (poll mode; stream mode is
+    :class:`SerialLineStreamDriver`). See :mod:`gateway.driver` for the contract.
 
-    Public state for status views: ``counters`` (:class:`LineCounters`, monotonic since start, kept across
-    reconnects), ``last_rejected`` (what the last discarded line was and why), ``streaming``.
+    Public state for status views: ``stats`` (:class:`LineCounters`, monotonic since start, kept across
+    reconnects), ``last_rejected`` (what the last discarded line was and why).
     """
 
-    name: ClassVar[str] = "serial_line"
-    SourceConfig: ClassVar[type[SerialLineSource]] = SerialLineSource
-    TagConfig: ClassVar[type[SerialLineTag]] = SerialLineTag
-
-    @classmethod
-    def check_config(cls, source: SerialLineSource, tags: list[SerialLineTag]) -> None:
-        """Every tag's group is a named group of the pattern."""
-        check_config(source, tags)
-
-    def __init__(self, source: SerialLineSource, tags: list[SerialLineTag]) -> None:
+    def __init__(self, source: SerialLineSource, tags: list[SerialLineTag], context: DriverContext) -> None:
         self.source = source
         self.tags = list(tags)
-        self.streaming = source.mode == "stream"
-        self.counters = LineCounters()
+        self.stats = LineCounters()
         self.last_rejected: str | None = None
         self.parser = LineParser(source, self.tags)
         self._port: SerialPort | None = None
@@ -73,26 +66,18 @@ class SerialLineDriver:
     # -- connection ----------------------------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Open the port; in poll mode wait for a reply to one command, in stream mode with ``max_silence``
-        wait for a first valid line. Raises :class:`DeviceUnavailable` when the port cannot be opened or the
+        """Open the port and wait until the device shows it is there (:meth:`_ready`). Raises :class:`DeviceUnavailable` when the port cannot be opened or the
         device does not answer."""
         await self.close()
-        port = SerialPort(self.source, self.counters)
+        port = SerialPort(self.source, self.stats)
         await port.open()
         self._port = port
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(self.source.timeout - _CONNECT_MARGIN, self.source.timeout * 0.9)
-        if not self.streaming:
-            await self._probe(port, deadline)
-        elif self.source.max_silence is not None:
-            while not self._first:
-                item = await port.next(deadline)
-                if item is None:
-                    raise DeviceUnavailable(f"no valid line within {self.source.timeout:g} s of opening "
-                                            f"{self.source.port}{self._rejections_note()}")  # fmt: skip
-                parsed = self._take(item)
-                if isinstance(parsed, Parsed) and (batch := self._stream_batch(parsed)) is not None:
-                    self._first.append(batch)
+        await self._ready(port, loop.time() + max(self.source.timeout - _CONNECT_MARGIN, self.source.timeout * 0.9))
+
+    async def _ready(self, port: SerialPort, deadline: float) -> None:
+        """Poll mode: the device answers one command (any line, even a rejected one) before ``deadline``."""
+        await self._probe(port, deadline)
 
     async def _probe(self, port: SerialPort, deadline: float) -> None:
         command = self.source.command_bytes
@@ -127,17 +112,17 @@ class SerialLineDriver:
             return item
         ts, line = item
         if not line:
-            self.counters.empty += 1
+            self.stats.empty += 1
             return None
         try:
             parsed = self.parser.parse(line, ts)
         except LineRejected as rejected:
-            setattr(self.counters, rejected.counter, getattr(self.counters, rejected.counter) + 1)
+            setattr(self.stats, rejected.counter, getattr(self.stats, rejected.counter) + 1)
             self.last_rejected = rejected.detail
             return rejected
-        self.counters.accepted += 1
+        self.stats.accepted += 1
         if parsed.bad_values:
-            self.counters.bad_value += 1
+            self.stats.bad_value += 1
             self.last_rejected = f"a value does not convert to its tag's type: '{preview(line)}'"
         return parsed
 
@@ -168,7 +153,30 @@ class SerialLineDriver:
                 batch.mark_bad(missing, ERR_MISSING, ERROR_TEXT[ERR_MISSING])
             return batch
 
-    # -- stream mode -----------------------------------------------------------------------------------------
+    # -- write -----------------------------------------------------------------------------------------------
+
+    async def write(self, tag: str, value: Any) -> Any:
+        raise TagNotWritable(f"tag {tag!r}: serial_line tags are read-only (the driver only listens and asks)")
+
+    def counters(self) -> dict[str, int]:
+        return self.stats.as_dict()
+
+
+class SerialLineStreamDriver(SerialLineDriver, StreamingDriver):
+    """``mode: stream``: the instrument sends lines by itself; the gateway iterates :meth:`subscribe`."""
+
+    async def _ready(self, port: SerialPort, deadline: float) -> None:
+        """With ``max_silence``: a first valid line before ``deadline`` (kept for ``subscribe()``)."""
+        if self.source.max_silence is None:
+            return
+        while not self._first:
+            item = await port.next(deadline)
+            if item is None:
+                raise DeviceUnavailable(f"no valid line within {self.source.timeout:g} s of opening "
+                                        f"{self.source.port}{self._rejections_note()}")  # fmt: skip
+            parsed = self._take(item)
+            if isinstance(parsed, Parsed) and (batch := self._stream_batch(parsed)) is not None:
+                self._first.append(batch)
 
     async def subscribe(self) -> AsyncIterator[Batch]:
         """Yield one batch per accepted line (the tags its groups carried); raise :class:`DeviceUnavailable`
@@ -206,11 +214,6 @@ class SerialLineDriver:
             index=index, error_text=batch.error_text, strings=strings,
         )  # fmt: skip
 
-    # -- write -----------------------------------------------------------------------------------------------
-
-    async def write(self, tag: str, value: Any) -> None:
-        raise NotImplementedError("serial_line tags are read-only")
-
 
 def _show(data: bytes) -> str:
     return "'" + repr(data)[2:-1] + "'"
@@ -218,3 +221,10 @@ def _show(data: bytes) -> str:
 
 def _now_ns() -> int:
     return time.time_ns()
+
+
+def create(source: SerialLineSource, tags: list[SerialLineTag], context: DriverContext) -> Driver:
+    return (SerialLineStreamDriver if source.mode == "stream" else SerialLineDriver)(source, tags, context)
+
+
+SPEC = DriverSpec("serial_line", SerialLineSource, SerialLineTag, create, check)

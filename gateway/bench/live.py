@@ -42,8 +42,9 @@ def free_port() -> int:
 
 def plant(n_float32: int, n_int16: int = 0) -> Plant:
     """A PLC with ``n_float32`` float32 points (hr 0..) and ``n_int16`` int16 points after them, plus ``probe``."""
-    points = [{"name": f"f{i}", "address": f"hr:{2 * i}", "type": "float32", "signal": f"s{i % 4}"}
-              for i in range(n_float32)]
+    points: list[dict[str, Any]] = [
+        {"name": f"f{i}", "address": f"hr:{2 * i}", "type": "float32", "signal": f"s{i % 4}"} for i in range(n_float32)
+    ]
     base = 2 * n_float32
     points += [{"name": f"i{i}", "address": f"hr:{base + i}", "type": "int16", "signal": f"w{i % 8}", "scale": 0.1}
                for i in range(n_int16)]
@@ -502,6 +503,7 @@ async def _startup_full_spool(mqtt_port: int, quick: bool) -> dict[str, Any]:
                 await _wait(lambda: empty.first is not None, 60)
             finally:
                 gw.stop()
+            assert empty.first is not None  # _wait returned
             empty_s = empty.first - gw.started
         finally:
             empty.close()
@@ -518,6 +520,7 @@ async def _startup_full_spool(mqtt_port: int, quick: bool) -> dict[str, Any]:
             sub.close()
     finally:
         await sim.stop()
+    assert sub.first is not None and sub.first_live is not None and sub.first_replayed is not None  # _wait returned
     return {"spool_mib": round(held["bytes"] / 2**20, 1), "spool_messages": held["messages"],
             "fill_s": round(fill_s, 2), "empty_spool_to_first_message_s": round(empty_s, 2),
             "full_spool_to_first_message_s": round(sub.first - gw.started, 2),

@@ -12,8 +12,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ruamel.yaml import MappingNode, SequenceNode
-
 from gateway.config.errors import ConfigError, ConfigIssue
 
 #: Largest config file read, in bytes (a plant's config with thousands of tags is about a megabyte).
@@ -74,9 +72,10 @@ def flow_depth(file: str, text: str) -> ConfigIssue | None:
 
 
 def _children(node: Any) -> list[Any]:
-    if isinstance(node, MappingNode):
+    kind = node.id  # a ruamel.yaml node (this module does not import ruamel: the libyaml path needs none of it)
+    if kind == "mapping":
         return [n for pair in node.value for n in pair]
-    if isinstance(node, SequenceNode):
+    if kind == "sequence":
         return list(node.value)
     return []
 

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    create_model,
+    model_validator,
+)
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -132,6 +142,9 @@ def empty_is_none(v: Any) -> Any:
 class SourceBase(StrictModel):
     """Fields every source has. Drivers subclass it and add ``driver: Literal[...]`` and their connection."""
 
+    if TYPE_CHECKING:  # every driver's subclass declares it, as a Literal of its own name
+        driver: str
+
     poll: Duration = Field(1.0, gt=0, description="Poll interval")
     timeout: Duration = Field(2.0, gt=0, description="Timeout of one connect or read")
     retry_max: Duration = Field(30.0, gt=0, description="Longest wait between reconnect attempts (backoff cap)")
@@ -144,6 +157,55 @@ class SourceBase(StrictModel):
 def tcp_resource(host: str, port: int) -> str:
     """The resource name of a TCP address in :class:`Claim`: ``tcp:<host lower case>:<port>``."""
     return f"tcp:{host.strip('[]').lower()}:{port}"
+
+
+def serial_resource(port: str) -> str:
+    """The resource name of a serial port in :class:`Claim`: ``serial:<real path>`` (a ``/dev/serial/by-id``
+    symlink and the device it points to are one port)."""
+    return "serial:" + os.path.realpath(port)
+
+
+#: the words a parity may be written as, and the letter each one is (pyserial's PARITY_* constants)
+PARITY_LETTERS = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
+
+
+def parity_letter(value: str) -> str:
+    """``even`` -> ``E`` (a letter stays as it is): the one spelling a validated parity has."""
+    return PARITY_LETTERS.get(value, value)
+
+
+Parity = Annotated[
+    Literal["N", "E", "O", "M", "S", "none", "even", "odd", "mark", "space"], AfterValidator(parity_letter)
+]
+"""A serial parity as integrators write it, a letter (``E``, Modbus manuals) or a word (``even``, instrument
+manuals); the validated value is always the letter, so ``E`` and ``even`` are one setting. A protocol that
+allows fewer declares its own subset with the same validator (Modbus RTU: N, E, O)."""
+
+
+if TYPE_CHECKING:
+    StopBits = float  # a Literal may not hold a float for mypy; pydantic checks the three values
+else:
+    StopBits = Literal[1, 1.5, 2]
+
+
+class SerialLine(StrictModel):
+    """The line settings of a serial port, declared once for every serial driver (Modbus RTU, serial
+    instruments). A driver's source model subclasses it; it may change a default (Modbus RTU: parity E) and
+    refuse what its protocol cannot use (Modbus RTU: 8 data bits, no mark or space parity)."""
+
+    port: str = Field(
+        min_length=1, description="Serial device, e.g. /dev/ttyUSB0, /dev/ttyAMA0 or /dev/serial/by-id/..."
+    )
+    baudrate: int = Field(9600, ge=50, le=4_000_000, description="Bits per second, e.g. 9600, 19200, 38400, 115200")
+    bytesize: Literal[5, 6, 7, 8] = Field(8, description="Data bits per character (Modbus RTU needs 8)")
+    parity: Parity = Field("N", description="N (none), E (even), O (odd), M (mark) or S (space); the words work too")
+    stopbits: StopBits = Field(1, description="Stop bits: 1, 1.5 or 2")
+
+    def line_settings(self) -> tuple[tuple[str, Any], ...]:
+        """``(field, value)`` of the settings every asset on one port must share (:attr:`Claim.settings`);
+        the parity as its letter."""
+        return (("baudrate", self.baudrate), ("parity", self.parity), ("stopbits", self.stopbits),
+                ("bytesize", self.bytesize))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

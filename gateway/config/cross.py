@@ -88,7 +88,7 @@ def _uplinks(cfg: Any) -> list[tuple[tuple[Any, ...], Any]]:
 
 def _brokers(cfg: Any) -> list[tuple[tuple[Any, ...], str, int]]:
     """``(location, host, port)`` of every route to a broker: an uplink's host, or each of its links."""
-    out = []
+    out: list[tuple[tuple[Any, ...], str, int]] = []
     for loc, up in _uplinks(cfg):
         if up.links:
             out.extend((loc + ("links", j), link.host, link.port) for j, link in enumerate(up.links))

@@ -100,8 +100,9 @@ def describe(value: Any) -> str:
         return "a list"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float) and getattr(value, "text", None) is not None:
-        return str(value.text)
+    text = getattr(value, "text", None) if isinstance(value, float) else None  # a YamlFloat: as written
+    if text is not None:
+        return str(text)
     if isinstance(value, (int, float, str)):
         return repr(value)
     return type(value).__name__

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -23,7 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from gateway.config.common import Duration, Name, ReduceProfile, StrictModel, empty_is_none
+from gateway.config.common import Duration, Name, ReduceProfile, SourceBase, StrictModel, TagBase, empty_is_none
 from gateway.config.cross import raise_startup_problems
 from gateway.driver import registry
 
@@ -302,11 +303,14 @@ class AssetBase(StrictModel):
 
     id: Name
     description: str | None = None
+    #: each driver's asset model (:func:`asset_models`) narrows these to its own source and tag models
+    source: SourceBase
+    tags: list[TagBase]
 
     @model_validator(mode="after")
     def _unique_tag_names(self) -> "AssetBase":
         seen: set[str] = set()
-        for tag in getattr(self, "tags", []):
+        for tag in self.tags:
             if tag.name in seen:
                 raise PydanticCustomError(
                     "duplicate_tag_name",
@@ -314,6 +318,61 @@ class AssetBase(StrictModel):
                     {"name": tag.name, "asset": self.id},
                 )
             seen.add(tag.name)
+        return self
+
+
+class Config(StrictModel):
+    """The whole config file of one gateway: the type the engine, the sources and the uplinks are given.
+
+    :func:`config_model` derives the model that validates a file from it, with ``assets`` a union of the
+    installed drivers' asset models (so each asset is an instance of a subclass of :class:`AssetBase`)."""
+
+    gateway: GatewaySection = Field(description="This gateway's id and Unified-Namespace prefix")
+    mqtt: MqttSection | None = Field(None, description="The MQTT broker data is published to (one uplink)")
+    api: ApiSection = Field(default_factory=ApiSection, description="The HTTP status API")
+    buffer: BufferSection = Field(default_factory=BufferSection, description="In-memory history per tag")
+    spool: SpoolSection = Field(default_factory=SpoolSection, description="On-disk store-and-forward spool")
+    uplinks: list[UplinkSection] | None = Field(
+        None, min_length=1, description="Several uplinks at once, each with its own publisher, seq and spool"
+    )
+    assets: list[AssetBase] = Field(min_length=1, description="The machines polled, each with one source and its tags")
+
+    @field_validator("uplinks")
+    @classmethod
+    def _uplinks_or_mqtt(cls, v: list[UplinkSection] | None, info: Any) -> list[UplinkSection] | None:
+        if v is not None:
+            if info.data.get("mqtt") is not None:
+                raise ValueError("give either mqtt: (one uplink) or uplinks:, not both")
+            seen: set[str] = set()
+            for up in v:
+                if up.name in seen:
+                    raise PydanticCustomError("duplicate_uplink", "duplicate uplink name '{name}'", {"name": up.name})
+                seen.add(up.name)
+        return v
+
+    @model_validator(mode="after")
+    def _some_uplink(self) -> "Config":
+        if self.mqtt is None and self.uplinks is None:
+            raise PydanticCustomError("missing_uplink", "the config needs mqtt: or uplinks:", {})
+        return self
+
+    @property
+    def all_uplinks(self) -> list[MqttSection]:
+        """The uplinks in order: ``uplinks:``, or the one ``mqtt:``."""
+        return list(self.uplinks) if self.uplinks is not None else [self.mqtt]  # type: ignore[list-item]
+
+    @model_validator(mode="after")
+    def _unique_asset_ids(self) -> "Config":
+        seen: set[str] = set()
+        for asset in self.assets:
+            if asset.id in seen:
+                raise PydanticCustomError("duplicate_asset_id", "duplicate asset id '{id}'", {"id": asset.id})
+            seen.add(asset.id)
+        return self
+
+    @model_validator(mode="after")
+    def _startup_checks(self) -> "Config":
+        raise_startup_problems(self)  # ports, serial lines, unit ids, TLS files, RAM (gateway/config/cross.py)
         return self
 
 
@@ -329,33 +388,31 @@ def asset_models() -> dict[str, type[AssetBase]]:
     """Driver name -> asset model with that driver's source and tag models."""
     models: dict[str, type[AssetBase]] = {}
     for name, drv in registry().items():
-        validators = {}
-        check = getattr(drv, "check_config", None)
-        if check is not None:
 
-            def _driver_check(self: AssetBase, _check=check) -> AssetBase:
-                _check(self.source, self.tags)  # type: ignore[attr-defined]
-                return self
+        def _driver_check(self: AssetBase, _check: Callable[[Any, list[Any]], None] = drv.check) -> AssetBase:
+            _check(self.source, self.tags)
+            return self
 
-            validators["_driver_check"] = model_validator(mode="after")(_driver_check)
+        validators: dict[str, Any] = {"_driver_check": model_validator(mode="after")(_driver_check)}
+        tag_list: Any = list[drv.TagConfig]  # type: ignore[name-defined]  # a model known at run time only
         models[name] = create_model(
             f"Asset_{name}",
             __base__=AssetBase,
             __validators__=validators,
             __doc__=f"An asset read through the {name} driver: its connection and its tags.",
             source=(drv.SourceConfig, Field(description=f"Connection of a {name} device")),
-            tags=(list[drv.TagConfig], Field(min_length=1, description="The values read from this asset")),
+            tags=(tag_list, Field(min_length=1, description="The values read from this asset")),
         )
     return models
 
 
 @functools.cache
-def config_model() -> type[StrictModel]:
+def config_model() -> type[Config]:
     """The root model, ``GatewayConfig``, built once from the installed drivers."""
     models = asset_models()
     names = ", ".join(models)
-    asset_union = Annotated[
-        Union[tuple(Annotated[m, Tag(n)] for n, m in models.items())],  # type: ignore[misc]
+    asset_union: Any = Annotated[
+        Union[tuple(Annotated[m, Tag(n)] for n, m in models.items())],
         Discriminator(
             _driver_of,
             custom_error_type="unknown_driver",
@@ -364,57 +421,11 @@ def config_model() -> type[StrictModel]:
         ),
     ]
 
-    class GatewayConfig(StrictModel):
+    class GatewayConfig(Config):
         """The whole config file of one gateway."""
 
-        gateway: GatewaySection = Field(description="This gateway's id and Unified-Namespace prefix")
-        mqtt: MqttSection | None = Field(None, description="The MQTT broker data is published to (one uplink)")
-        api: ApiSection = Field(default_factory=ApiSection, description="The HTTP status API")
-        buffer: BufferSection = Field(default_factory=BufferSection, description="In-memory history per tag")
-        spool: SpoolSection = Field(default_factory=SpoolSection, description="On-disk store-and-forward spool")
-        uplinks: list[UplinkSection] | None = Field(
-            None, min_length=1, description="Several uplinks at once, each with its own publisher, seq and spool"
-        )
-        assets: list[asset_union] = Field(  # type: ignore[valid-type]
+        assets: list[asset_union] = Field(
             min_length=1, description=f"The machines polled, each with one source and its tags; drivers: {names}"
         )
-
-        @field_validator("uplinks")
-        @classmethod
-        def _uplinks_or_mqtt(cls, v: list[UplinkSection] | None, info: Any) -> list[UplinkSection] | None:
-            if v is not None:
-                if info.data.get("mqtt") is not None:
-                    raise ValueError("give either mqtt: (one uplink) or uplinks:, not both")
-                seen: set[str] = set()
-                for up in v:
-                    if up.name in seen:
-                        raise PydanticCustomError("duplicate_uplink", "duplicate uplink name '{name}'", {"name": up.name})
-                    seen.add(up.name)
-            return v
-
-        @model_validator(mode="after")
-        def _some_uplink(self) -> "GatewayConfig":
-            if self.mqtt is None and self.uplinks is None:
-                raise PydanticCustomError("missing_uplink", "the config needs mqtt: or uplinks:", {})
-            return self
-
-        @property
-        def all_uplinks(self) -> list[MqttSection]:
-            """The uplinks in order: ``uplinks:``, or the one ``mqtt:``."""
-            return list(self.uplinks) if self.uplinks is not None else [self.mqtt]  # type: ignore[list-item]
-
-        @model_validator(mode="after")
-        def _unique_asset_ids(self) -> "GatewayConfig":
-            seen: set[str] = set()
-            for asset in self.assets:
-                if asset.id in seen:
-                    raise PydanticCustomError("duplicate_asset_id", "duplicate asset id '{id}'", {"id": asset.id})
-                seen.add(asset.id)
-            return self
-
-        @model_validator(mode="after")
-        def _startup_checks(self) -> "GatewayConfig":
-            raise_startup_problems(self)  # ports, serial lines, unit ids, TLS files, RAM (gateway/config/cross.py)
-            return self
 
     return GatewayConfig

@@ -635,7 +635,7 @@ class EdgeNode:
             if err is not None:
                 errors.append(f"{label}: {err}")
             else:
-                writes.append(Write(asset_id, info.tag, value))  # type: ignore[arg-type]
+                writes.append(Write(asset_id, info.tag, value))
         return writes, errors
 
 

@@ -791,7 +791,7 @@ class MqttUplink:
         for topic_filter, (_, callback) in list(self._subscriptions.items()):
             if paho.topic_matches_sub(topic_filter, message.topic):
                 try:
-                    callback(message.topic, message.payload, bool(message.retain))
+                    callback(message.topic, bytes(message.payload), bool(message.retain))
                 except Exception:
                     log.exception("MQTT message callback for %r failed", topic_filter)
 

@@ -45,7 +45,7 @@ def test_float_keeps_its_text_so_bit_10_survives(tmp_path):
 
 
 def test_yaml_floats_carry_text_and_ints_stay_ints(tmp_path):
-    from gateway.config.loader import _yaml
+    from gateway.config.roundtrip import _yaml
 
     data = _yaml().load("a: 40010.10\nb: 1.50\nc: 00042\n")
     assert isinstance(data["a"], YamlFloat) and data["a"].text == "40010.10" and data["a"] == 40010.1

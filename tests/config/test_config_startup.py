@@ -16,7 +16,7 @@ from config_helpers import line_of, write
 from gateway.config import ConfigError, load_config
 from gateway.config.cli import cmd_validate
 from gateway.config.models import asset_models
-from gateway.driver import registry
+from gateway.driver import DriverContext, Shared, registry
 
 HEAD = """\
 gateway: {id: gw-1, namespace: acme/site}
@@ -66,6 +66,25 @@ def test_the_same_port_through_a_symlink_is_the_same_line(tmp_path):
     assert "assets[1].source.parity: parity 'O' differs" in err
 
 
+def test_parity_as_a_word_and_as_a_letter_is_one_line(tmp_path):
+    """``even`` (an instrument manual) and ``E`` (a Modbus manual) are one setting; ``none`` still differs."""
+    port = str(tmp_path / "ttyRS485")
+    text = HEAD + rtu("a1", port, unit=1, parity="even") + rtu("a2", port, unit=2, parity="E")
+    assert [a.source.parity for a in load_config(write(tmp_path, text), env={}).assets] == ["E", "E"]
+    (err,) = errors_of(text + rtu("a3", port, unit=3, parity="none"), tmp_path)
+    assert err.startswith(f"{line_of(text, 'id: a2') + 4}: assets[2].source.parity: parity 'N' differs from asset "
+                          "'a1' on the same line"), err  # fmt: skip
+
+
+@pytest.mark.parametrize("parity", ["X", "mark", "S"])
+def test_a_wrong_parity_names_file_line_and_field(tmp_path, parity):
+    port = str(tmp_path / "ttyRS485")
+    text = HEAD + rtu("a1", port, unit=1) + rtu("a2", port, unit=2, parity=parity)
+    (err,) = errors_of(text, tmp_path)
+    assert err.startswith(f"{line_of(text, 'id: a2') + 1}: assets[1].source.parity: expected one of: N, E, O, none, "
+                          f"even, odd (got '{parity}')"), err  # fmt: skip
+
+
 def test_mismatched_line_settings_are_what_the_engine_would_refuse_at_start_up(tmp_path):
     """The case above is not a rule of validate's own: building the drivers (Gateway start-up) raises."""
     from ruamel.yaml import YAML
@@ -73,12 +92,13 @@ def test_mismatched_line_settings_are_what_the_engine_would_refuse_at_start_up(t
     port = str(tmp_path / "ttyRS485")
     assets = YAML(typ="safe").load(rtu("a1", port, unit=1) + rtu("a2", port, unit=2, parity="N"))
     model = asset_models()["modbus_rtu"]
-    drivers = registry()["modbus_rtu"]
+    spec = registry()["modbus_rtu"]
     first = model.model_validate(assets[0])
     second = model.model_validate(assets[1])
-    held = drivers(first.source, first.tags)
+    shared = Shared()  # one gateway's
+    held = spec.create(first.source, first.tags, DriverContext.detached("a1", len(first.tags), shared=shared))
     with pytest.raises(ValueError, match="different line settings"):
-        drivers(second.source, second.tags)
+        spec.create(second.source, second.tags, DriverContext.detached("a2", len(second.tags), shared=shared))
     del held
 
 

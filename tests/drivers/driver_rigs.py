@@ -23,7 +23,7 @@ from typing import Any
 
 from helpers import TcpProxy, free_port
 
-from gateway.driver import ENTRY_POINT_GROUP, Driver, DriverContext, DriverSpec, Shared, TagMeta, registry
+from gateway.driver import ENTRY_POINT_GROUP, Driver, DriverContext, Shared, TagMeta, registry
 from simulators.codec import encode_number
 from simulators.modbus_rtu_sim import ModbusRtuSimulator, RtuSlave
 from simulators.modbus_sim import ModbusSimulator
@@ -70,30 +70,13 @@ def example_installed(site: Path) -> Iterator[list[Path]]:
 
 def make_driver(name: str, source: Any, tags: list[Any], context: DriverContext) -> Driver:
     """The driver ``name`` for a validated source and tags, as the gateway creates it."""
-    entry = registry()[name]
-    if isinstance(entry, DriverSpec):
-        return entry.create(source, tags, context)
-    # TRANSITION (issue 13): a bundled driver not yet ported is its class, built the old way; delete this
-    # fallback once every entry point names a DriverSpec
-    driver: Any = entry(source, tags)
-    if hasattr(driver, "state_dir"):
-        driver.state_dir = context.state_dir
-    return driver
-
-
-def counters_of(driver: Driver) -> dict[str, int]:
-    """``driver.counters()``. TRANSITION (issue 13): an old-style driver keeps them in a ``counters`` attribute
-    (an object with ``as_dict()`` or a mapping); delete with the fallback above."""
-    counters: Any = driver.counters
-    if callable(counters):
-        return dict(counters())
-    return dict(counters.as_dict() if hasattr(counters, "as_dict") else vars(counters))
+    return registry()[name].create(source, tags, context)
 
 
 def models(name: str) -> tuple[Any, Any]:
-    """``(SourceConfig, TagConfig)`` of a registered driver (a spec and an old-style class both have them)."""
-    entry = registry()[name]
-    return entry.SourceConfig, entry.TagConfig
+    """``(SourceConfig, TagConfig)`` of a registered driver."""
+    spec = registry()[name]
+    return spec.SourceConfig, spec.TagConfig
 
 
 # ----------------------------------------------------------------------------------------------------- rigs

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
-from driver_rigs import EXAMPLE, KNOWN_FAILURES, RIGS, STREAM_RIGS, Rig, build, counters_of, example_installed
+from driver_rigs import EXAMPLE, KNOWN_FAILURES, RIGS, STREAM_RIGS, Rig, build, example_installed
 
 from gateway.batch import Batch, Quality
 from gateway.driver import DeviceUnavailable, Driver, registry
@@ -26,10 +26,6 @@ T = TypeVar("T")
 
 #: every driver registered in this environment, and the example driver (installed by the fixture below)
 DRIVERS = sorted({*registry(), EXAMPLE})
-
-#: what write() of a read-only driver raises. TRANSITION (issue 13): serial_line still raises
-#: NotImplementedError until it is ported; then only TagNotWritable
-NOT_WRITABLE: tuple[type[Exception], ...] = (TagNotWritable, NotImplementedError)
 
 
 @pytest.fixture(autouse=True)
@@ -103,7 +99,7 @@ async def test_connect_read_close(rig, tmp_path) -> None:
     async with opened(name, r, tmp_path) as driver:
         assert_good_read(r, await timed(r, driver.read()))
         assert_good_read(r, await timed(r, driver.read()))  # and again on the same connection
-        assert all(isinstance(k, str) and isinstance(v, int) for k, v in counters_of(driver).items())
+        assert all(isinstance(k, str) and isinstance(v, int) for k, v in dict(driver.counters()).items())
 
 
 async def test_one_bad_tag_is_marked_bad_and_the_others_stand(rig, tmp_path) -> None:
@@ -175,7 +171,7 @@ async def test_write_reads_back(rig, tmp_path) -> None:
     name, r = rig
     async with opened(name, r, tmp_path) as driver:
         if r.write is None:  # a read-only driver says so
-            with pytest.raises(NOT_WRITABLE):
+            with pytest.raises(TagNotWritable):
                 await timed(r, driver.write(r.tags[0]["name"], 1))
             return
         tag, value, back = r.write
@@ -188,7 +184,7 @@ async def test_write_of_a_value_the_tag_cannot_hold_raises_and_the_connection_st
     name, r = rig
     async with opened(name, r, tmp_path) as driver:
         if r.unwritable is None:
-            with pytest.raises(NOT_WRITABLE):
+            with pytest.raises(TagNotWritable):
                 await timed(r, driver.write(r.tags[0]["name"], 1))
             return
         tag, value = r.unwritable

@@ -9,13 +9,12 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 from driver_rigs import EXAMPLE, EXAMPLE_DIR, EXAMPLE_MODULE, REPO, example_installed
-from helpers import free_port, reap, start_gateway, stop_gateway
+from helpers import free_port, gateway_config, reap, start_gateway, stop_gateway
 
 from gateway.driver import DriverContext, DriverSpec, TagMeta, registry
 
@@ -81,18 +80,13 @@ def config(tmp_path: Path, mqtt_port: int) -> Path:
     sysfs = tmp_path / "sys"
     (sysfs / "thermal" / "thermal_zone0").mkdir(parents=True)
     (sysfs / "thermal" / "thermal_zone0" / "temp").write_text("47250\n")
-    path = tmp_path / "gateway.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        gateway: {{id: example-gw, namespace: {NS}, state_dir: {tmp_path / "state"}}}
-        mqtt: {{host: 127.0.0.1, port: {mqtt_port}, publish_interval: 200ms, keepalive: 5s, reconnect_max: 1s}}
-        api: {{enabled: false}}
-        assets:
-          - id: pi-cpu
-            source: {{driver: file, directory: {sysfs}, poll: 100ms}}
-            tags:
-              - {{name: cpu_temp, path: thermal/thermal_zone0/temp, scale: 0.001, unit: degC}}
-        """))
-    return path
+    gateway = {"id": "example-gw", "namespace": NS}
+    return gateway_config(tmp_path, mqtt_port=mqtt_port, gateway=gateway, assets_yaml=f"""\
+        - id: pi-cpu
+          source: {{driver: file, directory: {sysfs}, poll: 100ms}}
+          tags:
+            - {{name: cpu_temp, path: thermal/thermal_zone0/temp, scale: 0.001, unit: degC}}
+        """)
 
 
 def test_validate_knows_the_driver(installed, tmp_path) -> None:
@@ -104,12 +98,6 @@ def test_validate_knows_the_driver(installed, tmp_path) -> None:
     assert "(file: 1)" in done.stdout
 
 
-#: TRANSITION (issue 13): on a branch where the engine still builds drivers as classes (the bundled drivers
-#: are not ported yet), it cannot create a DriverSpec driver; the lead deletes this with make_driver's fallback
-ENGINE_OLD_STYLE = not all(isinstance(entry, DriverSpec) for entry in registry().values())
-
-
-@pytest.mark.xfail(ENGINE_OLD_STYLE, reason="the engine calls driver classes until the contract port", strict=True)
 async def test_a_gateway_runs_the_driver_and_publishes_its_values(installed, tmp_path, mqtt_broker,
                                                                   mqtt_subscriber) -> None:
     cfg = config(tmp_path, mqtt_broker.port)

@@ -1,10 +1,9 @@
-"""Run the real gateway in-process against the bundled simulators and a real broker."""
+"""Run the real gateway in-process against the bundled simulators and a real broker (configs: helpers.gateway_config)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,39 +12,8 @@ import httpx
 from gateway.config import load_config
 from gateway.daemon import build
 from gateway.engine import Gateway
-from helpers import free_port
+from helpers import NAMESPACE, free_port
 
-NAMESPACE = "acme/test/line1"
-
-
-def write_config(tmp_path: Path, broker, assets_yaml: str, *, api_port: int, publish_interval: str = "200ms",
-                 extra_mqtt: str = "") -> Path:
-    """A config file with the given ``assets:`` block (indented YAML list) for ``broker``."""
-    path = tmp_path / "gateway.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            gateway:
-              id: test-gw
-              namespace: {NAMESPACE}
-              state_dir: {tmp_path / 'state'}
-            mqtt:
-              host: {broker.host}
-              port: {broker.port}
-              publish_interval: {publish_interval}
-              keepalive: 5s
-              reconnect_max: 1s
-            {textwrap.indent(extra_mqtt, '  ')}
-            api:
-              listen: 127.0.0.1:{api_port}
-            buffer:
-              seconds: 60
-            """
-        )
-        + "assets:\n"
-        + textwrap.indent(textwrap.dedent(assets_yaml), "  ")
-    )
-    return path
 
 
 class RunningGateway:
@@ -98,4 +66,4 @@ async def latest_values(sub, asset: str, want: dict[str, object], timeout: float
     return seen
 
 
-__all__ = ["NAMESPACE", "RunningGateway", "data_of", "free_port", "latest_values", "running_gateway", "write_config"]
+__all__ = ["NAMESPACE", "RunningGateway", "data_of", "free_port", "latest_values", "running_gateway"]

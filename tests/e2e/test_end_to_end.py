@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from harness import NAMESPACE, data_of, latest_values, running_gateway, write_config
-from helpers import free_port, wait_until
+from harness import data_of, latest_values, running_gateway
+from helpers import NAMESPACE, free_port, gateway_config, wait_until
 
 ORDERS = ["abcd", "cdab", "badc", "dcba"]
 BASE = {"int32": 40111, "uint32": 40121, "float32": 40131, "int64": 40141, "uint64": 40161, "float64": 40181}
@@ -65,8 +65,8 @@ async def test_every_modbus_type_and_byte_order_arrives_decoded_on_mqtt(
 ):
     tags, expected = bench_points()
     sub = await mqtt_subscriber(f"{NAMESPACE}/#")
-    cfg = write_config(
-        tmp_path, mqtt_broker, api_port=free_port(),
+    cfg = gateway_config(
+        tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(),
         assets_yaml=f"""\
         - id: bench
           source: {{driver: modbus_tcp, host: 127.0.0.1, port: {modbus_sim.port}, poll: 100ms, timeout: 1s}}
@@ -112,7 +112,7 @@ OVEN = """\
 
 async def test_opcua_values_and_nsu_ids_arrive_on_mqtt(tmp_path, mqtt_broker, mqtt_subscriber, opcua_sim):
     sub = await mqtt_subscriber(f"{NAMESPACE}/#")
-    cfg = write_config(tmp_path, mqtt_broker, api_port=free_port(),
+    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(),
                        assets_yaml=OVEN.format(endpoint=opcua_sim.endpoint))
     opcua_sim.set("zone1_temp", 181.25)
     opcua_sim.set("door_open", True)
@@ -131,7 +131,7 @@ async def test_deadband_suppresses_small_changes_and_aggregates_summarise_the_wi
     tmp_path, mqtt_broker, mqtt_subscriber, modbus_sim
 ):
     sub = await mqtt_subscriber(f"{NAMESPACE}/press-3/data")
-    cfg = write_config(tmp_path, mqtt_broker, api_port=free_port(), publish_interval="500ms",
+    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(), mqtt={"publish_interval": "500ms"},
                        assets_yaml=PRESS.format(port=modbus_sim.port))
     modbus_sim.set("oil_temp", 45.0)
     modbus_sim.set("pressure", 150.0)
@@ -153,8 +153,8 @@ async def test_a_stopped_plc_goes_disconnected_and_back_while_the_other_asset_ke
     tmp_path, mqtt_broker, mqtt_subscriber, modbus_sim, opcua_sim
 ):
     sub = await mqtt_subscriber(f"{NAMESPACE}/#")
-    cfg = write_config(
-        tmp_path, mqtt_broker, api_port=free_port(),
+    cfg = gateway_config(
+        tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(),
         assets_yaml=PRESS.format(port=modbus_sim.port) + OVEN.format(endpoint=opcua_sim.endpoint),
     )
     status_topic = f"{NAMESPACE}/press-3/status"
@@ -187,7 +187,8 @@ async def test_a_stopped_plc_goes_disconnected_and_back_while_the_other_asset_ke
 
 
 async def test_status_api_404s_history_and_health(tmp_path, mqtt_broker, modbus_sim):
-    cfg = write_config(tmp_path, mqtt_broker, api_port=free_port(), assets_yaml=PRESS.format(port=modbus_sim.port))
+    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(),
+                         assets_yaml=PRESS.format(port=modbus_sim.port))
     modbus_sim.set("pressure", 120.5)
     async with running_gateway(cfg) as rg:
         assert (await rg.api.get("/livez")).status_code == 200
@@ -208,7 +209,8 @@ async def test_status_api_404s_history_and_health(tmp_path, mqtt_broker, modbus_
 
 async def test_broker_down_at_start_is_not_fatal(tmp_path, mqtt_broker, mqtt_subscriber, modbus_sim):
     await mqtt_broker.stop()
-    cfg = write_config(tmp_path, mqtt_broker, api_port=free_port(), assets_yaml=PRESS.format(port=modbus_sim.port))
+    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(),
+                         assets_yaml=PRESS.format(port=modbus_sim.port))
     async with running_gateway(cfg) as rg:
         assert await wait_until(lambda: rg.gw.assets["press-3"].status.polls > 3)
         r = await rg.api.get("/readyz")
@@ -222,8 +224,8 @@ async def test_broker_down_at_start_is_not_fatal(tmp_path, mqtt_broker, mqtt_sub
 
 async def test_unreachable_device_at_start_does_not_stop_the_others(tmp_path, mqtt_broker, opcua_sim):
     dead_port = free_port()
-    cfg = write_config(
-        tmp_path, mqtt_broker, api_port=free_port(),
+    cfg = gateway_config(
+        tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(),
         assets_yaml=PRESS.format(port=dead_port) + OVEN.format(endpoint=opcua_sim.endpoint),
     )
     async with running_gateway(cfg) as rg:
@@ -238,8 +240,8 @@ async def test_modbus_exception_marks_only_that_reads_tags_bad_and_is_logged_onc
 ):
     sub = await mqtt_subscriber(f"{NAMESPACE}/#")
     # the simulator has 300 holding registers: 40401 is answered with exception 2 (illegal data address)
-    cfg = write_config(
-        tmp_path, mqtt_broker, api_port=free_port(),
+    cfg = gateway_config(
+        tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(),
         assets_yaml=f"""\
         - id: press
           source: {{driver: modbus_tcp, host: 127.0.0.1, port: {modbus_sim.port}, poll: 50ms, max_gap: 0}}
@@ -273,7 +275,7 @@ async def test_a_failing_uplink_stops_the_daemon_in_order_instead_of_hanging(tmp
 
     from gateway.config import TlsSection
 
-    cfg_path = write_config(tmp_path, mqtt_broker, api_port=free_port(),
+    cfg_path = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=free_port(),
                             assets_yaml=PRESS.format(port=modbus_sim.port))
     cfg = load_config(cfg_path)  # validate loads mqtt.tls files too: the CA file goes missing after it
     cfg.mqtt.tls = TlsSection(ca_file=str(tmp_path / "missing-ca.pem"))

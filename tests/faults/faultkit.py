@@ -1,55 +1,33 @@
-"""Shared pieces of the fault-injection suite: a gateway config on fake devices, spool inspection."""
+"""Shared pieces of the fault-injection suite: the assets of a config on simulated devices, spool inspection."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
+
+from helpers import NAMESPACE
 
 from gateway.spool import Spool
 from simulators.config import PlantConfig
 from simulators.modbus_sim import ModbusSimulator
 from simulators.plant import Plant
 
-NS = "acme/faults/line1"
+NS = NAMESPACE  # of the configs helpers.gateway_config writes
 
 
-def gateway_yaml(tmp_path: Path, *, mqtt_port: int, devices: list[tuple[str, int]], tags: int = 10,
-                 poll: str = "100ms", publish_interval: str = "500ms", mode: str = "raw", spool: str = "",
-                 api_port: int | None = None, keepalive: str = "5s", timeout: str = "500ms",
-                 retry_max: str = "2s", north: str | None = None) -> Path:
-    """A config with one asset per ``(id, port)`` Modbus device, ``tags`` holding registers each.
-
-    ``north``: YAML of the uplinks (``uplinks:`` or ``mqtt:``) instead of the one ``mqtt:`` on ``mqtt_port``.
-    """
+def plc_assets(devices: list[tuple[str, int]], *, tags: int = 10, poll: str = "100ms", mode: str = "raw",
+               timeout: str = "500ms", retry_max: str = "2s") -> str:
+    """The ``assets:`` list of a fault test (for :func:`helpers.gateway_config`): one Modbus TCP asset per
+    ``(id, port)`` device, ``tags`` holding registers each."""
     assets = []
     for asset_id, port in devices:
         tag_lines = "\n".join(
-            f"      - {{name: t{i:03d}, address: \"hr:{i}\", type: uint16, mode: {mode}}}" for i in range(tags)
+            f"    - {{name: t{i:03d}, address: \"hr:{i}\", type: uint16, mode: {mode}}}" for i in range(tags)
         )
         assets.append(
-            f"  - id: {asset_id}\n    source: {{driver: modbus_tcp, host: 127.0.0.1, port: {port}, poll: {poll},"
-            f" timeout: {timeout}, retry_max: {retry_max}}}\n    tags:\n{tag_lines}"
+            f"- id: {asset_id}\n  source: {{driver: modbus_tcp, host: 127.0.0.1, port: {port}, poll: {poll},"
+            f" timeout: {timeout}, retry_max: {retry_max}}}\n  tags:\n{tag_lines}\n"
         )
-    api = f"api:\n  listen: 127.0.0.1:{api_port}\n" if api_port else "api:\n  enabled: false\n"
-    text = textwrap.dedent(
-        f"""\
-        gateway:
-          id: fault-gw
-          namespace: {NS}
-          state_dir: {tmp_path / 'state'}
-        """
-    ) + (textwrap.dedent(north) if north else textwrap.dedent(
-        f"""\
-        mqtt:
-          host: 127.0.0.1
-          port: {mqtt_port}
-          publish_interval: {publish_interval}
-          keepalive: {keepalive}
-          reconnect_max: 1s
-        """)) + "buffer:\n  seconds: 120\n" + api + (textwrap.dedent(spool) if spool else "") + "assets:\n" + "\n".join(assets) + "\n"
-    path = tmp_path / "gateway.yaml"
-    path.write_text(text)
-    return path
+    return "".join(assets)
 
 
 async def plc(registers: int = 128, *, port: int | None = None) -> ModbusSimulator:

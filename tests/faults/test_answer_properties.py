@@ -24,7 +24,7 @@ from drivers.modbus.rtu_config import ModbusRtuTcpSource
 from drivers.modbus.rtu_frame import crc16
 from drivers.modbus.tcp import ModbusTcpDriver
 from gateway.batch import Quality
-from gateway.driver import DeviceUnavailable
+from gateway.driver import DeviceUnavailable, DriverContext
 
 UNIT = 5
 HR = np.array([0x1000 + 7 * i for i in range(32)], dtype=np.uint16)
@@ -135,10 +135,10 @@ async def poll_through(recipes: list[dict], *, rtu: bool, polls: int = 2) -> lis
         source = ModbusRtuTcpSource(driver="modbus_rtu_tcp", host="127.0.0.1", port=port, unit=UNIT,
                                     response_timeout=0.05, timeout=0.5, silent_after_timeout=0, retries=1,
                                     demote_after=100)
-        driver = ModbusRtuTcpDriver(source, TAGS)
+        driver = ModbusRtuTcpDriver(source, TAGS, DriverContext.detached("test", len(TAGS)))
     else:
         driver = ModbusTcpDriver(ModbusTcpSource(driver="modbus_tcp", host="127.0.0.1", port=port, unit=UNIT,
-                                                 timeout=0.05), TAGS)
+                                                 timeout=0.05), TAGS, DriverContext.detached("test", len(TAGS)))
     good: list[tuple[int, float]] = []
     try:
         for _ in range(polls):

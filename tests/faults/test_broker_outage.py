@@ -6,16 +6,16 @@ import asyncio
 
 import numpy as np
 
-from faultkit import NS, InProcess, data_messages, gateway_yaml, plc, samples_by_tag
-from helpers import TcpProxy, wait_until
+from faultkit import NS, InProcess, data_messages, plc, plc_assets, samples_by_tag
+from helpers import TcpProxy, gateway_config, wait_until
 
 
 async def test_broker_killed_20s_every_sample_of_500_tags_arrives_in_order(tmp_path, mqtt_broker, mqtt_subscriber):
     dev = await plc(500)
     proxy = TcpProxy(mqtt_broker.host, mqtt_broker.port)  # lets the test hold the gateway back until the
     await proxy.accept()                                  # subscriber is back on the restarted broker
-    cfg = gateway_yaml(tmp_path, mqtt_port=proxy.port, devices=[("line", dev.port)], tags=500, poll="100ms",
-                       publish_interval="1s", timeout="1s")
+    cfg = gateway_config(tmp_path, mqtt_port=proxy.port, mqtt={"publish_interval": "1s"},
+                         assets_yaml=plc_assets([("line", dev.port)], tags=500, poll="100ms", timeout="1s"))
     sub = await mqtt_subscriber(f"{NS}/+/data")
     try:
         async with InProcess(cfg) as gw:

@@ -12,8 +12,8 @@ import asyncio
 import pytest
 
 from fakes import FakeModbus
-from faultkit import InProcess, gateway_yaml, plc
-from helpers import TcpProxy
+from faultkit import InProcess, plc, plc_assets
+from helpers import TcpProxy, gateway_config
 
 INTERVAL = 0.1
 WINDOW = 8.0
@@ -33,8 +33,9 @@ async def test_a_bad_device_does_not_disturb_the_other_nine(tmp_path, mqtt_broke
     else:  # the tags ask for registers 0..9 of a device with one: Modbus exception 2 (illegal data address)
         bad = await plc(1)
     devices = [(f"dev{i}", d.port) for i, d in enumerate(good)] + [("bad", bad.port)]
-    cfg = gateway_yaml(tmp_path, mqtt_port=mqtt_broker.port, devices=devices, tags=10, poll="100ms",
-                       timeout="500ms", retry_max="2s", mode="rbe")
+    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, mqtt={"publish_interval": "500ms"},
+                         assets_yaml=plc_assets(devices, tags=10, poll="100ms", mode="rbe", timeout="500ms",
+                                                retry_max="2s"))
     loop = asyncio.get_running_loop()
     try:
         async with InProcess(cfg) as gw:

@@ -8,15 +8,14 @@ from collections import Counter
 
 import httpx
 
-from faultkit import NS, data_messages, gateway_yaml, plc, spooled_seqs
-from helpers import free_port, reap, start_gateway, stop_gateway, wait_until
+from faultkit import NS, data_messages, plc, plc_assets, spooled_seqs
+from helpers import free_port, gateway_config, reap, start_gateway, stop_gateway, wait_until
 
 
 
 async def test_sigkill_during_outage_loses_nothing_spooled(tmp_path, mqtt_broker, mqtt_subscriber):
     dev = await plc()
-    cfg = gateway_yaml(tmp_path, mqtt_port=mqtt_broker.port, devices=[("press", dev.port)], tags=10,
-                       poll="100ms", publish_interval="200ms")
+    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, assets_yaml=plc_assets([("press", dev.port)], tags=10))
     sub = await mqtt_subscriber(f"{NS}/+/data")
     proc = await start_gateway(cfg)
     try:
@@ -56,8 +55,8 @@ async def test_sigkill_during_outage_loses_nothing_spooled(tmp_path, mqtt_broker
 
 async def test_durability_always_survives_sigkill_while_the_link_is_up(tmp_path, mqtt_broker, mqtt_subscriber):
     dev = await plc()
-    cfg = gateway_yaml(tmp_path, mqtt_port=mqtt_broker.port, devices=[("press", dev.port)], tags=10,
-                       poll="100ms", publish_interval="100ms", spool="spool:\n  durability: always\n")
+    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, mqtt={"publish_interval": "100ms"},
+                         spool={"durability": "always"}, assets_yaml=plc_assets([("press", dev.port)], tags=10))
     sub = await mqtt_subscriber(f"{NS}/+/data")
     proc = await start_gateway(cfg)
     try:
@@ -101,9 +100,9 @@ async def test_drops_and_seq_gaps_stay_exact_across_sigkills_in_a_long_outage(tm
     number missing at the consumer is either counted as dropped or was lost in RAM at a kill (a few)."""
     dev = await plc()
     api_port = free_port()
-    cfg = gateway_yaml(tmp_path, mqtt_port=mqtt_broker.port, devices=[("press", dev.port)], tags=120,
-                       poll="100ms", publish_interval="100ms", api_port=api_port,
-                       spool="spool:\n  max_bytes: 65536\n  replay_rate: 500\n")
+    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=api_port, mqtt={"publish_interval": "100ms"},
+                         spool={"max_bytes": 65536, "replay_rate": 500},
+                         assets_yaml=plc_assets([("press", dev.port)], tags=120))
     sub = await mqtt_subscriber(f"{NS}/+/data")
     proc = await start_gateway(cfg)
     gaps: list[tuple[int, int]] = []

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from faultkit import NS, InProcess, data_messages, gateway_yaml, plc
-from helpers import TcpProxy, wait_until
+from faultkit import NS, InProcess, data_messages, plc, plc_assets
+from helpers import TcpProxy, gateway_config, wait_until
 
 KEEPALIVE = 5.0
 
@@ -15,8 +15,7 @@ async def test_half_open_link_is_detected_and_nothing_is_lost(tmp_path, mqtt_bro
     dev = await plc()
     proxy = TcpProxy(mqtt_broker.host, mqtt_broker.port)
     await proxy.accept()
-    cfg = gateway_yaml(tmp_path, mqtt_port=proxy.port, devices=[("press", dev.port)], keepalive="5s",
-                       publish_interval="200ms")
+    cfg = gateway_config(tmp_path, mqtt_port=proxy.port, assets_yaml=plc_assets([("press", dev.port)]))
     sub = await mqtt_subscriber(f"{NS}/+/data")
     loop = asyncio.get_running_loop()
     try:

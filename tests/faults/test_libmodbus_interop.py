@@ -19,6 +19,7 @@ from drivers.modbus.rtu import ModbusRtuDriver
 from drivers.modbus.rtu_config import ModbusRtuSource
 from drivers.modbus.tcp import ModbusTcpDriver
 from gateway.batch import Quality
+from gateway.driver import DriverContext
 
 UNIT = 7
 TAGS = [
@@ -53,7 +54,7 @@ async def check(driver) -> None:
         assert batch.values[-1] == 555.0
     finally:
         await driver.close()
-    counters = driver.counters.as_dict()
+    counters = driver.counters()
     assert counters["mismatched_answers"] == 0
 
 
@@ -65,9 +66,9 @@ async def test_modbus_tcp_against_libmodbus(libmodbus: Path, max_in_flight: int)
     proc = await start_slave(libmodbus, "tcp", str(port), str(UNIT))
     try:
         driver = ModbusTcpDriver(ModbusTcpSource(driver="modbus_tcp", host="127.0.0.1", port=port, unit=UNIT,
-                                                 timeout=2, max_in_flight=max_in_flight), TAGS)
+                                                 timeout=2, max_in_flight=max_in_flight), TAGS, DriverContext.detached("test", len(TAGS)))
         await check(driver)
-        assert driver.counters.stale_answers == 0 and driver.counters.timeouts == 0
+        assert driver.counters()["stale_answers"] == 0 and driver.counters()["timeouts"] == 0
     finally:
         await stop_slave(proc)
 
@@ -77,9 +78,9 @@ async def test_modbus_rtu_against_libmodbus(libmodbus: Path) -> None:
     proc = await start_slave(libmodbus, "rtu", relay.far_path, str(UNIT))
     try:
         driver = ModbusRtuDriver(ModbusRtuSource(driver="modbus_rtu", port=relay.path, unit=UNIT, parity="N",
-                                                 baudrate=9600, timeout=2), TAGS)
+                                                 baudrate=9600, timeout=2), TAGS, DriverContext.detached("test", len(TAGS)))
         await check(driver)
-        assert driver.counters.as_dict()["timeouts"] == 0
+        assert driver.counters()["timeouts"] == 0
     finally:
         await stop_slave(proc)
         relay.close()

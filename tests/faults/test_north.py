@@ -9,8 +9,15 @@ import os
 from pathlib import Path
 
 import pytest
-from faultkit import NS, InProcess, gateway_yaml
-from helpers import EmbeddedBrokerHandle, MosquittoBroker, TcpProxy, mosquitto_binary, wait_until
+from faultkit import NS, InProcess, plc_assets
+from helpers import (
+    EmbeddedBrokerHandle,
+    MosquittoBroker,
+    TcpProxy,
+    gateway_config,
+    mosquitto_binary,
+    wait_until,
+)
 
 from gateway.encoders import decode
 from gateway.encoders.json import expand
@@ -54,9 +61,8 @@ async def test_two_uplinks_a_dead_cloud_never_holds_up_the_plant(tmp_path, modbu
                                                                  mqtt_subscriber, caplog):
     caplog.set_level(logging.INFO, logger="gateway")
     cloud_link = TcpProxy(cloud_broker.host, cloud_broker.port)  # the cloud is unreachable at first
-    cfg = gateway_yaml(tmp_path, mqtt_port=0, devices=[("press", modbus_sim.port)], tags=8, poll="100ms", mode="rbe",
-                       north=f"""\
-        uplinks:
+    assets = plc_assets([("press", modbus_sim.port)], tags=8, poll="100ms", mode="rbe")
+    cfg = gateway_config(tmp_path, assets_yaml=assets, mqtt=None, uplinks=f"""\
           - name: plant
             host: 127.0.0.1
             port: {mqtt_broker.port}
@@ -110,9 +116,8 @@ async def test_failover_to_cellular_and_failback_lose_nothing(tmp_path, modbus_s
     cellular = TcpProxy(mqtt_broker.host, mqtt_broker.port)
     await ethernet.accept()
     await cellular.accept()
-    cfg = gateway_yaml(tmp_path, mqtt_port=0, devices=[("press", modbus_sim.port)], tags=8, poll="100ms", mode="rbe",
-                       north=f"""\
-        mqtt:
+    assets = plc_assets([("press", modbus_sim.port)], tags=8, poll="100ms", mode="rbe")
+    cfg = gateway_config(tmp_path, assets_yaml=assets, mqtt=f"""\
           publish_interval: 200ms
           heartbeat: 200ms
           reconnect_max: 1s
@@ -170,8 +175,8 @@ async def test_byte_budget_spools_data_keeps_statuses_and_a_better_link_takes_ov
     ethernet = TcpProxy(mqtt_broker.host, mqtt_broker.port)  # down at start
     cellular = TcpProxy(mqtt_broker.host, mqtt_broker.port)
     await cellular.accept()
-    cfg = gateway_yaml(tmp_path, mqtt_port=0, devices=[("press", modbus_sim.port)], tags=8, poll="100ms", north=f"""\
-        mqtt:
+    assets = plc_assets([("press", modbus_sim.port)], tags=8, poll="100ms")
+    cfg = gateway_config(tmp_path, assets_yaml=assets, mqtt=f"""\
           publish_interval: 200ms
           reconnect_max: 1s
           failback_after: 1s
@@ -217,8 +222,8 @@ async def test_byte_budget_spools_data_keeps_statuses_and_a_better_link_takes_ov
 
 
 async def test_late_joiner_gets_every_tag_from_the_retained_last(tmp_path, modbus_sim, mqtt_broker, mqtt_subscriber):
-    cfg = gateway_yaml(tmp_path, mqtt_port=mqtt_broker.port, devices=[("press", modbus_sim.port)], tags=12,
-                       mode="rbe", publish_interval="200ms")
+    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port,
+                         assets_yaml=plc_assets([("press", modbus_sim.port)], tags=12, mode="rbe"))
     async with InProcess(cfg) as gw:
         assert await wait_until(lambda: gw.uplink.connected and gw.assets["press"].ring.head.min() > 3, timeout=20)
         gw.publisher.publish_last()  # what the timer does every last_interval
@@ -257,8 +262,8 @@ async def test_bind_interface_routes_the_connection_or_says_why_not(mqtt_broker)
 def test_north_config_errors_name_the_file_line_and_field(tmp_path: Path):
     from gateway.config import ConfigError, load_config
 
-    def errors(north: str) -> tuple[list[str], list[str]]:
-        path = gateway_yaml(tmp_path, mqtt_port=1883, devices=[("press", 502)], north=north)
+    def errors(**north: str) -> tuple[list[str], list[str]]:
+        path = gateway_config(tmp_path, assets_yaml=plc_assets([("press", 502)]), **{"mqtt": None, **north})
         with pytest.raises(ConfigError) as e:
             load_config(path)
         return [f"{i.line}: {i.path}: {i.message}" for i in e.value.errors], path.read_text().splitlines()
@@ -266,17 +271,17 @@ def test_north_config_errors_name_the_file_line_and_field(tmp_path: Path):
     def line(lines: list[str], text: str) -> int:
         return next(n for n, x in enumerate(lines, 1) if x.strip() == text)
 
-    both, lines = errors("mqtt:\n  host: a\nuplinks:\n  - name: b\n    host: b\n")
+    both, lines = errors(mqtt="host: a", uplinks="- name: b\n  host: b")
     assert any(x.startswith(f"{line(lines, 'uplinks:')}: uplinks:") and "not both" in x for x in both), both
-    two_forms, lines = errors("mqtt:\n  host: a\n  links:\n    - {name: x, host: b}\n")
+    two_forms, lines = errors(mqtt="host: a\nlinks:\n  - {name: x, host: b}")
     assert any(x.startswith(f"{line(lines, 'host: a')}: mqtt.host:") and "not both" in x for x in two_forms), two_forms
-    dup, _ = errors("uplinks:\n  - name: a\n    host: a\n  - name: a\n    host: b\n")
+    dup, _ = errors(uplinks="- name: a\n  host: a\n- name: a\n  host: b")
     assert any("uplinks" in x and "duplicate uplink name 'a'" in x for x in dup), dup
-    dup_link, _ = errors("mqtt:\n  links:\n    - {name: x, host: a}\n    - {name: x, host: b}\n")
+    dup_link, _ = errors(mqtt="links:\n  - {name: x, host: a}\n  - {name: x, host: b}")
     assert any("mqtt.links" in x and "duplicate link name 'x'" in x for x in dup_link), dup_link
-    sparkplug, _ = errors("mqtt:\n  host: a\n  format: sparkplug\n")
+    sparkplug, _ = errors(mqtt="host: a\nformat: sparkplug")
     assert any("needs group_id" in x for x in sparkplug), sparkplug
-    zipped, _ = errors("mqtt:\n  host: a\n  format: sparkplug\n  group_id: g\n  compression: zstd\n")
+    zipped, _ = errors(mqtt="host: a\nformat: sparkplug\ngroup_id: g\ncompression: zstd")
     assert any("uncompressed" in x for x in zipped), zipped
-    none, _ = errors("# no uplink\n")
+    none, _ = errors()
     assert any("mqtt: or uplinks:" in x for x in none), none

@@ -7,8 +7,8 @@ import asyncio
 import httpx
 import pytest
 
-from faultkit import NS, InProcess, data_messages, gateway_yaml, plc
-from helpers import TcpProxy, free_port, wait_until
+from faultkit import NS, InProcess, data_messages, plc, plc_assets
+from helpers import TcpProxy, free_port, gateway_config, wait_until
 
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
@@ -17,11 +17,9 @@ async def test_quota_smaller_than_the_outage(tmp_path, mqtt_broker, mqtt_subscri
     proxy = TcpProxy(mqtt_broker.host, mqtt_broker.port)
     await proxy.accept()
     api_port = free_port()
-    cfg = gateway_yaml(
-        tmp_path, mqtt_port=proxy.port, devices=[("press", dev.port)], tags=60, poll="100ms",
-        publish_interval="200ms", api_port=api_port,
-        spool=f"spool:\n  max_bytes: 65536\n  policy: {policy}\n  replay_rate: 200\n",
-    )
+    cfg = gateway_config(tmp_path, mqtt_port=proxy.port, api_port=api_port,
+                         assets_yaml=plc_assets([("press", dev.port)], tags=60, poll="100ms"),
+                         spool={"max_bytes": 65536, "policy": policy, "replay_rate": 200})
     sub = await mqtt_subscriber(f"{NS}/+/data")
     try:
         async with InProcess(cfg) as gw:

@@ -22,10 +22,10 @@ import pytest
 from libmodbus_slave import PtyRelay, slave_binary, start_slave, stop_slave
 
 from drivers.modbus.config import ModbusTag
-from drivers.modbus.rtu import ModbusRtuDriver
+from drivers.modbus.rtu import RTU_SPEC, ModbusRtuDriver
 from drivers.modbus.rtu_config import ModbusRtuSource
 from gateway.batch import Quality
-from gateway.driver import DeviceUnavailable
+from gateway.driver import DeviceUnavailable, DriverContext, Shared
 from gateway.status import Backoff
 from simulators.modbus_rtu_sim import ModbusRtuSimulator, RtuSlave
 
@@ -72,8 +72,11 @@ def source(port: str, unit: int, response_timeout: float, **extra: object) -> Mo
 
 async def healthy_share(port: str, response_timeout: float, polls: int, **extra: object) -> tuple[int, int]:
     """Poll unit 7 ``polls`` times while unit 9 is tried without pause; (good polls of unit 7, unit 9 tries)."""
-    healthy = ModbusRtuDriver(source(port, HEALTHY, response_timeout, **extra), TAGS)
-    dead = ModbusRtuDriver(source(port, DEAD, response_timeout, demote_after=100, **extra), TAGS)
+    bus = Shared()  # the two slaves share the port's arbiter, as in a gateway
+    healthy = ModbusRtuDriver(source(port, HEALTHY, response_timeout, **extra), TAGS,
+                              DriverContext.detached("healthy", len(TAGS), shared=bus))
+    dead = ModbusRtuDriver(source(port, DEAD, response_timeout, demote_after=100, **extra), TAGS,
+                           DriverContext.detached("dead", len(TAGS), shared=bus))
     await healthy.connect()
     stop = asyncio.Event()
 
@@ -143,10 +146,12 @@ async def test_with_the_engine_the_healthy_unit_never_goes_disconnected(line: st
 
     from gateway.source import AssetRuntime
 
+    bus = Shared()  # the gateway's: both slaves get the one arbiter of the port
+
     def runtime(unit: int, **extra: object) -> AssetRuntime:
         cfg = SimpleNamespace(id=f"unit-{unit}", source=source(line, unit, 0.3, poll=0.1, retry_max=1, **extra),
                               tags=TAGS)
-        return AssetRuntime(cfg, ModbusRtuDriver, buffer_seconds=60)
+        return AssetRuntime(cfg, RTU_SPEC, buffer_seconds=60, state_dir=Path("unused"), shared=bus)
 
     healthy, dead = runtime(HEALTHY), runtime(DEAD, slow_retry=1.5)
     states: list[str] = []

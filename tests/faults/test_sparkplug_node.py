@@ -10,7 +10,7 @@ import textwrap
 
 import paho.mqtt.publish as paho_publish
 from faultkit import InProcess
-from helpers import TcpProxy, wait_until
+from helpers import TcpProxy, gateway_config, wait_until
 
 GROUP, NODE = "Plant1", "fault-gw"
 SP = f"spBv1.0/{GROUP}"
@@ -24,22 +24,12 @@ TAGS = """\
 
 
 def config(tmp_path, modbus_port: int, north: str) -> object:
-    text = textwrap.dedent(f"""\
-        gateway:
-          id: {NODE}
-          namespace: acme/sp/line1
-          state_dir: {tmp_path / 'state'}
-        """) + textwrap.dedent(north) + textwrap.dedent(f"""\
-        api:
-          enabled: false
-        assets:
-          - id: press
-            source: {{driver: modbus_tcp, host: 127.0.0.1, port: {modbus_port}, poll: 100ms, timeout: 500ms, retry_max: 1s}}
-            tags:
-        """) + TAGS
-    path = tmp_path / "gateway.yaml"
-    path.write_text(text)
-    return path
+    """A config with the Modbus press and ``north``: the YAML of its one uplink section (``mqtt:`` or ``uplinks:``)."""
+    section, _, body = north.partition(":\n")
+    press = (f"- id: press\n  source: {{driver: modbus_tcp, host: 127.0.0.1, port: {modbus_port}, poll: 100ms, "
+             f"timeout: 500ms, retry_max: 1s}}\n  tags:\n") + textwrap.indent(textwrap.dedent(TAGS), "    ")
+    return gateway_config(tmp_path, gateway={"id": NODE, "namespace": "acme/sp/line1"}, assets_yaml=press,
+                          **{"mqtt": None, section: body})
 
 
 def sparkplug_uplink(port: int, *, extra: str = "", links: str | None = None) -> str:

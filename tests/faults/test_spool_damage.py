@@ -9,9 +9,9 @@ import random
 import httpx
 import pytest
 
-from faultkit import NS, InProcess, data_messages, gateway_yaml, plc
+from faultkit import NS, InProcess, data_messages, plc, plc_assets
 from gateway.spool import Spool, SpoolRecord, decode_records
-from helpers import free_port, wait_until
+from helpers import free_port, gateway_config, wait_until
 
 
 @pytest.mark.parametrize("damage", ["truncate", "corrupt"])
@@ -38,7 +38,8 @@ async def test_gateway_starts_on_a_damaged_spool_and_keeps_every_intact_record(
 
     dev = await plc()
     api_port = free_port()
-    cfg = gateway_yaml(tmp_path, mqtt_port=mqtt_broker.port, devices=[("press", dev.port)], api_port=api_port)
+    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=api_port, mqtt={"publish_interval": "500ms"},
+                         assets_yaml=plc_assets([("press", dev.port)]))
     sub = await mqtt_subscriber(f"{NS}/+/data")
     try:
         async with InProcess(cfg):
@@ -73,8 +74,8 @@ async def test_a_middle_segment_deleted_before_start_is_counted_as_dropped(tmp_p
 
     dev = await plc()
     api_port = free_port()
-    cfg = gateway_yaml(tmp_path, mqtt_port=mqtt_broker.port, devices=[("press", dev.port)], api_port=api_port,
-                       spool="spool:\n  replay_rate: 500\n")
+    cfg = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=api_port, mqtt={"publish_interval": "500ms"},
+                         spool={"replay_rate": 500}, assets_yaml=plc_assets([("press", dev.port)]))
     sub = await mqtt_subscriber(f"{NS}/+/data")
     try:
         async with InProcess(cfg) as gw:

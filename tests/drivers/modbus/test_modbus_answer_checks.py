@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 from pymodbus.exceptions import ModbusIOException
 
 from drivers.modbus.check import MISMATCHED_ANSWER, answer_mismatch
@@ -19,7 +20,8 @@ from drivers.modbus.config import ModbusTag, ModbusTcpSource
 from drivers.modbus.tcp import ModbusTcpDriver
 from drivers.modbus.tcp_client import MbapClient, TcpCounters
 from gateway.batch import Quality
-from helpers import free_port
+from gateway.driver import DriverContext
+from helpers import gateway_config
 from simulators.config import ANSWER_FAULTS
 from simulators.modbus_sim import ModbusSimulator
 from simulators.plant import Plant
@@ -68,7 +70,7 @@ def plant(tmp_path: Path) -> Plant:
 
 
 def driver(port: int) -> ModbusTcpDriver:
-    return ModbusTcpDriver(ModbusTcpSource(driver="modbus_tcp", host="127.0.0.1", port=port, unit=1, timeout=1), TAGS)
+    return ModbusTcpDriver(ModbusTcpSource(driver="modbus_tcp", host="127.0.0.1", port=port, unit=1, timeout=1), TAGS, DriverContext.detached("test", len(TAGS)))
 
 
 @pytest.mark.parametrize("fault", ANSWER_FAULTS)
@@ -94,8 +96,7 @@ async def test_each_kind_of_mismatched_answer_is_bad_and_counted(tmp_path: Path,
                 assert batch.values[i] == float(sim.value_of(tag.name))
     hit = {i for i, t in enumerate(TAGS) if t.name in HIT[fault]}
     requests_hit = sum(1 for r in d.plan.requests if hit & set(r.positions.tolist()))
-    assert d.counters.mismatched_answers == 3 * requests_hit
-    assert d.counters.as_dict()["mismatched_answers"] == 3 * requests_hit
+    assert d.counters()["mismatched_answers"] == 3 * requests_hit
 
 
 async def test_correct_answers_of_the_simulator_are_all_good(tmp_path: Path) -> None:
@@ -109,7 +110,7 @@ async def test_correct_answers_of_the_simulator_are_all_good(tmp_path: Path) -> 
             await d.close()
     assert (batch.quality == Quality.GOOD).all()
     assert batch.values.tolist() == [float(sim.value_of(t.name)) for t in TAGS]
-    assert d.counters.mismatched_answers == 0 and d.counters.answers == len(d.plan.requests)
+    assert d.counters()["mismatched_answers"] == 0 and d.counters()["answers"] == len(d.plan.requests)
 
 
 async def test_a_stale_answer_after_a_timeout_is_dropped_not_taken_for_the_next_one() -> None:
@@ -179,7 +180,7 @@ def test_answer_mismatch(request_pdu: bytes, answer: bytes, why: str | None) -> 
 
 async def test_mismatched_answers_are_counted_on_the_status_api(tmp_path: Path, mqtt_broker) -> None:
     """What an integrator sees: the tags bad with the mismatch text, the count under driver_counters."""
-    from e2e.harness import running_gateway, write_config
+    from e2e.harness import running_gateway
     sim = ModbusSimulator(plant(tmp_path), port=free_port(), answer_fault="other_function")
     assets = f"""\
         - id: press-1
@@ -190,7 +191,7 @@ async def test_mismatched_answers_are_counted_on_the_status_api(tmp_path: Path, 
         """
     api_port = free_port()
     async with sim:
-        path = write_config(tmp_path, mqtt_broker, assets, api_port=api_port)
+        path = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, assets_yaml=assets, api_port=api_port)
         async with running_gateway(path) as gw:
             for _ in range(100):  # until the asset has polled a few times
                 detail = (await gw.api.get("/api/v1/assets/press-1")).json()

@@ -18,7 +18,7 @@ from drivers.modbus.check import MISMATCHED_ANSWER
 from drivers.modbus.config import ModbusTag, ModbusTcpSource
 from drivers.modbus.tcp import ModbusTcpDriver
 from gateway.batch import Quality
-from gateway.driver import DeviceUnavailable
+from gateway.driver import DeviceUnavailable, DriverContext
 from simulators.modbus_sim import ModbusSimulator
 from simulators.plant import Plant
 
@@ -52,7 +52,7 @@ TAGS = [ModbusTag(name=f"h{i}", address=f"hr:{40 * i}", type="uint16") for i in 
 def driver(port: int, max_in_flight: int, unit: int = 1, timeout: float = 1) -> ModbusTcpDriver:
     # max_gap 0: one request per register tag, so the plan has more requests than a window
     return ModbusTcpDriver(ModbusTcpSource(driver="modbus_tcp", host="127.0.0.1", port=port, unit=unit,
-                                           timeout=timeout, max_in_flight=max_in_flight, max_gap=0), TAGS)
+                                           timeout=timeout, max_in_flight=max_in_flight, max_gap=0), TAGS, DriverContext.detached("test", len(TAGS)))
 
 
 def test_one_request_in_flight_is_the_default() -> None:
@@ -73,8 +73,8 @@ async def test_the_simulator_serves_requests_sent_back_to_back(tmp_path: Path, m
     for batch in batches:
         assert (batch.quality == Quality.GOOD).all(), batch.error_text
         assert batch.values.tolist() == [float(sim.value_of(t.name)) for t in TAGS]
-    assert d.counters.requests == d.counters.answers == 3 * 13
-    assert d.counters.mismatched_answers == d.counters.stale_answers == d.counters.timeouts == 0
+    assert d.counters()["requests"] == d.counters()["answers"] == 3 * 13
+    assert d.counters()["mismatched_answers"] == d.counters()["stale_answers"] == d.counters()["timeouts"] == 0
 
 
 async def test_answers_out_of_order_are_matched_by_transaction_id_and_checked_one_by_one() -> None:
@@ -128,7 +128,7 @@ async def test_answers_out_of_order_are_matched_by_transaction_id_and_checked_on
     for i in set(range(10, 13)) - second_of_window:
         assert batch.values[i] == (3.0 if i == 10 else 1.0)  # ir:3 = its address; coil and input bits set
     assert "unit 2 answered a request to unit 1" in batch.error_text[MISMATCHED_ANSWER]
-    assert d.counters.stale_answers == 4 and d.counters.mismatched_answers == 3
+    assert d.counters()["stale_answers"] == 4 and d.counters()["mismatched_answers"] == 3
 
 
 async def test_a_window_without_all_its_answers_times_out_and_late_answers_are_stale() -> None:
@@ -162,4 +162,4 @@ async def test_a_window_without_all_its_answers_times_out_and_late_answers_are_s
         await d.close()
         server.close()
         await server.wait_closed()
-    assert d.counters.timeouts == 1 and d.counters.answers == 0
+    assert d.counters()["timeouts"] == 1 and d.counters()["answers"] == 0

@@ -11,6 +11,7 @@ from drivers.modbus.address import ModbusAddress, Table
 from drivers.modbus.tcp import ModbusTcpDriver
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load_config
+from gateway.driver import DriverContext
 
 SAMPLE = Path(drivers.modbus.__file__).parent / "sample.yaml"
 
@@ -24,7 +25,7 @@ def test_sample_config_loads_and_compiles() -> None:
     assert refs["spare_bit"] == ModbusAddress(Table.HOLDING_REGISTER, 9, 10)  # YAML float 40010.10 kept as written
     assert refs["setpoint"] == ModbusAddress(Table.HOLDING_REGISTER, 60)
     assert refs["counter64"] == ModbusAddress(Table.HOLDING_REGISTER, 99)
-    driver = ModbusTcpDriver(asset.source, asset.tags)
+    driver = ModbusTcpDriver(asset.source, asset.tags, DriverContext.detached("test", len(asset.tags)))
     assert [str(r).split(" ")[0] for r in driver.plan.requests] == ["co:0+8", "di:0+2", "ir:0+12", "hr:0+61", "hr:99+4"]
 
 

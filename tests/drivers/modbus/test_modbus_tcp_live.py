@@ -15,7 +15,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from drivers.modbus.config import ModbusTag, ModbusTcpSource
 from drivers.modbus.tcp import ModbusTcpDriver
 from gateway.batch import Quality
-from gateway.driver import DeviceUnavailable, registry
+from gateway.driver import DeviceUnavailable, DriverContext, registry
 
 UNIT = 3
 
@@ -71,13 +71,14 @@ TAGS = [
 
 
 def test_driver_is_registered_under_its_entry_point() -> None:
-    assert registry()["modbus_tcp"] is ModbusTcpDriver
-    assert ModbusTcpDriver.SourceConfig is ModbusTcpSource and ModbusTcpDriver.TagConfig is ModbusTag
+    spec = registry()["modbus_tcp"]
+    assert spec.create is ModbusTcpDriver
+    assert spec.SourceConfig is ModbusTcpSource and spec.TagConfig is ModbusTag
 
 
 async def test_exception_on_one_request_marks_only_its_tags_bad(server) -> None:
     _, port = server
-    driver = ModbusTcpDriver(source(port), TAGS)
+    driver = ModbusTcpDriver(source(port), TAGS, DriverContext.detached("test", len(TAGS)))
     assert driver.request_count == 5  # co, di, ir, hr 0..22, hr 100..101
     await driver.connect()
     try:
@@ -99,7 +100,7 @@ async def test_exception_on_one_request_marks_only_its_tags_bad(server) -> None:
 
 async def test_repeated_polls_on_one_connection(server) -> None:
     _, port = server
-    driver = ModbusTcpDriver(source(port), TAGS[:3])
+    driver = ModbusTcpDriver(source(port), TAGS[:3], DriverContext.detached("test", len(TAGS[:3])))
     await driver.connect()
     try:
         first = await driver.read()
@@ -112,7 +113,7 @@ async def test_repeated_polls_on_one_connection(server) -> None:
 
 async def test_stopped_server_raises_device_unavailable(server) -> None:
     srv, port = server
-    driver = ModbusTcpDriver(source(port), TAGS[:2])
+    driver = ModbusTcpDriver(source(port), TAGS[:2], DriverContext.detached("test", len(TAGS[:2])))
     await driver.connect()
     await driver.read()
     await srv.shutdown()
@@ -129,7 +130,7 @@ async def test_unreachable_device_and_reads_before_connect() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening: connection refused
-        driver = ModbusTcpDriver(source(port), TAGS[:1])
+        driver = ModbusTcpDriver(source(port), TAGS[:1], DriverContext.detached("test", len(TAGS[:1])))
         with pytest.raises(DeviceUnavailable, match=f"cannot connect to Modbus device at 127.0.0.1:{port}"):
             await driver.connect()
     with pytest.raises(DeviceUnavailable, match="not connected"):
@@ -140,7 +141,7 @@ async def test_unreachable_device_and_reads_before_connect() -> None:
 async def test_write_refuses_bad_values_before_and_missing_links_without_io(server) -> None:
     # write-back round trips are tested end to end in tests/test_writeback.py
     _, port = server
-    driver = ModbusTcpDriver(source(port), TAGS[:1])
+    driver = ModbusTcpDriver(source(port), TAGS[:1], DriverContext.detached("test", len(TAGS[:1])))
     with pytest.raises(ValueError, match="write a number"):
         await driver.write("pressure", "high")
     with pytest.raises(DeviceUnavailable, match="not connected"):
@@ -163,7 +164,7 @@ async def raw_server(on_data) -> tuple[asyncio.Server, int]:
 async def test_device_that_never_answers_raises_device_unavailable() -> None:
     srv, port = await raw_server(lambda writer: False)  # reads requests, answers nothing
     async with srv:
-        driver = ModbusTcpDriver(source(port, timeout=0.2), TAGS[:1])
+        driver = ModbusTcpDriver(source(port, timeout=0.2), TAGS[:1], DriverContext.detached("test", len(TAGS[:1])))
         await driver.connect()
         with pytest.raises(DeviceUnavailable, match=r"no response from 127.0.0.1:\d+ unit 3 within 0.2s"):
             await driver.read()
@@ -177,7 +178,7 @@ async def test_device_closing_the_socket_during_a_request_raises_device_unavaila
 
     srv, port = await raw_server(hang_up)
     async with srv:
-        driver = ModbusTcpDriver(source(port, timeout=30), TAGS[:1])  # not detected by a timeout
+        driver = ModbusTcpDriver(source(port, timeout=30), TAGS[:1], DriverContext.detached("test", len(TAGS[:1])))  # not detected by a timeout
         await driver.connect()
         with pytest.raises(DeviceUnavailable, match="closed"):
             await driver.read()

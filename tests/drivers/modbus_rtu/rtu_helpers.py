@@ -7,6 +7,7 @@ from typing import Any
 from drivers.modbus.config import ModbusTag
 from drivers.modbus.rtu import ModbusRtuDriver
 from drivers.modbus.rtu_config import ModbusRtuSource
+from gateway.driver import DriverContext, Shared
 from simulators.codec import encode_number
 from simulators.modbus_rtu_sim import ModbusRtuSimulator, RtuSlave
 
@@ -27,5 +28,8 @@ def slave_with(values: dict[int, tuple[str, float, str]]) -> RtuSlave:
     return slave
 
 
-def driver(sim: ModbusRtuSimulator, unit: int, tags: list[ModbusTag], **extra: Any) -> ModbusRtuDriver:
-    return ModbusRtuDriver(rtu_source(sim.path, unit, **extra), tags)
+def driver(sim: ModbusRtuSimulator, unit: int, tags: list[ModbusTag], *, shared: Shared | None = None,
+           **extra: Any) -> ModbusRtuDriver:
+    """A driver of ``unit`` on the simulator's port; drivers given one ``shared`` share its arbiter, as in a gateway."""
+    return ModbusRtuDriver(rtu_source(sim.path, unit, **extra), tags,
+                           DriverContext.detached(f"unit-{unit}", len(tags), shared=shared))

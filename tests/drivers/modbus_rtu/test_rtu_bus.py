@@ -11,23 +11,27 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from pydantic import ValidationError
-from rtu_helpers import rtu_source, tag
+from rtu_helpers import driver, rtu_source, tag
 
 import drivers.modbus
-from drivers.modbus.rtu import ModbusRtuDriver, ModbusRtuTcpDriver
+from drivers.modbus.rtu import RTU_SPEC, ModbusRtuDriver, ModbusRtuTcpDriver
 from drivers.modbus.rtu_config import ModbusRtuSource, ModbusRtuTcpSource
 from gateway.batch import Quality
 from gateway.config.loader import load_config
-from gateway.driver import DeviceUnavailable
+from gateway.driver import DeviceUnavailable, DriverContext, Shared
 from gateway.source import AssetRuntime
 from simulators.modbus_rtu_sim import ModbusRtuSimulator
 
 TAGS = [tag("f", "40001", "float32"), tag("i", "40003", "int16")]
 
 
+#: the resources a gateway's drivers share: the runtimes of one test get the one arbiter of their port
+BUS = Shared()
+
+
 def runtime(asset_id: str, source: ModbusRtuSource) -> AssetRuntime:
     cfg = SimpleNamespace(id=asset_id, source=source, tags=TAGS)
-    return AssetRuntime(cfg, ModbusRtuDriver, buffer_seconds=60)
+    return AssetRuntime(cfg, RTU_SPEC, buffer_seconds=60, state_dir=Path("unused"), shared=BUS)
 
 
 async def test_healthy_slaves_keep_their_rate_while_one_is_silent(line: ModbusRtuSimulator) -> None:
@@ -77,7 +81,9 @@ async def test_start_up_warns_when_the_baud_rate_cannot_carry_the_poll_rates(
     line: ModbusRtuSimulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     wide = [tag("block", "hr:0", "string", length=100)]
-    drivers = [ModbusRtuDriver(rtu_source(line.path, n, poll=0.1, baudrate=9600), wide) for n in (1, 2)]
+    bus = Shared()
+    drivers = [ModbusRtuDriver(rtu_source(line.path, n, poll=0.1, baudrate=9600), wide,
+                               DriverContext.detached(f"unit{n}", 1, shared=bus)) for n in (1, 2)]
     with caplog.at_level(logging.WARNING, logger="drivers.modbus.arbiter"):
         await drivers[0].connect()
     for d in drivers:
@@ -91,7 +97,7 @@ async def test_start_up_warns_when_the_baud_rate_cannot_carry_the_poll_rates(
 
 
 async def test_no_warning_when_the_bus_has_room(line: ModbusRtuSimulator, caplog: pytest.LogCaptureFixture) -> None:
-    d = ModbusRtuDriver(rtu_source(line.path, 1, poll=1.0, baudrate=19200), TAGS)
+    d = ModbusRtuDriver(rtu_source(line.path, 1, poll=1.0, baudrate=19200), TAGS, DriverContext.detached("test", len(TAGS)))
     with caplog.at_level(logging.WARNING, logger="drivers.modbus.arbiter"):
         await d.connect()
     await d.close()
@@ -107,6 +113,7 @@ async def test_rtu_over_tcp_reads_and_reports_a_closed_converter() -> None:
     d = ModbusRtuTcpDriver(
         ModbusRtuTcpSource(driver="modbus_rtu_tcp", host="127.0.0.1", port=port, unit=4, response_timeout=0.2),
         [tag("f", "40001", "float32", byte_order="CDAB"), tag("i", "40003", "int16")],
+        DriverContext.detached("converter", 2),
     )
     try:
         await d.connect()
@@ -131,7 +138,8 @@ def test_sample_config_loads_and_slaves_on_one_port_share_an_arbiter() -> None:
     rtu = [a for a in config.assets if a.source.driver == "modbus_rtu"]
     assert [a.source.unit for a in rtu] == [1, 2, 7]
     assert rtu[1].source.parity == "E" and rtu[1].source.baudrate == 19200
-    built = [ModbusRtuDriver(a.source, a.tags) for a in rtu]
+    bus = Shared()  # one per gateway
+    built = [ModbusRtuDriver(a.source, a.tags, DriverContext.detached(a.id, len(a.tags), shared=bus)) for a in rtu]
     assert built[0].arbiter is built[1].arbiter is built[2].arbiter
     assert len(built[0].arbiter.load().lines) == 3
 
@@ -148,8 +156,29 @@ def test_config_rules() -> None:
 
 def test_one_port_with_two_line_settings_is_refused(tmp_path: Path) -> None:
     port = str(tmp_path / "ttyFAKE")
-    keep = ModbusRtuDriver(ModbusRtuSource(driver="modbus_rtu", port=port, baudrate=9600), TAGS)
+    bus = Shared()
+    context = DriverContext.detached("keep", len(TAGS), shared=bus)
+    keep = ModbusRtuDriver(ModbusRtuSource(driver="modbus_rtu", port=port, baudrate=9600), TAGS, context)
     with pytest.raises(ValueError, match="configured twice with different line settings"):
-        ModbusRtuDriver(ModbusRtuSource(driver="modbus_rtu", port=port, baudrate=19200, unit=2), TAGS)
+        ModbusRtuDriver(ModbusRtuSource(driver="modbus_rtu", port=port, baudrate=19200, unit=2), TAGS,
+                        DriverContext.detached("other", len(TAGS), shared=bus))
     assert keep.arbiter is not None
-    assert np.all(keep.float32_tags == [True, False])
+    assert np.all(context.meta.float32 == [True, False])
+
+
+async def test_parity_written_as_a_word_or_a_letter_is_one_line_on_one_arbiter(line: ModbusRtuSimulator) -> None:
+    """``none`` (an instrument manual's word) and ``N`` (a Modbus manual's letter) are the same line: the two
+    slaves share the port's arbiter, and both read the simulator over it."""
+    bus = Shared()  # one gateway's
+    words = driver(line, 1, TAGS, shared=bus, parity="none")
+    letter = driver(line, 2, TAGS, shared=bus, parity="N")
+    try:
+        assert words.source.parity == letter.source.parity == "N"
+        assert words.arbiter is letter.arbiter
+        await words.connect()
+        await letter.connect()
+        assert (await words.read()).values.tolist() == [1.5, -1.0]
+        assert (await letter.read()).values.tolist() == [3.0, -2.0]
+    finally:
+        await words.close()
+        await letter.close()

@@ -11,7 +11,7 @@ from rtu_helpers import driver, slave_with, tag
 
 from drivers.modbus.rtu_frame import CRC_ERROR, TRUNCATED_FRAME
 from gateway.batch import Quality
-from gateway.driver import DeviceUnavailable
+from gateway.driver import DeviceUnavailable, DriverContext
 from simulators.codec import encode_string
 from simulators.modbus_rtu_sim import ModbusRtuSimulator
 
@@ -179,7 +179,8 @@ async def test_port_that_does_not_exist_is_a_clear_device_unavailable() -> None:
     from drivers.modbus.rtu import ModbusRtuDriver
     from drivers.modbus.rtu_config import ModbusRtuSource
 
-    d = ModbusRtuDriver(ModbusRtuSource(driver="modbus_rtu", port="/dev/ttyNOPE9", parity="N"), [tag("f", "40001", "int16")])
+    d = ModbusRtuDriver(ModbusRtuSource(driver="modbus_rtu", port="/dev/ttyNOPE9", parity="N"), [tag("f", "40001", "int16")],
+                        DriverContext.detached("test", 1))
     with pytest.raises(DeviceUnavailable, match="cannot open serial port /dev/ttyNOPE9"):
         await d.connect()
     await d.close()

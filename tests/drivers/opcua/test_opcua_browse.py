@@ -12,6 +12,7 @@ from opcua_testserver import free_port
 
 from drivers.opcua.config import OpcUaSource, OpcUaTag
 from drivers.opcua.driver import OpcUaDriver
+from gateway.driver import DriverContext
 from simulators.opcua_sim import OpcUaSimulator
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -49,7 +50,7 @@ async def test_browse_prints_namespace_uris_and_marks_writable_nodes(tmp_path) -
         # pasted as they are, the node ids read the same nodes
         tags = [OpcUaTag(name="temp", node=_NODE.search(temp).group(1)),
                 OpcUaTag(name="setpoint", node=_NODE.search(setpoint).group(1))]  # fmt: skip
-        drv = OpcUaDriver(OpcUaSource(driver="opcua", endpoint=sim.endpoint, timeout="2s"), tags)
+        drv = OpcUaDriver(OpcUaSource(driver="opcua", endpoint=sim.endpoint, timeout="2s"), tags, DriverContext.detached("test", len(tags)))
         await drv.connect()
         try:
             batch = await drv.read()

@@ -12,7 +12,8 @@ from ruamel.yaml import YAML
 
 import drivers.opcua
 from drivers.opcua.config import OpcUaSource, OpcUaTag
-from drivers.opcua.driver import OpcUaDriver
+from drivers.opcua.driver import OpcUaDriver, OpcUaSubscriber
+from gateway.driver import DriverContext, StreamingDriver
 from drivers.opcua.nodeid import NodeRef, parse_node_id
 
 
@@ -107,12 +108,16 @@ def test_the_opcua_entry_point_builds_the_driver_and_validates_without_asyncua()
     import sys
 
     (ep,) = [ep for ep in entry_points(group="iiot_gateway.drivers") if ep.name == "opcua"]
-    entry = ep.load()
-    assert entry.name == "opcua"
-    assert entry.SourceConfig is OpcUaSource and entry.TagConfig is OpcUaTag
-    driver = entry(OpcUaSource(driver="opcua", endpoint="opc.tcp://127.0.0.1:4840/"),
-                   [OpcUaTag(name="t", node="ns=2;s=X")])
-    assert isinstance(driver, OpcUaDriver)
+    spec = ep.load()
+    assert spec.name == "opcua"
+    assert spec.SourceConfig is OpcUaSource and spec.TagConfig is OpcUaTag
+    tags = [OpcUaTag(name="t", node="ns=2;s=X")]
+    poll = spec.create(OpcUaSource(driver="opcua", endpoint="opc.tcp://127.0.0.1:4840/"), tags,
+                       DriverContext.detached("t", 1))
+    stream = spec.create(OpcUaSource(driver="opcua", endpoint="opc.tcp://127.0.0.1:4840/", mode="subscribe"), tags,
+                         DriverContext.detached("t", 1))
+    assert isinstance(poll, OpcUaDriver) and not isinstance(poll, StreamingDriver)
+    assert isinstance(stream, OpcUaSubscriber) and stream.writes_during_stream
     # validating a config (all driver models) must not import asyncua: half a second on a PC, more on a Pi
     code = "import sys; from gateway.config.models import config_model; config_model(); print('asyncua' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -13,7 +13,7 @@ from drivers.opcua.config import OpcUaSource, OpcUaTag
 from drivers.opcua.decode import ERR_ARRAY, ERR_UNKNOWN_NAMESPACE, ERR_UNSUPPORTED_TYPE
 from drivers.opcua.driver import DEFAULT_MAX_NODES_PER_READ, OpcUaDriver
 from gateway.batch import Quality
-from gateway.driver import DeviceUnavailable
+from gateway.driver import DeviceUnavailable, DriverContext
 
 from opcua_testserver import GUID, SOURCE_TS, OvenServer, free_port, start_oven_server
 
@@ -24,7 +24,7 @@ BAD_NODE_ID_UNKNOWN = np.uint32(ua.StatusCodes.BadNodeIdUnknown).view(np.int32)
 
 def make_driver(endpoint: str, tags: list[dict], **source) -> OpcUaDriver:
     src = OpcUaSource(driver="opcua", endpoint=endpoint, **{"timeout": "1s", **source})
-    return OpcUaDriver(src, [OpcUaTag(**t) for t in tags])
+    return OpcUaDriver(src, [OpcUaTag(**t) for t in tags], DriverContext.detached("test", len(tags)))
 
 
 def client_tasks() -> list[asyncio.Task]:

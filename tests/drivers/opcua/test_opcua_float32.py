@@ -16,7 +16,8 @@ import pytest
 from opcua_testserver import free_port
 
 from drivers.opcua.config import OpcUaSource, OpcUaTag
-from drivers.opcua.driver import OpcUaDriver
+from drivers.opcua.plugin import SPEC
+from gateway.driver import Shared
 from gateway.encoders.json import tags_object
 from gateway.reduce import Reducer
 from gateway.source import AssetRuntime
@@ -43,7 +44,7 @@ async def test_float_values_are_published_at_float32_precision(tmp_path, mode) -
         sim.set("b_double", 1.46696162223816)
         source = OpcUaSource(driver="opcua", endpoint=sim.endpoint, mode=mode, poll="100ms", timeout="2s")
         cfg = SimpleNamespace(id="oven", source=source, tags=TAGS)
-        asset = AssetRuntime(cfg, OpcUaDriver, buffer_seconds=60, state_dir=str(tmp_path))
+        asset = AssetRuntime(cfg, SPEC, buffer_seconds=60, state_dir=tmp_path, shared=Shared())
         task = asyncio.create_task(asset.run())
         try:
             await wait_for(lambda: bool((asset.ring.head > 0).all()))

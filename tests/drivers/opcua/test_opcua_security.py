@@ -21,7 +21,7 @@ from drivers.opcua.driver import OpcUaDriver
 from drivers.opcua.session import application_uri, pki_for
 from gateway.batch import Quality
 from gateway.cli import main as cli_main
-from gateway.driver import DeviceUnavailable
+from gateway.driver import DeviceUnavailable, DriverContext
 from simulators.opcua_security import SimulatorSecurity
 from simulators.opcua_sim import OpcUaSimulator
 
@@ -48,7 +48,7 @@ def source(sim: OpcUaSimulator, **extra) -> OpcUaSource:
 
 
 def driver(sim: OpcUaSimulator, state_dir: Path, tags: list[OpcUaTag] | None = None, **extra) -> OpcUaDriver:
-    drv = OpcUaDriver(source(sim, **extra), tags or [OpcUaTag(name="temp", node=TEMP)])
+    drv = OpcUaDriver(source(sim, **extra), tags or [OpcUaTag(name="temp", node=TEMP)], DriverContext.detached("test", len(tags or [OpcUaTag(name="temp", node=TEMP)])))
     drv.state_dir = state_dir
     return drv
 

@@ -11,9 +11,11 @@ from asyncua import ua
 from opcua_testserver import free_port
 
 from drivers.opcua.config import OpcUaSource, OpcUaTag
-from drivers.opcua.driver import OpcUaDriver
+from drivers.opcua.driver import OpcUaSubscriber
+from drivers.opcua.plugin import SPEC
 from drivers.opcua.subscription import item_request, split_bursts, to_batches
 from gateway.batch import Quality
+from gateway.driver import DriverContext, Shared
 from gateway.source import AssetRuntime
 from simulators.opcua_sim import OpcUaSimulator
 
@@ -44,7 +46,7 @@ async def test_values_deadband_and_server_restart(tmp_path) -> None:
         OpcUaTag(name="running", path="/Objects/2:Oven1/2:Running"),
     ]
     cfg = SimpleNamespace(id="oven", source=subscribe_source(sim.endpoint), tags=tags)
-    asset = AssetRuntime(cfg, OpcUaDriver, buffer_seconds=600, state_dir=str(tmp_path))
+    asset = AssetRuntime(cfg, SPEC, buffer_seconds=600, state_dir=tmp_path, shared=Shared())
     assert asset.streaming and asset.driver.state_dir == tmp_path
     task = asyncio.create_task(asset.run())
     try:
@@ -82,7 +84,7 @@ async def test_subscribe_marks_unmonitorable_tags_bad(tmp_path) -> None:
             OpcUaTag(name="ghost", node="ns=2;s=Oven1.NoSuchNode"),
             OpcUaTag(name="lost", path="/Objects/2:Oven1/2:NoSuchNode"),
         ]
-        drv = OpcUaDriver(subscribe_source(sim.endpoint), tags)
+        drv = OpcUaSubscriber(subscribe_source(sim.endpoint), tags, DriverContext.detached("test", len(tags)))
         await drv.connect()
         try:
             stream = drv.subscribe()

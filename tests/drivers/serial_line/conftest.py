@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from serial_helpers import write_gateway_yaml
+from helpers import gateway_config
 
 from gateway.config.loader import load_config
 
@@ -13,6 +13,6 @@ def load_asset(tmp_path):
     """``load_asset(yaml)`` -> the validated asset config of a one-asset file (through ``load_config``)."""
 
     def load(asset_yaml: str):
-        return load_config(write_gateway_yaml(tmp_path, asset_yaml), env={}).assets[0]
+        return load_config(gateway_config(tmp_path, assets_yaml=asset_yaml), env={}).assets[0]
 
     return load

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from serial_helpers import SCALE_PATTERN, scale_asset, write_gateway_yaml
+from helpers import gateway_config
+from serial_helpers import SCALE_PATTERN, scale_asset
 
 import drivers.serial_line
-from drivers.serial_line.driver import SerialLineDriver
+from drivers.serial_line.driver import SPEC
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load_config
+from gateway.driver import DriverContext, StreamingDriver
 
 SAMPLE = Path(drivers.serial_line.__file__).parent / "sample.yaml"
 
@@ -21,12 +23,13 @@ def test_sample_config_loads() -> None:
     assert scale.source.command_bytes == b"P\r\n" and scale.source.terminator_bytes == b"\r\n"
     assert scale.source.checksum.kind == "xor8"
     assert [t.group_name for t in probe.tags] == ["t1", "t2", "status"]
-    assert SerialLineDriver(probe.source, probe.tags).streaming
-    assert not SerialLineDriver(scale.source, scale.tags).streaming
+    # mode: stream makes a streaming driver (the gateway iterates subscribe()), poll mode a polled one
+    assert isinstance(SPEC.create(probe.source, probe.tags, DriverContext.detached("probe", 3)), StreamingDriver)
+    assert not isinstance(SPEC.create(scale.source, scale.tags, DriverContext.detached("scale", 1)), StreamingDriver)
 
 
 def _errors(tmp_path: Path, asset_yaml: str) -> tuple[str, list[str]]:
-    path = write_gateway_yaml(tmp_path, asset_yaml)
+    path = gateway_config(tmp_path, assets_yaml=asset_yaml)
     with pytest.raises(ConfigError) as e:
         load_config(path, env={})
     return str(e.value), path.read_text().splitlines()
@@ -48,7 +51,7 @@ def _line_of(lines: list[str], needle: str) -> int:
         ("command: 'P\\r\\n'", "command:", "source.command", "stream mode sends no command"),
         ("type: bool,", "name: stable", "tags[1].type", "expected one of: number, int, string, bool"),
         ("terminator:", "terminator:", "source.terminator", "bad escape"),
-        ("parity:", "parity:", "source.parity", "expected one of: none, even, odd, mark, space, N, E, O, M, S (got 'X')"),
+        ("parity:", "parity:", "source.parity", "expected one of: N, E, O, M, S, none, even, odd, mark, space (got 'X')"),
     ],
     ids=["bad-regex", "no-named-group", "group-not-in-pattern", "encoding", "stream-with-command", "tag-type",
          "terminator-escape", "parity"],
@@ -80,6 +83,15 @@ def test_poll_mode_without_command_is_an_error_at_the_source(tmp_path: Path) -> 
     text, lines = _errors(tmp_path, yaml)
     assert f"gateway.yaml:{_line_of(lines, 'source:')}:" in text and "assets[0].source.command" in text, text
     assert "poll mode needs a command" in text, text
+
+
+@pytest.mark.parametrize(("written", "letter"), [("even", "E"), ("E", "E"), ("space", "S"), (None, "N")])
+def test_parity_is_a_word_or_a_letter_and_always_validates_to_the_letter(tmp_path: Path, written, letter) -> None:
+    yaml = scale_asset("/dev/ttyUSB0")
+    if written is not None:
+        yaml = yaml.replace("mode: poll", f"mode: poll\n    parity: {written}")
+    (asset,) = load_config(gateway_config(tmp_path, assets_yaml=yaml), env={}).assets
+    assert asset.source.parity == letter
 
 
 def test_group_defaults_to_the_tag_name(tmp_path: Path) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 
-from serial_helpers import scale_asset, thermo_asset, write_gateway_yaml
-from e2e.harness import NAMESPACE, latest_values, running_gateway
-from helpers import free_port
+from serial_helpers import scale_asset, thermo_asset
+from e2e.harness import latest_values, running_gateway
+from helpers import NAMESPACE, free_port, gateway_config
 
 from simulators.serial_instrument import SerialInstrument
 
@@ -19,8 +19,7 @@ async def test_polled_scale_and_streaming_transmitter_arrive_on_mqtt(tmp_path, m
         thermo.t1, thermo.t2 = 180.25, 100.0
         assets = scale_asset(scale.path, checksum=XOR) + thermo_asset(thermo.path)
         api_port = free_port()
-        path = write_gateway_yaml(tmp_path, assets, mqtt_host=mqtt_broker.host, mqtt_port=mqtt_broker.port,
-                                  api_port=api_port)
+        path = gateway_config(tmp_path, mqtt_port=mqtt_broker.port, api_port=api_port, assets_yaml=assets)
         sub = await mqtt_subscriber(f"{NAMESPACE}/#")
         async with running_gateway(path) as gw:
             got = await latest_values(sub, "scale-1", {"weight_g": 7500.0, "stable": True})

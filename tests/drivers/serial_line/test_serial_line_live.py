@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 import contextlib
 
 import numpy as np
 import pytest
-from serial_helpers import scale_asset, thermo_asset
 from helpers import wait_until
+from serial_helpers import scale_asset, thermo_asset
 
-from drivers.serial_line.driver import SerialLineDriver
+from drivers.serial_line.driver import SPEC, SerialLineDriver, SerialLineStreamDriver
 from drivers.serial_line.parse import (
     ERR_CHECKSUM,
     ERR_DECODE,
@@ -18,7 +19,7 @@ from drivers.serial_line.parse import (
     ERR_PARTIAL,
 )
 from gateway.batch import Quality
-from gateway.driver import DeviceUnavailable
+from gateway.driver import DeviceUnavailable, DriverContext, Shared
 from gateway.source import ERR_DISCONNECTED, AssetRuntime
 from simulators.serial_instrument import SerialInstrument
 
@@ -27,7 +28,7 @@ XOR = "checksum: {kind: xor8, separator: '*'}"
 
 @contextlib.asynccontextmanager
 async def running(asset_cfg):
-    rt = AssetRuntime(asset_cfg, SerialLineDriver, buffer_seconds=60)
+    rt = AssetRuntime(asset_cfg, SPEC, buffer_seconds=60, state_dir=Path("unused"), shared=Shared())
     task = asyncio.create_task(rt.run())
     try:
         yield rt
@@ -58,7 +59,7 @@ async def test_poll_mode_reads_typed_scaled_values(load_asset) -> None:
             sim.weight, sim.stable = 0.5, True
             assert await wait_until(lambda: rt.ring.last()[1].tolist() == [500.0, 1.0], 10)
             assert rt.status.state == "connected" and sim.polls >= rt.status.polls
-            assert rt.driver.counters.accepted >= rt.status.polls
+            assert rt.driver.counters()["accepted"] >= rt.status.polls
 
 
 async def test_stream_mode_publishes_every_line_as_it_arrives(load_asset) -> None:
@@ -86,7 +87,7 @@ async def test_checksum_accepted_and_rejected_in_poll_mode(load_asset) -> None:
             _, v, q, _ = rt.ring.last()
             assert q.tolist() == [Quality.BAD, Quality.BAD] and np.isnan(v).all()
             assert int(rt.ring.last_error[0]) == ERR_CHECKSUM
-            assert rt.driver.counters.checksum >= 3
+            assert rt.driver.counters()["checksum"] >= 3
             assert "mismatch" in rt.driver.last_rejected
             assert rt.status.state == "connected"  # a bad reply is a bad value, not a lost device
             sim.faults.bad_checksum = 0.0
@@ -104,8 +105,8 @@ async def test_bad_replies_mark_tags_bad_with_their_reason(load_asset) -> None:
                 assert await wait_until(lambda p=polls: rt.status.polls >= p + 2, 10), fault
                 assert int(rt.ring.last_error[0]) in codes and rt.ring.last()[2][0] == Quality.BAD, fault
                 setattr(sim.faults, fault, 0.0)
-            c = rt.driver.counters
-            assert c.partial >= 2 and (c.no_match + c.decode) >= 2
+            c = rt.driver.counters()
+            assert c["partial"] >= 2 and (c["no_match"] + c["decode"]) >= 2
             assert set(good_values(rt, "weight_g").tolist()) == {12345.0}
 
 
@@ -118,10 +119,11 @@ async def test_stream_noise_partial_overlong_and_bad_checksums_are_discarded_cou
         cfg = load_asset(thermo_asset(sim.path, checksum=XOR, extra="max_line: 64\n    char_timeout: 40ms"))
         async with running(cfg) as rt:
             assert await wait_until(lambda: sim.lines_sent >= 60, 20)
-            c = rt.driver.counters
-            assert c.accepted >= 10
-            assert c.overlong >= 1 and c.partial >= 1 and c.checksum >= 1
-            assert c.accepted + c.discarded >= sim.lines_sent - 2  # every line accounted for (2 in flight)
+            c = rt.driver.counters()
+            assert c["accepted"] >= 10
+            assert c["overlong"] >= 1 and c["partial"] >= 1 and c["checksum"] >= 1
+            discarded = sum(c[k] for k in ("no_match", "checksum", "decode", "overlong", "partial", "unsolicited"))
+            assert c["accepted"] + discarded >= sim.lines_sent - 2  # every line accounted for (2 in flight)
             assert set(good_values(rt, "zone1").tolist()) == {23.45}
             np.testing.assert_allclose(good_values(rt, "zone2_f"), 19.8 * 1.8 + 32)
             assert rt.status.state == "connected" and rt.status.tag_errors == 0
@@ -160,7 +162,7 @@ async def test_closed_pty_raises_device_unavailable(load_asset) -> None:
     sim = SerialInstrument("scale")
     await sim.start()
     asset = load_asset(scale_asset(sim.path))
-    driver = SerialLineDriver(asset.source, asset.tags)
+    driver = SerialLineDriver(asset.source, asset.tags, DriverContext.detached("test", len(asset.tags)))
     await driver.connect()
     assert (await driver.read()).values[0] == 12345.0
     await sim.stop()
@@ -176,7 +178,7 @@ async def test_closed_pty_raises_device_unavailable(load_asset) -> None:
 async def test_closed_pty_ends_a_stream_with_device_unavailable(load_asset) -> None:
     async with SerialInstrument("thermo", mode="stream", rate=50) as sim:
         asset = load_asset(thermo_asset(sim.path))
-        driver = SerialLineDriver(asset.source, asset.tags)
+        driver = SerialLineStreamDriver(asset.source, asset.tags, DriverContext.detached("test", len(asset.tags)))
         await driver.connect()
         got = 0
         with pytest.raises(DeviceUnavailable):
@@ -191,7 +193,8 @@ async def test_closed_pty_ends_a_stream_with_device_unavailable(load_asset) -> N
 async def test_a_port_is_opened_by_one_asset_only(load_asset) -> None:
     async with SerialInstrument("scale") as sim:
         asset = load_asset(scale_asset(sim.path))
-        first, second = SerialLineDriver(asset.source, asset.tags), SerialLineDriver(asset.source, asset.tags)
+        first, second = (SerialLineDriver(asset.source, asset.tags, DriverContext.detached(name, len(asset.tags)))
+                         for name in ("first", "second"))
         await first.connect()
         try:
             with pytest.raises(DeviceUnavailable, match="in use"):
