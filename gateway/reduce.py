@@ -56,6 +56,10 @@ def json_number(x: float) -> float | None:
     return x
 
 
+#: 10.0 ** k for k = 0 .. 31 (exact up to 1e22), the same values ``10.0 ** k`` gives
+_POW10 = 10.0 ** np.arange(32, dtype=np.float64)
+
+
 def json_numbers(x: np.ndarray) -> np.ndarray:
     """:func:`json_number` over an array, vectorised: values rounded to 15 significant digits.
 
@@ -68,7 +72,8 @@ def json_numbers(x: np.ndarray) -> np.ndarray:
         k = 14 - np.floor(np.log10(a))
     ok = (a < 1e15) & (a >= 1e-8)
     k = np.where(ok, k, 0.0)
-    p = 10.0 ** k
+    # a table of powers instead of ``10.0 ** k`` (k is 0 .. 23 where ok, -1 just below 1e15)
+    p = _POW10[k.astype(np.intp)] if k.min() >= 0 else 10.0**k
     with np.errstate(invalid="ignore", over="ignore"):
         return np.where(ok, np.round(x * p) / p, x)
 
@@ -80,8 +85,9 @@ def float32_numbers(x: np.ndarray) -> np.ndarray:
     For 6..9 significant digits (a float32 never needs more; and at most one decimal of 7 or fewer digits
     lies within a float32's rounding interval, so a shorter one is found at 6 digits with trailing zeros),
     the nearest decimal with that many digits is computed with an exact power of ten (exact in float64 up to
-    1e22, which covers magnitudes 1e-14 .. 1e22; the rare others go through ``str``) and kept where it
-    converts back to the same float32. Any shape; NaN and infinities stay as they are.
+    1e22, which covers magnitudes 1e-14 .. 1e22; the rare others go through ``str``), all four candidates of
+    every value in one pass, and the shortest that converts back to the same float32 is kept. Any shape; NaN
+    and infinities stay as they are.
     """
     shape = np.shape(x)
     f = np.ravel(x).astype(np.float32)
@@ -92,23 +98,39 @@ def float32_numbers(x: np.ndarray) -> np.ndarray:
     odd = np.flatnonzero(finite & ~in_range)
     if len(odd):
         out[odd] = f[odd].astype(str).astype(np.float64)
-    todo = np.flatnonzero(finite & in_range)
-    if not len(todo):
+    sel = finite & in_range
+    todo = None if sel.all() else np.flatnonzero(sel)
+    if todo is not None and not len(todo):
         return out.reshape(shape)
-    e = np.floor(np.log10(a[todo]))
-    v, want = out[todo], f[todo]
-    for digits in range(6, 10):
-        k = digits - 1 - e
-        p = 10.0 ** np.abs(k)
-        with np.errstate(over="ignore", invalid="ignore"):
-            r = np.where(k >= 0, np.round(v * p) / p, np.round(v / p) * p)
-        ok = r.astype(np.float32) == want
-        out[todo[ok]] = r[ok]
-        keep = ~ok
-        if not keep.any():
-            break
-        todo, e, v, want = todo[keep], e[keep], v[keep], want[keep]
+    v, want = (out, f) if todo is None else (out[todo], f[todo])
+    # the four candidates (6, 7, 8, 9 digits) of every value at once, (4, m), and the first that reads back
+    e = np.floor(np.log10(np.abs(v))).astype(np.int64)
+    r = _nearest_decimal(v, _DIGITS_MINUS_1 - e)
+    ok = r.astype(np.float32) == want
+    first = ok.argmax(axis=0)
+    cols = np.arange(len(v))
+    found = np.where(ok[first, cols], r[first, cols], v)
+    if todo is None:
+        return found.reshape(shape)
+    out[todo] = found
     return out.reshape(shape)
+
+
+_DIGITS_MINUS_1 = np.arange(5, 9)[:, None]  # significant digits - 1 of the candidates 6 .. 9
+
+
+def _nearest_decimal(v: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """``round(v * 10**k) / 10**k`` (``round(v / 10**-k) * 10**-k`` where ``k < 0``): the float nearest to the
+    decimal with ``k`` digits after the point; one branch when every ``k`` has the same sign (the usual case)."""
+    if k.min() >= 0:
+        p = _POW10[k]
+        return np.round(v * p) / p
+    if k.max() < 0:
+        p = _POW10[-k]
+        return np.round(v / p) * p
+    p = _POW10[np.abs(k)]
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.where(k >= 0, np.round(v * p) / p, np.round(v / p) * p)
 
 
 def json_value(x: float, float32: bool) -> float | None:
@@ -255,6 +277,7 @@ class Reducer:
         self.mode_mask = {m: modes == m for m in ("raw", "lttb", "swinging_door")}
         self.points = np.array([x["points"] for x in s], dtype=np.int64)
         self.always_on_new = (modes == "raw") | (modes == "lttb") | self.has_agg
+        self.every_tag_on_new = bool(self.always_on_new.all())
         sd = np.flatnonzero(modes == "swinging_door")
         self.sdt = SwingingDoor(np.array([s[i]["deviation"] for i in sd.tolist()]), self.heartbeat[sd])
         self.sdt_pos = np.full(len(self.tags), -1, dtype=np.int64)
@@ -267,14 +290,17 @@ class Reducer:
         new = ring.head > self.cursor
         sent = self.sent
 
-        with np.errstate(invalid="ignore"):
-            moved = np.abs(v - sent.value)
-            threshold = np.maximum(self.deadband, self.deadband_pct * np.abs(sent.value))
-            value_changed = np.where(threshold > 0, moved > threshold, v != sent.value)
-        nan_changed = np.isnan(v) != np.isnan(sent.value)
-        value_changed = (value_changed & ~np.isnan(moved)) | nan_changed
-        strings_changed = self._strings_changed(new)
-        due = new & (value_changed | (q != sent.quality) | self.always_on_new | strings_changed)
+        if self.every_tag_on_new:  # raw, lttb or aggregates everywhere: a tag with a new sample is due
+            due = new.copy()
+        else:
+            with np.errstate(invalid="ignore"):
+                moved = np.abs(v - sent.value)
+                threshold = np.maximum(self.deadband, self.deadband_pct * np.abs(sent.value))
+                value_changed = np.where(threshold > 0, moved > threshold, v != sent.value)
+            nan_changed = np.isnan(v) != np.isnan(sent.value)
+            value_changed = (value_changed & ~np.isnan(moved)) | nan_changed
+            strings_changed = self._strings_changed(new)
+            due = new & (value_changed | (q != sent.quality) | self.always_on_new | strings_changed)
         due |= has & (now - sent.at >= self.heartbeat)
         sdt = self._swinging_door(new)
         if sdt:
@@ -287,9 +313,12 @@ class Reducer:
             if sdt:
                 pos = {int(r): j for j, r in enumerate(rows.tolist())}
                 out.series["swinging_door"] = [Series(pos[i], *sdt[i]) for i in sorted(sdt)]
-            sent.value[rows] = v[rows]
-            sent.quality[rows] = q[rows]
-            sent.at[rows] = now
+            if len(rows) == len(due):  # every tag: whole-array copies, no gather and scatter
+                sent.value[:], sent.quality[:], sent.at[:] = v, q, now
+            else:
+                sent.value[rows] = v[rows]
+                sent.quality[rows] = q[rows]
+                sent.at[rows] = now
             for i in rows[ring.is_string[rows]].tolist():
                 sent.string[i] = ring.last_string[i]
         self.cursor[:] = ring.head
@@ -320,9 +349,20 @@ class Reducer:
 
     def _entries(self, rows: np.ndarray, ts: np.ndarray, v: np.ndarray, q: np.ndarray, new: np.ndarray) -> Reduced:
         ring = self.ring
-        qr = q[rows]
-        out = Reduced(self.names, rows, ts[rows] // _NS_PER_MS, self._published(rows, v[rows]), qr,
-                      self.integer[rows])
+        if len(rows) == len(v):  # every tag (the arrays are the reducer's own copies of the ring's last)
+            qr, has_new, vr, tr = q, new, v, ts
+        else:
+            qr, has_new, vr, tr = q[rows], new[rows], v[rows], ts[rows]
+        agg = self._aggregates(rows, has_new)
+        if agg is None:
+            values = self._published(rows, vr)
+        else:  # one publishing pass over the values and the min/max/mean columns together
+            pos, sel, stats, ok, n = agg
+            both = self._published(np.concatenate([rows, sel, sel, sel]), np.concatenate([vr, *stats]))
+            values, published = both[: len(rows)], both[len(rows) :]
+            if not ok.all():
+                published[~np.concatenate([ok, ok, ok])] = np.nan
+        out = Reduced(self.names, rows, tr // _NS_PER_MS, values, qr, self.integer[rows])
         if ring.is_string[rows].any():
             for j in np.flatnonzero(ring.is_string[rows] & (qr != Quality.BAD)).tolist():
                 text = ring.last_string[int(rows[j])]
@@ -332,39 +372,43 @@ class Reducer:
         for j in bad.tolist():
             e = int(ring.last_error[rows[j]])
             out.errors[j] = ring.error_text.get(e, f"error {e}")
-        has_new = new[rows]
-        self._add_aggregates(rows, has_new, out)
+        if agg is not None:
+            k = len(sel)
+            out.agg_pos = pos
+            out.agg = {key: published[j * k : (j + 1) * k] for j, key in enumerate(("min", "max", "mean"))}
+            out.agg["n"] = n.astype(np.int64)
+            combos = self.agg_combos
+            if len(combos) == 1:  # every aggregated tag carries the same keys: one list, no lookup per tag
+                out.agg_keys = [combos[0]] * k
+            else:
+                out.agg_keys = [combos[c] for c in self.want_keys[sel].tolist()]
         for mode in ("raw", "lttb"):
             self._add_series(mode, rows, has_new, out)
         return out
 
-    def _add_aggregates(self, rows: np.ndarray, has_new: np.ndarray, out: Reduced) -> None:
+    def _aggregates(
+        self, rows: np.ndarray, has_new: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray, np.ndarray] | None:
+        """Min, max and mean over the good samples since the last publish of the aggregated rows with new
+        samples, not yet at publish precision: ``(positions in rows, tags, [min, max, mean], n > 0, n)``."""
         pos = np.flatnonzero(has_new & self.has_agg[rows])
         if not len(pos):
-            return
+            return None
         agg = rows[pos]
-        _, w, wq, count = self.ring.pending(agg, self.cursor)
-        good = wq == Quality.GOOD
-        n = good.sum(axis=1)
-        ok = n > 0
-        if good.all():  # no bad or padded sample: plain reductions
-            stats = {"min": w.min(axis=1), "max": w.max(axis=1), "mean": w.mean(axis=1)}
+        _, w, wq, count = self.ring.pending(agg, self.cursor, copy=False)
+        if not wq.any():  # every sample good (GOOD is 0), none padded: plain reductions over ``count`` samples
+            n = count
+            stats = [w.min(axis=1), w.max(axis=1), w.mean(axis=1)]
         else:
+            good = wq == Quality.GOOD
+            n = good.sum(axis=1)
             with np.errstate(invalid="ignore", divide="ignore"):
-                stats = {
-                    "min": np.where(good, w, np.inf).min(axis=1, initial=np.inf),
-                    "max": np.where(good, w, -np.inf).max(axis=1, initial=-np.inf),
-                    "mean": np.where(good, w, 0.0).sum(axis=1) / n,
-                }
-        # one publishing pass over the three columns together
-        published = self._published(np.concatenate([agg, agg, agg]), np.concatenate(list(stats.values())))
-        published[~np.concatenate([ok, ok, ok])] = np.nan
-        k = len(agg)
-        out.agg_pos = pos
-        out.agg = {key: published[j * k:(j + 1) * k] for j, key in enumerate(stats)}
-        out.agg["n"] = n.astype(np.int64)
-        combos = self.agg_combos
-        out.agg_keys = [combos[c] for c in self.want_keys[agg].tolist()]
+                stats = [
+                    np.where(good, w, np.inf).min(axis=1, initial=np.inf),
+                    np.where(good, w, -np.inf).max(axis=1, initial=-np.inf),
+                    np.where(good, w, 0.0).sum(axis=1) / n,
+                ]
+        return pos, agg, stats, n > 0, n
 
     def _add_series(self, mode: str, rows: np.ndarray, has_new: np.ndarray, out: Reduced) -> None:
         pos = np.flatnonzero(has_new & self.mode_mask[mode][rows])

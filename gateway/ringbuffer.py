@@ -105,12 +105,16 @@ class RingBuffer:
         slot = (self.head - 1) % self.capacity
         return self.ts[self._rows, slot], self.values[self._rows, slot], self.quality[self._rows, slot], has
 
-    def pending(self, rows: np.ndarray, cursor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def pending(
+        self, rows: np.ndarray, cursor: np.ndarray, *, copy: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Samples written to tags ``rows`` after ``cursor[rows]`` (a ``head`` value saved earlier), oldest first.
 
         Returns ``(ts, values, quality, count)`` where the first three have shape ``(len(rows), k)``, ``k``
         the largest count; entries at column ``j >= count[r]`` are padding (quality BAD, value NaN).
         Samples overwritten since the cursor are gone: ``count`` is capped at the capacity.
+        ``copy=False``: when every tag has the same ``k`` new samples in slots that do not wrap around, views
+        of the ring (read them before the next write), else copies as usual.
         """
         head = self.head[rows]
         count = np.minimum(head - cursor[rows], self.capacity)
@@ -119,8 +123,12 @@ class RingBuffer:
             empty = np.empty((len(rows), 0))
             return empty.astype(np.int64), empty, empty.astype(np.uint8), count
         if self._uniform and (count == k).all():  # the usual case: the same columns for every row
-            cols = (int(head[0]) - k + np.arange(k)) % self.capacity
+            first = (int(head[0]) - k) % self.capacity
             full = len(rows) == self.n_tags
+            if full and not copy and first + k <= self.capacity:
+                block = slice(first, first + k)
+                return self.ts[:, block], self.values[:, block], self.quality[:, block], count
+            cols = (first + np.arange(k)) % self.capacity
             pick = (lambda a: a[:, cols]) if full else (lambda a: a[rows[:, None], cols[None, :]])
             return pick(self.ts), pick(self.values), pick(self.quality), count
         cols = np.arange(k)

@@ -85,6 +85,35 @@ def test_compact_expands_to_the_full_message(work, tolerance_ms):
         assert {**expanded[name], "ts": f["ts"]} == f
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(17, 90), st.data())
+def test_one_writer_over_successive_large_messages_equals_the_reference(n, data):
+    """Messages of many tags (timestamps in runs, one per request, or one per tag; integer and float tags
+    mixed; quality all good or not; aggregates of every tag or none) written one after another by one
+    encoder, so its kept templates and merges are reused: byte for byte what the reference gives."""
+    integer = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    aggregate = data.draw(st.booleans())
+    tags = [(IntTag if integer[i] else TagBase)(name=f"t{i}", aggregate=["min", "max", "mean", "count"] if aggregate
+                                                else []) for i in range(n)]
+    ring = RingBuffer(n, 16)
+    reducer = Reducer(tags, ring, heartbeat=0.0)  # every tag due in every message, also without aggregates
+    encoder = JsonEncoder("full")
+    for message in range(3):
+        for _ in range(data.draw(st.integers(1, 3))):
+            b = Batch.empty(n, 0)
+            cuts = sorted(data.draw(st.lists(st.integers(1, n - 1), max_size=data.draw(st.sampled_from([2, 8, n])))))
+            for k, (lo, hi) in enumerate(zip([0, *cuts], [*cuts, n])):  # one timestamp per "request"
+                b.ts[lo:hi] = T0 + 1_000_000 * (10 * message + k)
+            b.values[:] = [float(data.draw(st.integers(-70000, 70000))) if integer[i]
+                           else data.draw(st.floats(-1e6, 1e6)) for i in range(n)]
+            if data.draw(st.booleans()):
+                b.quality[:] = data.draw(st.lists(st.sampled_from([Quality.GOOD, Quality.UNCERTAIN]), min_size=n,
+                                                  max_size=n))
+            ring.write(b)
+        r = reducer.reduce(float(message + 1))
+        assert encoder.data("a", message, 5, r) == encoder.reference("a", message, 5, r)
+
+
 def test_compact_is_small_and_integers_are_integers():
     n = 100
     r = _reducer(n, ["rbe"] * n, [False] * n, [True] * n,

@@ -55,6 +55,20 @@ def test_pending_returns_samples_since_cursor_capped_at_capacity():
     assert v[0].tolist() == [2.0, 3.0, 4.0]
 
 
+def test_pending_views_are_the_same_samples_as_the_copies_and_only_where_the_slots_do_not_wrap():
+    ring = RingBuffer(n_tags=2, capacity=4)
+    rows = np.array([0, 1])
+    for k in range(7):
+        ring.write(batch([k, 10 * k], ts_s=k))
+        cursor = np.maximum(ring.head - 3, 0)
+        copied, viewed = ring.pending(rows, cursor), ring.pending(rows, cursor, copy=False)
+        for a, b in zip(copied, viewed):
+            assert a.tolist() == b.tolist()
+        wraps = (int(ring.head[0]) - int(viewed[3][0])) % 4 + int(viewed[3][0]) > 4
+        assert np.shares_memory(viewed[1], ring.values) == (not wraps)
+        assert not np.shares_memory(copied[1], ring.values)
+
+
 def test_report_by_exception_with_deadband_and_heartbeat():
     ring = RingBuffer(2, 16)
     red = Reducer([TagBase(name="a", deadband=0.5), TagBase(name="b", heartbeat=10)], ring, heartbeat=60)

@@ -1,98 +1,58 @@
 """In-process figures: the vectorised hot path against a naive per-sample pipeline, uplink bytes per
 sample for each reduction/encoding setting, and memory per buffered sample.
 
-The workload is one Modbus device of ``n_tags`` tags of mixed types and byte orders (a register image
-read in requests of up to 125 registers), polled ``polls_per_window`` times per publish window, every
-tag reduced to last value + min/max/mean/count per window and encoded as the gateway's JSON message.
+The hot-path workload comes from a driver package through the entry point group ``iiot_gateway.bench``
+(:data:`WORKLOAD` names it; the bundled one is ``drivers.modbus.bench:HotPath``), so this module imports no
+driver: one device of ``n_tags`` tags, polled ``polls_per_window`` times per publish window, every tag reduced
+to last value + min/max/mean/count per window and encoded as the gateway's JSON message. A workload offers
+``tags`` (its tag models), ``float32`` (publish precision per tag), ``description``, ``polls(count, naive=)``
+(the answers of successive polls, as the driver receives them or as a plain program would), ``decode(answers,
+batch)`` (the driver's own decoding of one poll) and ``naive_layout()`` / ``naive_read(layout, answers, now,
+history)`` (the same one sample at a time, one dict per sample).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 import time
 import tracemalloc
+from importlib.metadata import entry_points
 from typing import Any, Callable
 
 import numpy as np
 
-from drivers.modbus.base import ModbusDriverBase
-from drivers.modbus.config import ModbusTag
-from drivers.modbus.plan import compile_plan
 from gateway.batch import Batch
 from gateway.config.common import TagBase
 from gateway.encoders import COMPRESSIONS
 from gateway.encoders.json import JsonEncoder, entries
-from gateway.reduce import Reducer
-from gateway.uplink.links import publish_size
+from gateway.reduce import Reducer, integer_tags
 from gateway.ringbuffer import RingBuffer
+from gateway.uplink.links import publish_size
 
-_TYPES = [("float32", "ABCD"), ("float32", "CDAB"), ("int16", "ABCD"), ("uint16", "BADC"),
-          ("int32", "CDAB"), ("uint32", "DCBA"), ("float64", "ABCD"), ("int16", "ABCD")]
-_WORDS = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "float64": 4}
-_FMT = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "float32": "f", "float64": "d"}
-
-
-def make_tags(n: int, **reduce: Any) -> list[ModbusTag]:
-    tags, addr = [], 0
-    for i in range(n):
-        typ, order = _TYPES[i % len(_TYPES)]
-        scale = 0.1 if typ == "int16" and i % 2 else 1.0
-        tags.append(ModbusTag(name=f"t{i}", address=f"hr:{addr}", type=typ, byte_order=order, scale=scale, **reduce))
-        addr += _WORDS[typ]
-    return tags
+ENTRY_POINT_GROUP = "iiot_gateway.bench"
+#: the workload of the hot path: the entry point of that name in ENTRY_POINT_GROUP
+WORKLOAD = "modbus_tcp"
 
 
-def register_image(tags: list[ModbusTag], step: int) -> np.ndarray:
-    """A register image whose values move a little every poll (float noise, integer counters)."""
-    words = sum(_WORDS[t.type] for t in tags)
-    img = np.empty(words, dtype=np.uint16)
-    pos = 0
-    rng = np.random.default_rng(step)
-    for i, t in enumerate(tags):
-        n = _WORDS[t.type]
-        x = 100 + 10 * np.sin(step / 20 + i) + rng.normal(0, 0.05)
-        v = x if t.type.startswith("float") else int(x) % 30000
-        raw = struct.pack(">" + _FMT[t.type], v)
-        w = list(struct.unpack(f">{n}H", raw))
-        if t.byte_order in ("CDAB", "DCBA"):
-            w = w[::-1]
-        if t.byte_order in ("BADC", "DCBA"):
-            w = [((x & 0xFF) << 8) | (x >> 8) for x in w]
-        img[pos:pos + n] = w
-        pos += n
-    return img
+@functools.cache
+def workload_class(name: str = WORKLOAD) -> Any:
+    """The hot-path workload class a driver package registers under ``name``."""
+    found = entry_points(group=ENTRY_POINT_GROUP, name=name)
+    if not found:
+        raise LookupError(f"no hot-path workload {name!r} (entry point group {ENTRY_POINT_GROUP}); "
+                          "is the package installed (pip install -e .)?")
+    return next(iter(found)).load()
 
 
-class _Response:
-    """What the driver gets from pymodbus for one read: the registers of the answer."""
-
-    __slots__ = ("registers",)
-
-    def __init__(self, registers: Any) -> None:
-        self.registers = registers
-
-    def isError(self) -> bool:  # pymodbus's name
-        return False
-
-
-def responses(plan: Any, image: np.ndarray, as_list: bool = False) -> list[_Response]:
-    """One poll's answers: as the gateway's Modbus driver receives them (a big-endian uint16 view of each
-    response frame, see drivers.modbus.base), or as pymodbus hands them to a plain program (lists of ints)."""
-    if as_list:
-        return [_Response(image[r.start:r.start + r.count].tolist()) for r in plan.requests]
-    return [_Response(np.frombuffer(b"\x00" + image[r.start:r.start + r.count].astype(">u2").tobytes(), ">u2",
-                                    offset=1)) for r in plan.requests]
-
-
-def vectorised(tags: list[ModbusTag], polls_in: list[list[_Response]], windows: int, polls: int,
-               plan: Any = None, messages: list[bytes] | None = None) -> tuple[int, float]:
-    """decode -> ring buffer -> reduce -> encode, the gateway's own code (the Modbus driver's decoding of
-    a poll's answers, the ring, the reducer, the encoder). Returns (samples, cpu seconds)."""
-    plan = plan or compile_plan(tags, max_registers_per_read=125, max_bits_per_read=2000, max_gap=0)
+def vectorised(work: Any, polls_in: list[list[Any]], windows: int, polls: int,
+               messages: list[bytes] | None = None) -> tuple[int, float]:
+    """decode -> ring buffer -> reduce -> encode, the gateway's own code (the driver's decoding of a poll's
+    answers, the ring, the reducer, the encoder). Returns (samples, cpu seconds)."""
+    tags = work.tags
     ring = RingBuffer(len(tags), polls * 4)
-    red = Reducer(tags, ring, heartbeat=60.0, float32=np.array([t.type == "float32" for t in tags]))
-    words = np.zeros(plan.register_words, dtype=np.uint16)
+    red = Reducer(tags, ring, heartbeat=60.0, float32=work.float32)
     n = len(tags)
     t0 = time.process_time()
     seq = 0
@@ -102,7 +62,7 @@ def vectorised(tags: list[ModbusTag], polls_in: list[list[_Response]], windows: 
             answers = polls_in[(w * polls + p) % len(polls_in)]
             batch = Batch.empty(n, 0)
             batch.ts[:] = time.time_ns()
-            ModbusDriverBase.decode_answers(plan, answers, batch, words)
+            work.decode(answers, batch)
             ring.write(batch)
         seq += 1
         reduced = red.reduce(float(w))
@@ -127,36 +87,24 @@ def _json_number(x: float) -> float:
     return float("%.15g" % x)
 
 
-def naive(tags: list[ModbusTag], polls_in: list[list[_Response]], windows: int, polls: int,
+def naive(work: Any, polls_in: list[list[Any]], windows: int, polls: int,
           messages: list[bytes] | None = None) -> tuple[int, float]:
     """The same work one Python object at a time: struct per tag, a dict per sample, lists as buffers, the
     same published numbers (float32 tags at float32 precision, others at 15 digits) and the same message."""
-    layout, pos = [], 0
-    for t in tags:
-        n = _WORDS[t.type]
-        publish = _shortest_f32 if t.type == "float32" else _json_number
-        layout.append((t.name, pos, n, ">" + _FMT[t.type], f">{n}H", t.byte_order, t.scale, t.offset, publish))
-        pos += n
+    tags = work.tags
+    layout = work.naive_layout()
     history: dict[str, list[dict[str, Any]]] = {t.name: [] for t in tags}
-    publishers = {t.name: (_shortest_f32 if t.type == "float32" else _json_number) for t in tags}
+    publishers: dict[str, Callable[[float], Any]] = {
+        t.name: (_shortest_f32 if f32 else _json_number) for t, f32 in zip(tags, work.float32.tolist())}
     means = dict(publishers)
-    for t in tags:  # integer tags without scaling are published as JSON integers (their mean is not)
-        if t.type in ("int16", "uint16", "int32", "uint32") and t.scale == 1 and t.offset == 0:
+    for t, integer in zip(tags, integer_tags(tags).tolist()):  # published as JSON integers (their mean is not)
+        if integer:
             publishers[t.name] = int
     t0 = time.process_time()
     seq = 0
     for w in range(windows):
         for p in range(polls):
-            regs = [x for r in polls_in[(w * polls + p) % len(polls_in)] for x in r.registers]
-            now = time.time_ns()
-            for name, at, n, fmt, words_fmt, order, scale, offset, _ in layout:
-                words = regs[at:at + n]
-                if order in ("CDAB", "DCBA"):
-                    words = words[::-1]
-                if order in ("BADC", "DCBA"):
-                    words = [((x & 0xFF) << 8) | (x >> 8) for x in words]
-                value = struct.unpack(fmt, struct.pack(words_fmt, *words))[0] * scale + offset
-                history[name].append({"ts": now, "value": value, "quality": "good"})
+            work.naive_read(layout, polls_in[(w * polls + p) % len(polls_in)], time.time_ns(), history)
         out = {}
         for name, samples in history.items():
             pub = publishers[name]
@@ -196,47 +144,46 @@ def same_output(vec: list[bytes], nai: list[bytes]) -> bool:
 def hot_path(quick: bool) -> dict[str, Any]:
     n_tags, polls = 2000, 10
     windows = 60  # well under a second of CPU: the same in --quick
-    tags = make_tags(n_tags, aggregate=["min", "max", "mean", "count"])
-    images = [register_image(tags, s) for s in range(polls * 2)]
-    plan = compile_plan(tags, max_registers_per_read=125, max_bits_per_read=2000, max_gap=0)
-    polls_in = [responses(plan, img) for img in images]
-    polls_lists = [responses(plan, img, as_list=True) for img in images]
+    work = workload_class()(n_tags, aggregate=["min", "max", "mean", "count"])
+    polls_in = work.polls(polls * 2)
+    polls_lists = work.polls(polls * 2, naive=True)
     vec_msgs: list[bytes] = []
     naive_msgs: list[bytes] = []
-    vectorised(tags, polls_in, 2, polls, plan, vec_msgs)  # warm up, and the messages to compare
-    naive(tags, polls_lists, 2, polls, naive_msgs)
+    vectorised(work, polls_in, 2, polls, vec_msgs)  # warm up, and the messages to compare
+    naive(work, polls_lists, 2, polls, naive_msgs)
     # the machine may be shared: several short runs, interleaved, and the median rate of each pipeline
     repeats = 5
     vec_rates, naive_rates = [], []
     for _ in range(repeats):
-        s_vec, cpu_vec = vectorised(tags, polls_in, max(2, windows // repeats), polls, plan)
+        s_vec, cpu_vec = vectorised(work, polls_in, max(2, windows // repeats), polls)
         vec_rates.append(s_vec / cpu_vec)
-        s_naive, cpu_naive = naive(tags, polls_lists, max(1, windows // repeats // 5), polls)
+        s_naive, cpu_naive = naive(work, polls_lists, max(1, windows // repeats // 5), polls)
         naive_rates.append(s_naive / cpu_naive)
     vec_rate, naive_rate = float(np.median(vec_rates)), float(np.median(naive_rates))
     return {
-        "workload": f"{n_tags} Modbus tags (8 type/byte-order mixes), {polls} polls per window, "
-                    "last+min/max/mean/count per window, JSON via orjson",
+        "workload": f"{work.description}, {polls} polls per window, last+min/max/mean/count per window, "
+                    "JSON via orjson",
         "samples_per_s": round(vec_rate),
         "samples_per_s_runs": [round(r) for r in vec_rates],
         "naive_samples_per_s": round(naive_rate),
         "naive_samples_per_s_runs": [round(r) for r in naive_rates],
         "ratio": round(vec_rate / naive_rate, 1),
         "same_messages": same_output(vec_msgs, naive_msgs),
-        **json_encoders(tags, images, polls),
+        **json_encoders(work, polls_in[:polls]),
     }
 
 
-def json_encoders(tags, images, polls) -> dict[str, Any]:
+def json_encoders(work: Any, polls_in: list[list[Any]]) -> dict[str, Any]:
     """orjson (when installed) against the stdlib encoder on one of our real messages."""
-    ring = RingBuffer(len(tags), polls * 2)
+    tags = work.tags
+    ring = RingBuffer(len(tags), len(polls_in) * 2)
     red = Reducer(tags, ring, heartbeat=60.0)
-    plan = compile_plan(tags, max_registers_per_read=125, max_bits_per_read=2000, max_gap=0)
-    for p in range(polls):
+    for answers in polls_in:
         b = Batch.empty(len(tags), time.time_ns())
-        ModbusDriverBase.decode_answers(plan, responses(plan, images[p]), b)
+        work.decode(answers, b)
         ring.write(b)
     reduced = red.reduce(0.0)
+    assert reduced is not None  # every tag has new samples
     msg = {"seq": 1, "ts": 0, "asset": "bench", "tags": entries(reduced)}
     full, compact = JsonEncoder("full"), JsonEncoder("compact")
 

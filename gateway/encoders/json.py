@@ -21,6 +21,9 @@ float32 precision, others without float64 noise (done by the reducer). A replaye
 
 from __future__ import annotations
 
+import functools
+import operator
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -33,17 +36,99 @@ from gateway.reduce import Reduced
 SHAPES = ("full", "compact")
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _Q_TEXT = np.array([orjson.dumps(str(q)) for q in QUALITY_NAMES.tolist()], dtype=object)
+_NO_INTS = np.False_  # a mean is never written as an integer
 
 
-def _texts(values: np.ndarray, integer: np.ndarray) -> list[bytes]:
-    """Each value as JSON text: one orjson pass per kind (NaN -> null), integers without ``.0``."""
-    out = orjson.dumps(np.ascontiguousarray(values, dtype=np.float64), option=_NUMPY)[1:-1].split(b",")
+@functools.cache
+def _layout(agg_keys: tuple[str, ...]) -> tuple[Any, ...]:
+    """The pieces of one row in :meth:`JsonEncoder._objects`: constant bytes, or ``(column, prefix, suffix)``.
+
+    The constant labels go into the texts of columns that are formatted once per run of equal values (the
+    timestamps: one per request; the counts: one for all) or from a table (quality), so a row of
+    ``ts, v, q, min, max, mean, n`` is 9 pieces: ``"name":{"ts":`` · ts ``,"v":`` · v ·
+    ``,"q":"good","min":`` · min · ``,"max":`` · max · ``,"mean":`` · mean · ``,"n":`` n ``},``.
+    A row's last piece ends with ``},`` (the last row's without its comma).
+    """
+    slots: list[Any] = [b"", ("ts", b"", b',"v":'), ("v", b"", b"")]
+    labels = [b',"' + key.encode() + b'":' for key in agg_keys]
+    slots.append(("q", b"", labels[0] if agg_keys else b"},"))
+    for c, key in enumerate(agg_keys):
+        last = c == len(agg_keys) - 1
+        if key == "n":
+            slots.append(("n", labels[c] if c else b"", b"}," if last else labels[c + 1]))
+            continue
+        if c:
+            slots.append(labels[c])
+        slots.append((key, b"", b""))
+        if last:
+            slots.append(b"},")
+    return tuple(slots)
+
+
+@functools.cache
+def _q_labels(suffix: bytes) -> np.ndarray:
+    """``,"q":"good"`` per quality, followed by ``suffix`` (the next label, or the closing brace)."""
+    return np.array([b',"q":' + t + suffix for t in _Q_TEXT.tolist()], dtype=object)
+
+
+def _texts(values: np.ndarray, integer: np.ndarray | np.bool_, merges: dict[bytes, Any] | None = None
+           ) -> Sequence[bytes]:
+    """Each value as JSON text: one orjson pass per kind (NaN -> null), integers without ``.0``.
+
+    A column with integer and float rows formats each kind on its own and puts the texts back in row order
+    with one ``itemgetter`` (kept in ``merges`` per pattern of integer rows: a tag's kind does not change
+    between messages); then the texts come as a tuple."""
+    if not len(values):
+        return []
+    values = np.ascontiguousarray(values, dtype=np.float64)
     ints = integer & np.isfinite(values)
-    if ints.any():
-        idx = np.flatnonzero(ints)
-        for j, t in zip(idx.tolist(), orjson.dumps(_as_ints(values[idx]))[1:-1].split(b",")):
+    if not ints.any():
+        return orjson.dumps(values, option=_NUMPY)[1:-1].split(b",")
+    idx = np.flatnonzero(ints)
+    iv = values[idx]
+    if not (np.abs(iv) < 2.0**63).all():  # a uint64 above 2**63: those few through ``int``
+        out = orjson.dumps(values, option=_NUMPY)[1:-1].split(b",")
+        for j, t in zip(idx.tolist(), orjson.dumps(_as_ints(iv))[1:-1].split(b",")):
             out[j] = t
-    return out if len(values) else []
+        return out
+    itexts = orjson.dumps(iv.astype(np.int64), option=_NUMPY)[1:-1].split(b",")
+    if len(idx) == len(values):
+        return itexts
+    others = np.flatnonzero(~ints)
+    ftexts = orjson.dumps(values[others], option=_NUMPY)[1:-1].split(b",")
+    key = ints.tobytes()
+    getter = None if merges is None else merges.get(key)
+    if getter is None:
+        # row j's text is at position order[j] of ftexts + itexts
+        order = np.argsort(np.concatenate([others, idx]), kind="stable")
+        getter = operator.itemgetter(*order.tolist())
+        if merges is not None:
+            if len(merges) >= 16:
+                merges.clear()
+            merges[key] = getter
+    texts: tuple[bytes, ...] = getter(ftexts + itexts)
+    return texts
+
+
+def _int_texts(a: np.ndarray, prefix: bytes = b"", suffix: bytes = b"") -> list[bytes]:
+    """An int64 column as JSON texts, each between ``prefix`` and ``suffix``; a column of few runs of one value
+    (one timestamp per request, one count for every tag) formats each run once and repeats its text."""
+    n = len(a)
+    if not n:
+        return []
+    if n > 16:
+        starts = np.flatnonzero(a[1:] != a[:-1]) + 1
+        if len(starts) * 8 < n:
+            heads = np.concatenate(([0], starts))
+            texts = orjson.dumps(np.ascontiguousarray(a[heads]), option=_NUMPY)[1:-1].split(b",")
+            out: list[bytes] = []
+            for t, c in zip(texts, np.diff(heads, append=n).tolist()):
+                out += [prefix + t + suffix] * c
+            return out
+    body = orjson.dumps(np.ascontiguousarray(a), option=_NUMPY)[1:-1]
+    if not (prefix or suffix):
+        return body.split(b",")
+    return (prefix + body.replace(b",", suffix + b"\x00" + prefix) + suffix).split(b"\x00")
 
 
 def _as_ints(values: np.ndarray) -> list[int]:
@@ -144,48 +229,89 @@ class JsonEncoder:
         self.shape = shape
         self.ts_tolerance_ms = int(ts_tolerance_ms)
         self._keys: dict[str, list[bytes]] = {}  # asset -> b'"name":' per tag
+        self._head_keys: dict[str, list[bytes]] = {}  # asset -> b'"name":{"ts":' per tag
+        self._templates: dict[tuple[str, tuple[str, ...], int], list[bytes]] = {}
+        self._merges: dict[bytes, Any] = {}  # pattern of integer rows -> itemgetter (see _texts)
 
     def data(self, asset: str, seq: int, ts_ms: int, reduced: Reduced) -> bytes:
         if self.shape == "compact":
             return self._compact(asset, seq, reduced)
         head = orjson.dumps({"seq": seq, "ts": ts_ms, "asset": asset})
-        return head[:-1] + b',"tags":{' + self._objects(asset, reduced) + b"}}"
+        return self._objects(asset, reduced, head[:-1] + b',"tags":{', b"}}")
 
-    def _objects(self, asset: str, r: Reduced) -> bytes:
-        """The full-shape ``tags`` members, written from the arrays (one formatting pass per column, interleaved)
-        when every row is ts, v, q, or every row also carries the same aggregates; else (errors, strings,
-        series, mixed aggregates) through :func:`entries` and one orjson call."""
+    def _objects(self, asset: str, r: Reduced, head: bytes = b"", tail: bytes = b"") -> bytes:
+        """The full-shape ``tags`` members between ``head`` and ``tail``, written from the arrays (one formatting
+        pass per column, interleaved) when every row is ts, v, q, or every row also carries the same
+        aggregates; else (errors, strings, series, mixed aggregates) one piece per row (:meth:`_members`)."""
         if not len(r.rows):
-            return b""
+            return head + tail
         n = len(r.rows)
         agg_keys: tuple[str, ...] = ()
         if not r.plain:
+            keys_all = r.agg_keys
             uniform = (not (r.errors or r.strings or r.series) and len(r.agg_pos) == n
-                       and len(set(r.agg_keys)) == 1)
+                       and keys_all.count(keys_all[0]) == n)
             if not uniform:  # errors, strings, series, mixed aggregates: one piece per row, from the arrays
-                return b",".join(self._members(asset, r, range(n)))
-            agg_keys = r.agg_keys[0]  # every row aggregated alike (the usual profile): columns too
-        keys = self._name_keys(asset, r.names)
-        rows = r.rows.tolist()
-        columns = [(b'{"ts":', orjson.dumps(r.ts_ms, option=_NUMPY)[1:-1].split(b",")),
-                   (b',"v":', _texts(r.values, r.integer)),
-                   (b',"q":', _Q_TEXT[r.quality].tolist())]
-        for key in agg_keys:
-            if key == "n":
-                texts = orjson.dumps(r.agg["n"], option=_NUMPY)[1:-1].split(b",")
+                return head + b",".join(self._members(asset, r, range(n))) + tail
+            agg_keys = keys_all[0]  # every row aggregated alike (the usual profile): columns too
+        # a row is a fixed list of pieces (see _layout): its constant pieces sit in a template list kept per
+        # asset and layout, every column goes in by one slice assignment (in C), and the list is joined once
+        slots = _layout(agg_keys)
+        width = len(slots)
+        out = self._template(asset, r, agg_keys, slots)
+        for pos, slot in enumerate(slots):
+            if isinstance(slot, bytes):
+                continue
+            column, prefix, suffix = slot
+            texts: Sequence[bytes]
+            if column == "ts":
+                texts = _int_texts(r.ts_ms, prefix, suffix)
+            elif column == "v":
+                texts = _texts(r.values, r.integer, self._merges)
+            elif column == "q":
+                labels = _q_labels(suffix)
+                texts = labels[r.quality].tolist() if r.quality.any() else [labels[0]] * n
+            elif column == "n":
+                texts = _int_texts(r.agg["n"], prefix, suffix)
             else:  # min/max of an integer tag are integers; a mean never is
-                texts = _texts(r.agg[key], r.integer if key != "mean" else np.zeros(n, dtype=bool))
-            columns.append((b',"' + key.encode() + b'":', texts))
-        # interleave the columns by slice assignment (in C), then join once
-        width = 2 * len(columns) + 2
-        out: list[bytes] = [b""] * (width * n)
-        out[0::width] = keys if n == len(keys) else [keys[i] for i in rows]
-        for c, (label, texts) in enumerate(columns):
-            out[1 + 2 * c::width] = [label] * n
-            out[2 + 2 * c::width] = texts
-        out[width - 1::width] = [b"},"] * n
-        out[-1] = b"}"
+                texts = _texts(r.agg[column], r.integer if column != "mean" else _NO_INTS, self._merges)
+            out[1 + pos : -1 : width] = texts
+        if not isinstance(slots[-1], bytes):  # the last row's closing piece without its comma
+            out[-2] = out[-2][:-1]
+        out[0], out[-1] = head, tail  # the message around the members: no copy of the whole text
         return b"".join(out)
+
+    def _template(self, asset: str, r: Reduced, agg_keys: tuple[str, ...], slots: tuple[Any, ...]) -> list[bytes]:
+        """The piece list of :meth:`_objects` with its constant pieces in place (kept when ``r`` has every tag),
+        with one free slot before the first row and one after the last (for the message's head and tail)."""
+        n = len(r.rows)
+        full = n == len(r.names)
+        cache_key = (asset, agg_keys, n)
+        out = self._templates.get(cache_key) if full else None
+        if out is not None:
+            return out
+        width = len(slots)
+        heads = self._heads(asset, r.names)
+        out = [b""] * (width * n + 2)
+        out[1:-1:width] = heads if full else [heads[i] for i in r.rows.tolist()]
+        for pos, slot in enumerate(slots[1:], 1):
+            if isinstance(slot, bytes):
+                out[1 + pos : -1 : width] = [slot] * n
+        if isinstance(slots[-1], bytes):
+            out[-2] = slots[-1][:-1]
+        if full:
+            if len(self._templates) >= 16:
+                self._templates.clear()
+            self._templates[cache_key] = out
+        return out
+
+    def _heads(self, asset: str, names: list[str]) -> list[bytes]:
+        """``"name":{"ts":`` per tag of ``asset``."""
+        heads = self._head_keys.get(asset)
+        if heads is None or len(heads) != len(names):
+            heads = [k + b'{"ts":' for k in self._name_keys(asset, names)]
+            self._head_keys[asset] = heads
+        return heads
 
     def _members(self, asset: str, r: Reduced, sel: range | list[int]) -> list[bytes]:
         """``"name":{...}`` of the rows at ``sel`` with whatever each carries (error, aggregates, a series),
@@ -194,7 +320,7 @@ class JsonEncoder:
         keys = self._name_keys(asset, r.names)
         rows = r.rows.tolist()
         ts = orjson.dumps(r.ts_ms, option=_NUMPY)[1:-1].split(b",")
-        vals = _texts(r.values, r.integer)
+        vals = list(_texts(r.values, r.integer, self._merges))
         for j, text in r.strings.items():
             vals[j] = orjson.dumps(text)
         qs = _Q_TEXT[r.quality].tolist()
@@ -227,7 +353,7 @@ class JsonEncoder:
     def full(self, asset: str, seq: int | None, ts_ms: int, reduced: Reduced) -> bytes:
         """The full shape whatever ``shape`` is (the retained ``last`` message); no ``seq`` when None."""
         head = orjson.dumps({"ts": ts_ms, "asset": asset} if seq is None else {"seq": seq, "ts": ts_ms, "asset": asset})
-        return head[:-1] + b',"tags":{' + self._objects(asset, reduced) + b"}}"
+        return self._objects(asset, reduced, head[:-1] + b',"tags":{', b"}}")
 
     def wire(self, topic: str, payload: bytes, *, replay: bool, compression: str) -> tuple[str, bytes]:
         if replay:
@@ -253,7 +379,7 @@ class JsonEncoder:
             for series in r.series.values():
                 extra[[s.pos for s in series]] = True
             bare &= ~extra
-        texts = _texts(r.values, r.integer)
+        texts = list(_texts(r.values, r.integer, self._merges))
         for j, s in r.strings.items():
             texts[j] = orjson.dumps(s)
         keys = self._name_keys(asset, r.names)
