@@ -21,6 +21,8 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check gateway drivers simulators tests
+	$(BIN)/ruff format --check gateway drivers simulators tests
+	$(BIN)/mypy gateway drivers
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -92,8 +92,8 @@ class UplinkBuilder:
             path=path,
             ack_timeout=gw.cfg.spool.ack_timeout or up.keepalive,
             max_queued=up.max_queued,
-            wire=lambda t, b, r: publisher.wire(t, b, r),
-        )  # type: ignore[union-attr]
+            wire=lambda t, b, r: publisher.wire(t, b, r),  # type: ignore[union-attr]  # set below, before any send
+        )
         commands = None
         if node is not None:
             from gateway.publisher_sparkplug import SparkplugPublisher

@@ -159,20 +159,23 @@ def effective_settings(tag: TagBase, profile: ReduceProfile | None) -> dict[str,
     """The reduction fields of ``tag``, with the profile's value where the tag does not set the field."""
     own = tag.model_fields_set
     return {
-        f: getattr(profile, f) if profile is not None and f not in own and f in profile.model_fields_set
+        f: getattr(profile, f)
+        if profile is not None and f not in own and f in profile.model_fields_set
         else getattr(tag, f)
         for f in _PROFILE_FIELDS
     }
 
 
-INTEGER_TYPES = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64", "int8", "uint8", "bool",
-                           "bit", "coil", "discrete"})
+INTEGER_TYPES = frozenset(
+    {"int16", "uint16", "int32", "uint32", "int64", "uint64", "int8", "uint8", "bool", "bit", "coil", "discrete"}
+)
 
 
 def integer_tags(tags: Sequence[TagBase]) -> np.ndarray:
     """Tags whose published value is a JSON integer: an integer (or bool) type without scale or offset."""
-    return np.array([str(getattr(t, "type", "")) in INTEGER_TYPES and t.scale == 1 and t.offset == 0
-                     for t in tags], dtype=bool)
+    return np.array(
+        [str(getattr(t, "type", "")) in INTEGER_TYPES and t.scale == 1 and t.offset == 0 for t in tags], dtype=bool
+    )
 
 
 @dataclass(slots=True)
@@ -420,8 +423,10 @@ class Reducer:
             ts, w, wq, count = self._lttb(sel, ts, w, wq, count)
         tms = ts // _NS_PER_MS
         vals = self._published(sel, w)
-        out.series[mode] = [Series(int(p), tms[j, :c], vals[j, :c], wq[j, :c])
-                            for j, (p, c) in enumerate(zip(pos.tolist(), count.tolist()))]
+        out.series[mode] = [
+            Series(int(p), tms[j, :c], vals[j, :c], wq[j, :c])
+            for j, (p, c) in enumerate(zip(pos.tolist(), count.tolist()))
+        ]
 
     def _lttb(self, rows, ts, w, wq, count):
         """Down-sample each row's window to its ``points``; rows grouped by (count, points)."""

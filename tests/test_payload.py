@@ -22,9 +22,12 @@ class IntTag(TagBase):
 
 
 def _reducer(n: int, modes: list[str], aggregate: list[bool], integer: list[bool], polls: list[dict]) -> Reducer:
-    tags = [(IntTag if integer[i] else TagBase)(name=f"t{i}", mode=modes[i],
-                                                aggregate=["min", "max", "mean"] if aggregate[i] else [])
-            for i in range(n)]
+    tags = [
+        (IntTag if integer[i] else TagBase)(
+            name=f"t{i}", mode=modes[i], aggregate=["min", "max", "mean"] if aggregate[i] else []
+        )
+        for i in range(n)
+    ]
     ring = RingBuffer(n, 64)
     for p in polls:
         b = Batch.empty(n, 0)
@@ -49,15 +52,22 @@ def workloads(draw):
     polls = []
     for _ in range(draw(st.integers(1, 4))):
         spread = draw(st.sampled_from([0, 0, 3_000_000]))  # one timestamp per poll, or a few ms apart per tag
-        polls.append({
-            "ts": [draw(st.integers(0, spread)) for _ in range(n)],
-            "values": [float(draw(st.one_of(st.integers(-70000, 70000), st.sampled_from([2**64 - 2048, -2**63]))))
-                       if integer[i] else
-                       draw(st.one_of(st.floats(-1e6, 1e6), st.just(float("nan")))) for i in range(n)],
-            "quality": [draw(st.sampled_from([Quality.GOOD, Quality.GOOD, Quality.UNCERTAIN, Quality.BAD]))
-                        for _ in range(n)],
-            "errors": draw(st.booleans()),
-        })
+        polls.append(
+            {
+                "ts": [draw(st.integers(0, spread)) for _ in range(n)],
+                "values": [
+                    float(draw(st.one_of(st.integers(-70000, 70000), st.sampled_from([2**64 - 2048, -(2**63)]))))
+                    if integer[i]
+                    else draw(st.one_of(st.floats(-1e6, 1e6), st.just(float("nan"))))
+                    for i in range(n)
+                ],
+                "quality": [
+                    draw(st.sampled_from([Quality.GOOD, Quality.GOOD, Quality.UNCERTAIN, Quality.BAD]))
+                    for _ in range(n)
+                ],
+                "errors": draw(st.booleans()),
+            }
+        )
     return n, modes, aggregate, integer, polls
 
 
@@ -81,7 +91,9 @@ def test_compact_expands_to_the_full_message(work, tolerance_ms):
     for name, entry in compact["tags"].items():
         f = full["tags"][name]
         bare = not isinstance(entry, dict)
-        assert bare == (f["q"] == "good" and 0 <= compact["ts"] - f["ts"] <= tolerance_ms and set(f) == {"ts", "v", "q"})
+        assert bare == (
+            f["q"] == "good" and 0 <= compact["ts"] - f["ts"] <= tolerance_ms and set(f) == {"ts", "v", "q"}
+        )
         assert {**expanded[name], "ts": f["ts"]} == f
 
 
@@ -93,8 +105,12 @@ def test_one_writer_over_successive_large_messages_equals_the_reference(n, data)
     encoder, so its kept templates and merges are reused: byte for byte what the reference gives."""
     integer = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
     aggregate = data.draw(st.booleans())
-    tags = [(IntTag if integer[i] else TagBase)(name=f"t{i}", aggregate=["min", "max", "mean", "count"] if aggregate
-                                                else []) for i in range(n)]
+    tags = [
+        (IntTag if integer[i] else TagBase)(
+            name=f"t{i}", aggregate=["min", "max", "mean", "count"] if aggregate else []
+        )
+        for i in range(n)
+    ]
     ring = RingBuffer(n, 16)
     reducer = Reducer(tags, ring, heartbeat=0.0)  # every tag due in every message, also without aggregates
     encoder = JsonEncoder("full")
@@ -104,11 +120,14 @@ def test_one_writer_over_successive_large_messages_equals_the_reference(n, data)
             cuts = sorted(data.draw(st.lists(st.integers(1, n - 1), max_size=data.draw(st.sampled_from([2, 8, n])))))
             for k, (lo, hi) in enumerate(zip([0, *cuts], [*cuts, n])):  # one timestamp per "request"
                 b.ts[lo:hi] = T0 + 1_000_000 * (10 * message + k)
-            b.values[:] = [float(data.draw(st.integers(-70000, 70000))) if integer[i]
-                           else data.draw(st.floats(-1e6, 1e6)) for i in range(n)]
+            b.values[:] = [
+                float(data.draw(st.integers(-70000, 70000))) if integer[i] else data.draw(st.floats(-1e6, 1e6))
+                for i in range(n)
+            ]
             if data.draw(st.booleans()):
-                b.quality[:] = data.draw(st.lists(st.sampled_from([Quality.GOOD, Quality.UNCERTAIN]), min_size=n,
-                                                  max_size=n))
+                b.quality[:] = data.draw(
+                    st.lists(st.sampled_from([Quality.GOOD, Quality.UNCERTAIN]), min_size=n, max_size=n)
+                )
             ring.write(b)
         r = reducer.reduce(float(message + 1))
         assert encoder.data("a", message, 5, r) == encoder.reference("a", message, 5, r)
@@ -116,8 +135,13 @@ def test_one_writer_over_successive_large_messages_equals_the_reference(n, data)
 
 def test_compact_is_small_and_integers_are_integers():
     n = 100
-    r = _reducer(n, ["rbe"] * n, [False] * n, [True] * n,
-                 [{"ts": [0] * n, "values": [54321.0] * n, "quality": [Quality.GOOD] * n}]).reduce(0.0)
+    r = _reducer(
+        n,
+        ["rbe"] * n,
+        [False] * n,
+        [True] * n,
+        [{"ts": [0] * n, "values": [54321.0] * n, "quality": [Quality.GOOD] * n}],
+    ).reduce(0.0)
     compact = JsonEncoder("compact").data("press", 1, 0, r)
     full = JsonEncoder("full").data("press", 1, 0, r)
     assert b'"t0":54321,' in compact and b'"v":54321,' in full and b"54321.0" not in full
@@ -125,8 +149,13 @@ def test_compact_is_small_and_integers_are_integers():
 
 
 def test_nan_is_null_and_a_replayed_compact_message_is_marked():
-    r = _reducer(2, ["rbe"] * 2, [False] * 2, [False] * 2,
-                 [{"ts": [0, 0], "values": [float("nan"), 1.5], "quality": [Quality.BAD, Quality.GOOD]}]).reduce(0.0)
+    r = _reducer(
+        2,
+        ["rbe"] * 2,
+        [False] * 2,
+        [False] * 2,
+        [{"ts": [0, 0], "values": [float("nan"), 1.5], "quality": [Quality.BAD, Quality.GOOD]}],
+    ).reduce(0.0)
     body = JsonEncoder("compact").data("a", 3, 0, r)
     msg = json.loads(mark_replay(body))
     assert msg["replay"] is True and msg["tags"]["t1"] == 1.5

@@ -135,13 +135,16 @@ def test_scaled_values_published_without_float64_noise(scaled):
 def test_strings_sent_on_change_only():
     ring = RingBuffer(1, 8)
     red = Reducer([TagBase(name="recipe")], ring, heartbeat=60)
-    b = batch([np.nan]); b.strings = {0: "RCP-0042"}
+    b = batch([np.nan])
+    b.strings = {0: "RCP-0042"}
     ring.write(b)
     assert tags_object(red.reduce(0.0))["recipe"]["v"] == "RCP-0042"
-    b = batch([np.nan], ts_s=1); b.strings = {0: "RCP-0042"}
+    b = batch([np.nan], ts_s=1)
+    b.strings = {0: "RCP-0042"}
     ring.write(b)
     assert tags_object(red.reduce(1.0)) == {}
-    b = batch([np.nan], ts_s=2); b.strings = {0: "RCP-0043"}
+    b = batch([np.nan], ts_s=2)
+    b.strings = {0: "RCP-0043"}
     ring.write(b)
     assert tags_object(red.reduce(2.0))["recipe"]["v"] == "RCP-0043"
 
@@ -149,17 +152,22 @@ def test_strings_sent_on_change_only():
 def test_a_bad_string_tag_publishes_no_stale_text():
     ring = RingBuffer(1, 8)
     red = Reducer([TagBase(name="recipe")], ring, heartbeat=60)
-    b = batch([np.nan]); b.strings = {0: "RCP-0042"}
+    b = batch([np.nan])
+    b.strings = {0: "RCP-0042"}
     ring.write(b)
     tags_object(red.reduce(0.0))
     ring.write(Batch.all_bad(1, 2 * S, -1, "disconnected: timed out"))
-    assert tags_object(red.reduce(1.0))["recipe"] == {"ts": 2000, "v": None, "q": "bad", "err": "disconnected: timed out"}
+    assert tags_object(red.reduce(1.0))["recipe"] == {
+        "ts": 2000,
+        "v": None,
+        "q": "bad",
+        "err": "disconnected: timed out",
+    }
 
 
 def test_float32_aggregates_have_float32_precision_like_the_value():
     ring = RingBuffer(1, 8)
-    red = Reducer([TagBase(name="p", aggregate=["min", "max", "mean"])], ring, heartbeat=60,
-                  float32=np.array([True]))
+    red = Reducer([TagBase(name="p", aggregate=["min", "max", "mean"])], ring, heartbeat=60, float32=np.array([True]))
     for x in (166.64377, 173.91115):
         ring.write(batch([float(np.float32(x))]))
     out = tags_object(red.reduce(0.0))["p"]

@@ -92,8 +92,10 @@ class HotPath:
         #: publish precision: float32 registers at float32 precision
         self.float32 = np.array([t.type == "float32" for t in self.tags], dtype=bool)
         self._words = np.zeros(self.plan.register_words, dtype=np.uint16)
-        self.description = (f"{n_tags} Modbus tags ({len(_TYPES)} type/byte-order mixes) read in "
-                            f"{len(self.plan.requests)} requests of up to 125 registers")
+        self.description = (
+            f"{n_tags} Modbus tags ({len(_TYPES)} type/byte-order mixes) read in "
+            f"{len(self.plan.requests)} requests of up to 125 registers"
+        )
 
     def polls(self, count: int, *, naive: bool = False) -> list[list[_Response]]:
         """The answers of ``count`` successive polls (values moving between them)."""

@@ -41,13 +41,16 @@ def workload_class(name: str = WORKLOAD) -> Any:
     """The hot-path workload class a driver package registers under ``name``."""
     found = entry_points(group=ENTRY_POINT_GROUP, name=name)
     if not found:
-        raise LookupError(f"no hot-path workload {name!r} (entry point group {ENTRY_POINT_GROUP}); "
-                          "is the package installed (pip install -e .)?")
+        raise LookupError(
+            f"no hot-path workload {name!r} (entry point group {ENTRY_POINT_GROUP}); "
+            "is the package installed (pip install -e .)?"
+        )
     return next(iter(found)).load()
 
 
-def vectorised(work: Any, polls_in: list[list[Any]], windows: int, polls: int,
-               messages: list[bytes] | None = None) -> tuple[int, float]:
+def vectorised(
+    work: Any, polls_in: list[list[Any]], windows: int, polls: int, messages: list[bytes] | None = None
+) -> tuple[int, float]:
     """decode -> ring buffer -> reduce -> encode, the gateway's own code (the driver's decoding of a poll's
     answers, the ring, the reducer, the encoder). Returns (samples, cpu seconds)."""
     tags = work.tags
@@ -87,15 +90,17 @@ def _json_number(x: float) -> float:
     return float("%.15g" % x)
 
 
-def naive(work: Any, polls_in: list[list[Any]], windows: int, polls: int,
-          messages: list[bytes] | None = None) -> tuple[int, float]:
+def naive(
+    work: Any, polls_in: list[list[Any]], windows: int, polls: int, messages: list[bytes] | None = None
+) -> tuple[int, float]:
     """The same work one Python object at a time: struct per tag, a dict per sample, lists as buffers, the
     same published numbers (float32 tags at float32 precision, others at 15 digits) and the same message."""
     tags = work.tags
     layout = work.naive_layout()
     history: dict[str, list[dict[str, Any]]] = {t.name: [] for t in tags}
     publishers: dict[str, Callable[[float], Any]] = {
-        t.name: (_shortest_f32 if f32 else _json_number) for t, f32 in zip(tags, work.float32.tolist())}
+        t.name: (_shortest_f32 if f32 else _json_number) for t, f32 in zip(tags, work.float32.tolist())
+    }
     means = dict(publishers)
     for t, integer in zip(tags, integer_tags(tags).tolist()):  # published as JSON integers (their mean is not)
         if integer:
@@ -110,9 +115,15 @@ def naive(work: Any, polls_in: list[list[Any]], windows: int, polls: int,
             pub = publishers[name]
             vals = [s["value"] for s in samples if s["quality"] == "good"]
             last = samples[-1]
-            out[name] = {"ts": last["ts"] // 1_000_000, "v": pub(last["value"]), "q": last["quality"],
-                         "min": pub(min(vals)), "max": pub(max(vals)), "mean": means[name](sum(vals) / len(vals)),
-                         "n": len(vals)}
+            out[name] = {
+                "ts": last["ts"] // 1_000_000,
+                "v": pub(last["value"]),
+                "q": last["quality"],
+                "min": pub(min(vals)),
+                "max": pub(max(vals)),
+                "mean": means[name](sum(vals) / len(vals)),
+                "n": len(vals),
+            }
             samples.clear()
         seq += 1
         body = json.dumps({"seq": seq, "ts": 0, "asset": "bench", "tags": out}, separators=(",", ":")).encode()
@@ -125,6 +136,7 @@ def same_output(vec: list[bytes], nai: list[bytes]) -> bool:
     """Both pipelines published the same messages: same tags, keys, qualities and counts, numbers equal to
     14 significant digits (the gateway's vectorised 15-digit rounding may differ from ``"%.15g"`` in the
     last digit), timestamps aside."""
+
     def same(a: Any, b: Any) -> bool:
         if isinstance(a, float) or isinstance(b, float):
             return abs(a - b) <= 2e-14 * max(abs(a), abs(b))  # one unit in the 15th digit
@@ -162,7 +174,7 @@ def hot_path(quick: bool) -> dict[str, Any]:
     vec_rate, naive_rate = float(np.median(vec_rates)), float(np.median(naive_rates))
     return {
         "workload": f"{work.description}, {polls} polls per window, last+min/max/mean/count per window, "
-                    "JSON via orjson",
+        "JSON via orjson",
         "samples_per_s": round(vec_rate),
         "samples_per_s_runs": [round(r) for r in vec_rates],
         "naive_samples_per_s": round(naive_rate),
@@ -190,9 +202,11 @@ def json_encoders(work: Any, polls_in: list[list[Any]]) -> dict[str, Any]:
     def stdlib(m: Any) -> bytes:
         return json.dumps(m, separators=(",", ":")).encode()
 
-    return {"json_stdlib_MB_per_s": _mb_per_s(stdlib, msg),
-            "json_fast_MB_per_s": _mb_per_s(lambda m: full.data("bench", 1, 0, reduced), msg),
-            "json_compact_MB_per_s": _mb_per_s(lambda m: compact.data("bench", 1, 0, reduced), msg)}
+    return {
+        "json_stdlib_MB_per_s": _mb_per_s(stdlib, msg),
+        "json_fast_MB_per_s": _mb_per_s(lambda m: full.data("bench", 1, 0, reduced), msg),
+        "json_compact_MB_per_s": _mb_per_s(lambda m: compact.data("bench", 1, 0, reduced), msg),
+    }
 
 
 def _mb_per_s(fn: Callable[[Any], bytes], msg: Any) -> float:
@@ -205,6 +219,7 @@ def _mb_per_s(fn: Callable[[Any], bytes], msg: Any) -> float:
 
 
 # -- uplink bytes per sample -------------------------------------------------------------------------------
+
 
 def _wire(topic: str, payload: bytes) -> int:
     """Bytes of an MQTT 3.1.1 PUBLISH with QoS 1 on the wire."""
@@ -269,7 +284,9 @@ def uplink(quick: bool) -> dict[str, Any]:
                         total += _wire(*encoder.wire(base_topic, payload, replay=False, compression=comp))
             bps = total / samples
             result["settings"][f"{label} / {comp}"] = {
-                "bytes_per_sample": round(bps, 3), "ratio": round(bps / (baseline / samples), 4)}
+                "bytes_per_sample": round(bps, 3),
+                "ratio": round(bps / (baseline / samples), 4),
+            }
     result["workload"] = f"{n_tags} tags, poll {poll:g}s, publish {publish:g}s, {seconds}s of plant-like signals"
     return result
 
@@ -282,6 +299,9 @@ def ring_memory() -> dict[str, Any]:
     used = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     samples = ring.n_tags * ring.capacity
-    return {"bytes_per_sample": round(ring.nbytes / samples, 2),  # the sample columns
-            "allocated_bytes_per_sample": round(used / samples, 2),  # + per-tag bookkeeping, as allocated
-            "tags": 10_000, "slots": 600}
+    return {
+        "bytes_per_sample": round(ring.nbytes / samples, 2),  # the sample columns
+        "allocated_bytes_per_sample": round(used / samples, 2),  # + per-tag bookkeeping, as allocated
+        "tags": 10_000,
+        "slots": 600,
+    }

@@ -71,8 +71,9 @@ def _q_labels(suffix: bytes) -> np.ndarray:
     return np.array([b',"q":' + t + suffix for t in _Q_TEXT.tolist()], dtype=object)
 
 
-def _texts(values: np.ndarray, integer: np.ndarray | np.bool_, merges: dict[bytes, Any] | None = None
-           ) -> Sequence[bytes]:
+def _texts(
+    values: np.ndarray, integer: np.ndarray | np.bool_, merges: dict[bytes, Any] | None = None
+) -> Sequence[bytes]:
     """Each value as JSON text: one orjson pass per kind (NaN -> null), integers without ``.0``.
 
     A column with integer and float rows formats each kind on its own and puts the texts back in row order
@@ -169,8 +170,7 @@ def _series_texts(series: list[Any], integer: np.ndarray) -> tuple[list[bytes], 
         empty = [b"[]"] * len(series)
         return empty, list(empty), list(empty)
     ts = _split_lists(orjson.dumps(np.concatenate([s.ts_ms for s in series]), option=_NUMPY), counts)
-    qs = _split_lists(b"[" + b",".join(_Q_TEXT[np.concatenate([s.quality for s in series])].tolist()) + b"]",
-                      counts)
+    qs = _split_lists(b"[" + b",".join(_Q_TEXT[np.concatenate([s.quality for s in series])].tolist()) + b"]", counts)
     ints = integer[[s.pos for s in series]]
     values = np.concatenate([s.values for s in series]).astype(np.float64)
     vs = _split_lists(orjson.dumps(values, option=_NUMPY), counts)
@@ -215,8 +215,11 @@ def entries(r: Reduced, positions: list[int] | None = None) -> dict[str, dict[st
         for s in series:
             e = by_pos.get(s.pos)
             if e is not None:
-                e[mode] = {"ts": s.ts_ms.tolist(), "v": _list(s.values, bool(r.integer[s.pos])),
-                           "q": QUALITY_NAMES[s.quality].tolist()}
+                e[mode] = {
+                    "ts": s.ts_ms.tolist(),
+                    "v": _list(s.values, bool(r.integer[s.pos])),
+                    "q": QUALITY_NAMES[s.quality].tolist(),
+                }
     return out
 
 
@@ -249,8 +252,9 @@ class JsonEncoder:
         agg_keys: tuple[str, ...] = ()
         if not r.plain:
             keys_all = r.agg_keys
-            uniform = (not (r.errors or r.strings or r.series) and len(r.agg_pos) == n
-                       and keys_all.count(keys_all[0]) == n)
+            uniform = (
+                not (r.errors or r.strings or r.series) and len(r.agg_pos) == n and keys_all.count(keys_all[0]) == n
+            )
             if not uniform:  # errors, strings, series, mixed aggregates: one piece per row, from the arrays
                 return head + b",".join(self._members(asset, r, range(n))) + tail
             agg_keys = keys_all[0]  # every row aggregated alike (the usual profile): columns too
@@ -329,9 +333,14 @@ class JsonEncoder:
             extra.setdefault(j, []).append(b',"err":' + orjson.dumps(text))
         if len(r.agg_pos):
             agg_integer = r.integer[r.agg_pos]
-            cols = {key: (orjson.dumps(a, option=_NUMPY)[1:-1].split(b",") if key == "n" else
-                          _texts(a, agg_integer if key != "mean" else np.zeros(len(a), dtype=bool)))
-                    for key, a in r.agg.items()}
+            cols = {
+                key: (
+                    orjson.dumps(a, option=_NUMPY)[1:-1].split(b",")
+                    if key == "n"
+                    else _texts(a, agg_integer if key != "mean" else np.zeros(len(a), dtype=bool))
+                )
+                for key, a in r.agg.items()
+            }
             labels = {key: b',"' + key.encode() + b'":' for key in cols}
             for k, (j, agg_keys) in enumerate(zip(r.agg_pos.tolist(), r.agg_keys)):
                 extra.setdefault(j, []).extend(labels[key] + cols[key][k] for key in agg_keys)
@@ -412,8 +421,10 @@ def mark_replay(payload: bytes) -> bytes:
 def expand(message: dict[str, Any]) -> dict[str, Any]:
     """Consumer side: a compact message with every bare value turned into the full ``{ts, v, q}`` object."""
     ts = message.get("ts")
-    tags = {name: e if isinstance(e, dict) else {"ts": ts, "v": e, "q": "good"}
-            for name, e in message.get("tags", {}).items()}
+    tags = {
+        name: e if isinstance(e, dict) else {"ts": ts, "v": e, "q": "good"}
+        for name, e in message.get("tags", {}).items()
+    }
     return {**message, "tags": tags}
 
 
