@@ -67,6 +67,8 @@ def json_numbers(x: np.ndarray) -> np.ndarray:
     as parsing ``"%.15g" % x`` gives. NaN stays NaN (the encoder writes null); magnitudes outside
     [1e-8, 1e15) are left alone.
     """
+    if not np.size(x):  # no value yet (a snapshot before the first poll): min() below has no identity
+        return np.array(x, dtype=np.float64)
     a = np.abs(x)
     with np.errstate(divide="ignore", invalid="ignore"):
         k = 14 - np.floor(np.log10(a))
@@ -100,7 +102,7 @@ def float32_numbers(x: np.ndarray) -> np.ndarray:
         out[odd] = f[odd].astype(str).astype(np.float64)
     sel = finite & in_range
     todo = None if sel.all() else np.flatnonzero(sel)
-    if todo is not None and not len(todo):
+    if not len(out) or (todo is not None and not len(todo)):  # nothing to round (no value yet, or none finite)
         return out.reshape(shape)
     v, want = (out, f) if todo is None else (out[todo], f[todo])
     # the four candidates (6, 7, 8, 9 digits) of every value at once, (4, m), and the first that reads back

@@ -17,6 +17,7 @@ so reads never see a half-written batch.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,11 +42,12 @@ class RingBuffer:
             raise ValueError("a ring buffer needs at least one tag and two slots")
         self.n_tags = n_tags
         self.capacity = capacity
-        # the three columns in one zeroed block: one allocation large enough to be mapped by the OS, so its
-        # pages become resident only as slots are first written (a separate quality block of 120 KB per
-        # 200-tag asset came from the heap and was resident from the start)
+        # the three columns in one block of anonymous memory mapped from the OS: its pages are zero and become
+        # resident only as slots are first written. Not np.zeros: calloc serves a block below glibc's mmap
+        # threshold from the heap, which after start-up's config peak (the threshold grows when large blocks
+        # are freed) may be pages already resident, or zeroed by touching them all.
         cells = capacity * n_tags
-        block = np.zeros(cells * BYTES_PER_SAMPLE, dtype=np.uint8)
+        block = np.frombuffer(mmap.mmap(-1, cells * BYTES_PER_SAMPLE), dtype=np.uint8)
         self.ts = block[: 8 * cells].view(np.int64).reshape(capacity, n_tags).T
         self.values = block[8 * cells : 16 * cells].view(np.float64).reshape(capacity, n_tags).T
         self.quality = block[16 * cells :].reshape(capacity, n_tags).T

@@ -111,3 +111,15 @@ def test_compressed_payloads_are_flagged_in_the_topic_and_decode(compression):
     assert decode(payload, topic) == msg
     if compression == "zlib":
         assert zlib.decompress(payload).startswith(b'{"seq":1')
+
+
+def test_the_last_message_of_an_asset_that_has_no_value_yet_is_empty_not_a_crash():
+    """The retained ``last`` message is built when the uplink connects, maybe before the first poll of a device
+    that is still down: no tag has a value yet, and that must give an empty snapshot, not stop the publisher."""
+    from gateway.reduce import float32_numbers, snapshot
+
+    assert json_numbers(np.empty(0)).shape == (0,) and float32_numbers(np.empty(0)).shape == (0,)
+    ring = RingBuffer(2, 8)
+    snap = snapshot(ring, ["a", "b"], np.array([True, False]), np.zeros(2, dtype=bool))
+    assert len(snap.rows) == 0
+    assert json.loads(JsonEncoder().data("press-1", 0, 0, snap))["tags"] == {}
