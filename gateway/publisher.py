@@ -72,17 +72,7 @@ class Publisher:
         self._metrics_topic = metrics_topic
         self.profile: Profile = uplink.links[0].profile
         self._encoders: dict[str, JsonEncoder] = {}
-        self.reducers = {
-            a.id: Reducer(
-                a.tags,
-                a.ring,
-                heartbeat=self.profile.heartbeat,
-                float32=a.float32,
-                integer=a.integer,
-                profile=self.profile.reduce,
-            )
-            for a in assets.values()
-        }
+        self.reducers = {a.id: self._reducer(a) for a in assets.values()}
         self._last_publish = {a: float("-inf") for a in assets}
         self._after_batch: set[str] = set()
         for asset in assets.values():
@@ -97,16 +87,15 @@ class Publisher:
         self._last_at = float("-inf")
 
     # -- assets (hot reload) ----------------------------------------------------------------------------
+    def _reducer(self, asset: AssetRuntime) -> Reducer:
+        """The asset's reducer under this uplink's profile (heartbeat, reduction defaults), with its tag metadata."""
+        p = self.profile
+        return Reducer(asset.tags, asset.ring, heartbeat=p.heartbeat, float32=asset.float32, integer=asset.integer,
+                       profile=p.reduce)  # fmt: skip
+
     def add_asset(self, asset: AssetRuntime) -> None:
         """An asset added (or rebuilt) by a reload: its own reducer, after-batch publishing as configured."""
-        self.reducers[asset.id] = Reducer(
-            asset.tags,
-            asset.ring,
-            heartbeat=self.profile.heartbeat,
-            float32=asset.float32,
-            integer=asset.integer,
-            profile=self.profile.reduce,
-        )
+        self.reducers[asset.id] = self._reducer(asset)
         self._last_publish[asset.id] = float("-inf")
         self._last_sent.pop(asset.id, None)
         asset.batch_listeners.append(self._published_after_batch)

@@ -171,6 +171,12 @@ class CorruptingHop:
         self.server.close()
 
 
+def unsummarised_config(tmp_path, broker, assets: str):
+    """A gateway whose state-change summaries come only hourly: every log line a test sees is a first one."""
+    return gateway_config(tmp_path, mqtt_port=broker.port, assets_yaml=assets, api_port=free_port(),
+                          gateway={"log_summary_interval": "1h"})  # fmt: skip
+
+
 async def test_undecodable_modbus_answers_are_counted_not_traced(tmp_path, mqtt_broker, modbus_sim, caplog):
     caplog.set_level(logging.INFO)
     hop = CorruptingHop(modbus_sim.port, garble_modbus)
@@ -181,13 +187,7 @@ async def test_undecodable_modbus_answers_are_counted_not_traced(tmp_path, mqtt_
       tags:
         - {{name: strokes, address: 40003, type: uint32}}
     """
-    path = gateway_config(
-        tmp_path,
-        mqtt_port=mqtt_broker.port,
-        assets_yaml=assets,
-        api_port=free_port(),
-        gateway={"log_summary_interval": "1h"},
-    )
+    path = unsummarised_config(tmp_path, mqtt_broker, assets)
     try:
         async with running_gateway(path) as rg:
 
@@ -222,13 +222,7 @@ async def test_undecodable_opcua_messages_are_counted_not_traced(tmp_path, mqtt_
       tags:
         - {{name: zone1_temp, node: "ns=2;s=Oven1.Zone1.Temperature"}}
     """
-    path = gateway_config(
-        tmp_path,
-        mqtt_port=mqtt_broker.port,
-        assets_yaml=assets,
-        api_port=free_port(),
-        gateway={"log_summary_interval": "1h"},
-    )
+    path = unsummarised_config(tmp_path, mqtt_broker, assets)
     try:
         async with running_gateway(path) as rg:
             runtime = rg.gw.assets["oven"]

@@ -160,22 +160,8 @@ def fill(batch: Batch, positions: np.ndarray, dvs: Sequence[ua.DataValue], now_n
     return kind
 
 
-_INTEGER_KINDS = np.array(
-    [
-        int(t)
-        for t in (
-            ua.VariantType.Boolean,
-            ua.VariantType.SByte,
-            ua.VariantType.Byte,
-            ua.VariantType.Int16,
-            ua.VariantType.UInt16,
-            ua.VariantType.Int32,
-            ua.VariantType.UInt32,
-            ua.VariantType.Int64,
-            ua.VariantType.UInt64,
-        )
-    ]
-)
+#: the numeric types that are not floating point: published as JSON integers on an unscaled tag
+_INTEGER_KINDS = _NUMERIC_TYPES[~np.isin(_NUMERIC_TYPES, [ua.VariantType.Float, ua.VariantType.Double])]
 
 
 def mark_types(

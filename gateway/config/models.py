@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -27,6 +27,16 @@ from pydantic_core import PydanticCustomError
 from gateway.config.common import Duration, Name, ReduceProfile, SourceBase, StrictModel, TagBase, empty_is_none
 from gateway.config.cross import raise_startup_problems
 from gateway.driver import registry
+
+
+def first_repeated(names: Iterable[str]) -> str | None:
+    """The first name that comes a second time (the duplicate a config error names), or None."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
 
 
 class GatewaySection(StrictModel):
@@ -182,11 +192,8 @@ class MqttSection(StrictModel):
     @field_validator("links")
     @classmethod
     def _unique_links(cls, v: list[LinkSection] | None) -> list[LinkSection] | None:
-        seen: set[str] = set()
-        for link in v or ():
-            if link.name in seen:
-                raise PydanticCustomError("duplicate_link", "duplicate link name '{name}'", {"name": link.name})
-            seen.add(link.name)
+        if (name := first_repeated(link.name for link in v or ())) is not None:
+            raise PydanticCustomError("duplicate_link", "duplicate link name '{name}'", {"name": name})
         return v
 
     @field_validator("host")
@@ -327,15 +334,10 @@ class AssetBase(StrictModel):
 
     @model_validator(mode="after")
     def _unique_tag_names(self) -> "AssetBase":
-        seen: set[str] = set()
-        for tag in self.tags:
-            if tag.name in seen:
-                raise PydanticCustomError(
-                    "duplicate_tag_name",
-                    "duplicate tag name '{name}' in asset '{asset}'",
-                    {"name": tag.name, "asset": self.id},
-                )
-            seen.add(tag.name)
+        if (name := first_repeated(tag.name for tag in self.tags)) is not None:
+            raise PydanticCustomError(
+                "duplicate_tag_name", "duplicate tag name '{name}' in asset '{asset}'", {"name": name, "asset": self.id}
+            )
         return self
 
 
@@ -361,11 +363,8 @@ class Config(StrictModel):
         if v is not None:
             if info.data.get("mqtt") is not None:
                 raise ValueError("give either mqtt: (one uplink) or uplinks:, not both")
-            seen: set[str] = set()
-            for up in v:
-                if up.name in seen:
-                    raise PydanticCustomError("duplicate_uplink", "duplicate uplink name '{name}'", {"name": up.name})
-                seen.add(up.name)
+            if (name := first_repeated(up.name for up in v)) is not None:
+                raise PydanticCustomError("duplicate_uplink", "duplicate uplink name '{name}'", {"name": name})
         return v
 
     @model_validator(mode="after")
@@ -381,11 +380,8 @@ class Config(StrictModel):
 
     @model_validator(mode="after")
     def _unique_asset_ids(self) -> "Config":
-        seen: set[str] = set()
-        for asset in self.assets:
-            if asset.id in seen:
-                raise PydanticCustomError("duplicate_asset_id", "duplicate asset id '{id}'", {"id": asset.id})
-            seen.add(asset.id)
+        if (asset_id := first_repeated(asset.id for asset in self.assets)) is not None:
+            raise PydanticCustomError("duplicate_asset_id", "duplicate asset id '{id}'", {"id": asset_id})
         return self
 
     @model_validator(mode="after")

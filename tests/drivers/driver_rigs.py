@@ -14,7 +14,6 @@ directory on ``sys.path``, so ``importlib.metadata`` finds it as it finds any in
 from __future__ import annotations
 
 import contextlib
-import gc
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -173,26 +172,31 @@ _RTU_TAGS: list[dict[str, Any]] = [
 _RTU_SOURCE: dict[str, Any] = {"unit": 7, "timeout": 1, "response_timeout": "200ms"}
 
 
-class ModbusRtuRig(Rig):
+class PtyRig(Rig):
+    """A bundled simulator on a pty: away = the simulator stopped (the pty closes), back = started again."""
+
+    device: Any  # a ModbusRtuSimulator or a SerialInstrument: start() / stop()
+
+    async def away(self) -> None:
+        await self.device.stop()
+
+    async def back(self) -> None:
+        await self.device.start()
+
+    async def stop(self) -> None:
+        await self.device.stop()
+
+
+class ModbusRtuRig(PtyRig):
     """Modbus RTU slaves on a pty, under a stable symlink: away = simulator stopped (the pty closes)."""
 
     async def start(self, tmp_path: Path) -> None:
-        self.sim = _rtu_line(link=str(tmp_path / "rs485"))
-        await self.sim.start()
+        self.device = _rtu_line(link=str(tmp_path / "rs485"))
+        await self.device.start()
         # parity N: a pty has none (the default, E, is refused by the kernel)
-        self.source = {"driver": "modbus_rtu", "port": self.sim.path, "parity": "N", **_RTU_SOURCE}
+        self.source = {"driver": "modbus_rtu", "port": self.device.path, "parity": "N", **_RTU_SOURCE}
         self.tags, self.bad, self.expected = _RTU_TAGS, "outside", {"int16": -7, "float32": 10.5}
         self.write, self.unwritable = ("int16", -300, -300), ("int16", 1 << 15)
-
-    async def away(self) -> None:
-        await self.sim.stop()
-
-    async def back(self) -> None:
-        await self.sim.start()
-
-    async def stop(self) -> None:
-        await self.sim.stop()
-        gc.collect()  # drop this test's drivers, so the next pty on the same /dev/pts/N gets a fresh bus arbiter
 
 
 class ModbusRtuTcpRig(_ProxiedRig):
@@ -208,7 +212,6 @@ class ModbusRtuTcpRig(_ProxiedRig):
     async def stop(self) -> None:
         await self.proxy.close()
         await self.sim.stop()
-        gc.collect()
 
 
 class OpcUaRig(_ProxiedRig):
@@ -232,29 +235,14 @@ class OpcUaRig(_ProxiedRig):
         await self.sim.stop()
 
 
-class InstrumentRig(Rig):
-    """A bundled serial instrument on a pty: away = the instrument stopped, back = started again."""
-
-    instrument: SerialInstrument
-
-    async def away(self) -> None:
-        await self.instrument.stop()
-
-    async def back(self) -> None:
-        await self.instrument.start()
-
-    async def stop(self) -> None:
-        await self.instrument.stop()
-
-
-class SerialLineRig(InstrumentRig):
+class SerialLineRig(PtyRig):
     """The bundled weighing scale on a pty (poll mode), under a stable symlink: away = instrument stopped."""
 
     async def start(self, tmp_path: Path) -> None:
-        self.instrument = SerialInstrument("scale", mode="poll", link=str(tmp_path / "scale"))
-        await self.instrument.start()
+        self.device = SerialInstrument("scale", mode="poll", link=str(tmp_path / "scale"))
+        await self.device.start()
         self.source = {
-            "driver": "serial_line", "port": self.instrument.path, "mode": "poll", "command": r"P\r\n",
+            "driver": "serial_line", "port": self.device.path, "mode": "poll", "command": r"P\r\n",
             "timeout": 1, "pattern": r"(?P<status>ST|US),GS,(?P<weight>[-+]\d+\.\d+)kg",
         }  # fmt: skip
         self.tags = [
@@ -300,14 +288,14 @@ class OpcUaSubscribeRig(OpcUaRig):
         self.source = {**self.source, "mode": "subscribe", "poll": "100ms"}
 
 
-class SerialStreamRig(InstrumentRig):
+class SerialStreamRig(PtyRig):
     """The bundled temperature transmitter streaming 20 lines a second on a pty: away = instrument stopped."""
 
     async def start(self, tmp_path: Path) -> None:
-        self.instrument = SerialInstrument("thermo", mode="stream", rate=20, link=str(tmp_path / "thermo"))
-        await self.instrument.start()
+        self.device = SerialInstrument("thermo", mode="stream", rate=20, link=str(tmp_path / "thermo"))
+        await self.device.start()
         self.source = {
-            "driver": "serial_line", "port": self.instrument.path, "mode": "stream", "timeout": 1,
+            "driver": "serial_line", "port": self.device.path, "mode": "stream", "timeout": 1,
             "max_silence": "1s", "pattern": r"T1=(?P<t1>[-+]\d+\.\d+);T2=(?P<t2>[-+]\d+\.\d+);(?P<status>OK|ER)",
         }  # fmt: skip
         self.tags = [

@@ -166,34 +166,25 @@ async def test_primary_host_state_gates_births_and_the_outage_is_replayed_as_his
     path = config(tmp_path, modbus_sim.port, sparkplug_uplink(0, links=links, extra="  primary_host_id: scada\n"))
     sub = await mqtt_subscriber("spBv1.0/#")
     state = "spBv1.0/STATE/scada"
+
+    async def host_state(payload: dict | None) -> None:
+        """The primary host's retained STATE (None: cleared)."""
+        body = b"" if payload is None else json.dumps(payload)
+        await asyncio.to_thread(paho_publish.single, state, body, retain=True, qos=1, hostname=mqtt_broker.host,
+                                port=mqtt_broker.port)  # fmt: skip
+
     try:
         async with InProcess(path) as gw:
             up = gw.uplink
             assert await wait_until(lambda: up.connected and gw.delivery.backlog.messages >= 5, timeout=20)
             assert count(sub, "NBIRTH") == 0 and count(sub, "DDATA") == 0  # no birth, no data: host not online
             held = gw.delivery.backlog.messages
-            await asyncio.to_thread(
-                paho_publish.single,
-                state,
-                json.dumps({"online": True, "timestamp": 1}),
-                retain=True,
-                qos=1,
-                hostname=mqtt_broker.host,
-                port=mqtt_broker.port,
-            )
+            await host_state({"online": True, "timestamp": 1})
             assert await wait_until(
                 lambda: gw.delivery.backlog.messages == 0 and count(sub, "DDATA") > held, timeout=20
             )
             assert up.active_link.name == "a"
-            await asyncio.to_thread(
-                paho_publish.single,
-                state,
-                json.dumps({"online": False, "timestamp": 2}),
-                retain=True,
-                qos=1,
-                hostname=mqtt_broker.host,
-                port=mqtt_broker.port,
-            )
+            await host_state({"online": False, "timestamp": 2})
             # the host went away: the node leaves this connection (the broker says NDEATH) and tries link b
             assert await wait_until(
                 lambda: count(sub, "NDEATH") == 1 and up.active_link.name == "b" and up.connected, timeout=20
@@ -202,9 +193,7 @@ async def test_primary_host_state_gates_births_and_the_outage_is_replayed_as_his
     finally:
         await first.close()
         await second.close()
-        await asyncio.to_thread(
-            paho_publish.single, state, b"", retain=True, hostname=mqtt_broker.host, port=mqtt_broker.port
-        )
+        await host_state(None)
     got = Decoded(sub, tahu)
     kinds = got.kinds()
     assert kinds[:2] == ["NBIRTH", "DBIRTH"]  # births before any data, replayed or live
