@@ -177,7 +177,7 @@ def _tag_values(a: "AssetRuntime") -> list[TagStatus]:
         if q[i] == 2:  # bad: no value, strings included
             value: float | str | None = None
         else:
-            value = s if s is not None else json_value(float(v[i]), bool(a.float32[i]))
+            value = s if s is not None else json_value(float(v[i]), bool(a.meta.float32[i]))
         err = int(a.ring.last_error[i])
         out.append(
             TagStatus(
@@ -353,7 +353,7 @@ def create_app(gw: "Gateway") -> FastAPI:
         if i is None:
             raise HTTPException(404, f"asset {asset!r} has no tag {tag!r}; tags: {', '.join(a.tag_index)}")
         w = a.ring.window(i, time.time_ns() - int(seconds * 1e9))
-        f32 = bool(a.float32[i])
+        f32 = bool(a.meta.float32[i])
         return {
             "asset": asset,
             "tag": tag,

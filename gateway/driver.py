@@ -106,9 +106,6 @@ class Shared:
             self._items[key] = item
         return item
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._items
-
 
 @dataclass(frozen=True)
 class DriverContext:

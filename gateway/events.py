@@ -90,7 +90,7 @@ def asset_snapshot(a: "AssetRuntime") -> dict[str, Any]:
     read; ``ts`` Unix ms) and its status counters."""
     ts, v, q, has = a.ring.last()
     good = has & (q != 2)
-    shown = np.where(a.float32, float32_numbers(v), json_numbers(v))
+    shown = np.where(a.meta.float32, float32_numbers(v), json_numbers(v))
     shown = np.where(good & ~np.isnan(shown), shown, np.nan)
     values: list[Any] = shown.tolist()
     for i in np.flatnonzero(np.isnan(shown)).tolist():

@@ -90,7 +90,7 @@ class Publisher:
     def _reducer(self, asset: AssetRuntime) -> Reducer:
         """The asset's reducer under this uplink's profile (heartbeat, reduction defaults), with its tag metadata."""
         p = self.profile
-        return Reducer(asset.tags, asset.ring, heartbeat=p.heartbeat, float32=asset.float32, integer=asset.integer,
+        return Reducer(asset.tags, asset.ring, heartbeat=p.heartbeat, float32=asset.meta.float32, integer=asset.meta.integer,
                        profile=p.reduce)  # fmt: skip
 
     def add_asset(self, asset: AssetRuntime) -> None:
@@ -195,7 +195,7 @@ class Publisher:
         for asset in self.assets.values():
             if first_only and asset.id in self._last_sent:
                 continue
-            snap = snapshot(asset.ring, self.reducers[asset.id].names, asset.float32, asset.integer)
+            snap = snapshot(asset.ring, self.reducers[asset.id].names, asset.meta.float32, asset.meta.integer)
             if not len(snap):
                 continue
             key = (snap.rows, snap.values, snap.quality)

@@ -107,7 +107,7 @@ class SparkplugPublisher(Publisher):
         up.hold = False
 
     def _dbirth(self, asset: AssetRuntime) -> None:
-        snap = snapshot(asset.ring, self.reducers[asset.id].names, asset.float32, asset.integer)
+        snap = snapshot(asset.ring, self.reducers[asset.id].names, asset.meta.float32, asset.meta.integer)
         self.uplink.publish(*self.node.dbirth(asset.id, snap), qos=BIRTH_QOS)
         self._born.add(asset.id)
 

@@ -60,8 +60,6 @@ class AssetRuntime:
         self.meta = TagMeta(np.zeros(len(self.tags), dtype=bool), integer_tags(self.tags))
         self.driver: Driver = spec.create(cfg.source, self.tags, DriverContext(self.id, state_dir, self.meta, shared))
         self.ring = RingBuffer.for_rate(len(self.tags), buffer_seconds, cfg.source.poll)
-        self.float32 = self.meta.float32
-        self.integer = self.meta.integer
         self.status = AssetStatus()
         #: the driver pushes batches (``subscribe()``) instead of being polled
         self.streaming = isinstance(self.driver, StreamingDriver)

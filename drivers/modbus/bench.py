@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from drivers.modbus.base import ModbusDriverBase
-from drivers.modbus.config import ModbusTag
-from drivers.modbus.plan import ReadPlan, compile_plan
+from drivers.modbus.config import ModbusTag, ModbusTcpSource
+from drivers.modbus.plan import ReadPlan
+from drivers.modbus.tcp import ModbusTcpDriver
 from gateway.batch import Batch
+from gateway.driver import DriverContext
 
 _TYPES: list[tuple[Any, Any]] = [("float32", "ABCD"), ("float32", "CDAB"), ("int16", "ABCD"), ("uint16", "BADC"),
           ("int32", "CDAB"), ("uint32", "DCBA"), ("float64", "ABCD"), ("int16", "ABCD")]  # fmt: skip
@@ -88,10 +89,14 @@ class HotPath:
 
     def __init__(self, n_tags: int, **reduce: Any) -> None:
         self.tags = make_tags(n_tags, **reduce)
-        self.plan = compile_plan(self.tags, max_registers_per_read=125, max_bits_per_read=2000, max_gap=0)
-        #: publish precision: float32 registers at float32 precision
-        self.float32 = np.array([t.type == "float32" for t in self.tags], dtype=bool)
-        self._words = np.zeros(self.plan.register_words, dtype=np.uint16)
+        # the driver itself, never connected: its plan, its publish precision, its decoding
+        source = ModbusTcpSource(driver="modbus_tcp", host="127.0.0.1", max_registers_per_read=125, max_gap=0)
+        context = DriverContext.detached("bench", n_tags)
+        self._driver = ModbusTcpDriver(source, self.tags, context)
+        self.plan = self._driver.plan
+        #: publish precision as the driver declares it (float32 registers at float32 precision)
+        self.float32 = context.meta.float32
+        self._words = np.zeros(self.plan.register_words, dtype=np.uint16)  # the poll buffer, as the driver's
         self.description = (
             f"{n_tags} Modbus tags ({len(_TYPES)} type/byte-order mixes) read in "
             f"{len(self.plan.requests)} requests of up to 125 registers"
@@ -103,7 +108,7 @@ class HotPath:
 
     def decode(self, answers: list[_Response], batch: Batch) -> None:
         """The driver's decoding of one poll's answers into ``batch`` (a full batch of every tag)."""
-        ModbusDriverBase.decode_answers(self.plan, answers, batch, self._words)
+        self._driver.decode_answers(self.plan, answers, batch, self._words)
 
     def naive_layout(self) -> list[tuple[Any, ...]]:
         """Per tag: name, first word in the poll's registers, words, ``struct`` formats, byte order, scale, offset."""

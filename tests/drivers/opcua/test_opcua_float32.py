@@ -50,9 +50,9 @@ async def test_float_values_are_published_at_float32_precision(tmp_path, mode) -
             await wait_for(lambda: bool((asset.ring.head > 0).all()))
             assert asset.ring.values[0, 0] == float(np.float32(1.4669616))  # the ring keeps what was read
             assert asset.driver.float32_tags.tolist() == [True, False, True, False]
-            assert asset.integer.tolist() == [False, False, False, True]  # an Int32 node, learnt from its value
+            assert asset.meta.integer.tolist() == [False, False, False, True]  # an Int32 node, learnt from its value
             reducer = Reducer(
-                asset.tags, asset.ring, heartbeat=60, float32=asset.float32, integer=asset.integer
+                asset.tags, asset.ring, heartbeat=60, float32=asset.meta.float32, integer=asset.meta.integer
             )  # as a publisher's
             out = tags_object(reducer.reduce(time.monotonic()))
         finally:
