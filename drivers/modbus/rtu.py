@@ -13,7 +13,6 @@ timeout, and its retry / reconnect logic would fight the engine's. The PDU layer
 
 from __future__ import annotations
 
-import os
 import struct
 from abc import abstractmethod
 from typing import Any
@@ -30,6 +29,7 @@ from drivers.modbus.config import ModbusTag
 from drivers.modbus.rtu_config import ModbusRtuSource, ModbusRtuTcpSource
 from drivers.modbus.rtu_frame import MALFORMED_FRAME, bits_per_char, silent_interval
 from drivers.modbus.rtu_link import SerialLink, TcpLink
+from gateway.config.common import serial_resource
 from gateway.driver import DeviceUnavailable, DriverContext, DriverSpec, Shared
 
 
@@ -153,7 +153,7 @@ class ModbusRtuDriver(_RtuDriverBase):
 
     def _arbiter(self, shared: Shared) -> BusArbiter:
         s = self.source
-        key = "serial:" + os.path.realpath(s.port)
+        key = serial_resource(s.port)  # the key the config's cross checks use for this port
         settings = (s.baudrate, s.bytesize, s.parity, s.stopbits)
         bits = bits_per_char(s.bytesize, s.parity, s.stopbits)
         return arbiter_for(

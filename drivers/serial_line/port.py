@@ -27,18 +27,6 @@ from gateway.driver import DeviceUnavailable
 #: ``(ts_ns, line)`` for a complete line (terminator removed), or a rejected fragment (overlong, partial).
 Item = tuple[int, bytes] | LineRejected
 
-_PARITY = {
-    "none": serial.PARITY_NONE,
-    "even": serial.PARITY_EVEN,
-    "odd": serial.PARITY_ODD,
-    "mark": serial.PARITY_MARK,
-    "space": serial.PARITY_SPACE,
-    "N": "N",
-    "E": "E",
-    "O": "O",
-    "M": "M",
-    "S": "S",
-}
 _READ_SIZE = 4096
 #: Items held for a consumer that does not take them (poll mode between polls); older ones are dropped.
 MAX_ITEMS = 1024
@@ -68,7 +56,7 @@ class SerialPort:
     def _open_blocking(self) -> serial.Serial:
         s = self.source
         ser = serial.Serial(
-            s.port, s.baudrate, bytesize=s.bytesize, parity=_PARITY[s.parity], stopbits=s.stopbits,
+            s.port, s.baudrate, bytesize=s.bytesize, parity=s.parity, stopbits=s.stopbits,
             timeout=0, write_timeout=0, exclusive=True,
         )  # fmt: skip
         try:

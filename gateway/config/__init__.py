@@ -6,7 +6,8 @@ problem as ``file:line: path: message``.
 
 from gateway.config.common import Duration, Name, SourceBase, StrictModel, TagBase, parse_duration
 from gateway.config.errors import ConfigError, ConfigIssue
-from gateway.config.loader import YamlFloat, load_config
+from gateway.config.loader import load_config
+from gateway.config.yamlfloat import YamlFloat
 from gateway.config.models import (
     ApiSection,
     AssetBase,

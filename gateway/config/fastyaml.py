@@ -4,8 +4,8 @@
 substituted, ``int``, :class:`~gateway.config.loader.YamlFloat`, ``bool``, ``None``) for the YAML that
 plant configs are made of: mappings with string keys, lists, plain and quoted scalars, YAML 1.2 resolution
 (``on``/``no`` are strings, ``1:20`` is a string). It builds the data straight from libyaml's parse events
-(PyYAML's C parser), so no node tree, positions or comment objects exist: for 10 000 tags that is a few MiB
-where the round-trip tree was tens of MiB, in a tenth of the time.
+(PyYAML's C parser), so no node tree, positions or comment objects exist (the figures for a 10 000-tag file
+are in docs/performance.md, "Issue 12.2").
 
 It returns ``None`` — read the file on the round-trip path, which is the reference and the only one that
 reports errors — for anything else: a YAML or substitution error, a duplicate key, anchors and aliases, merge
@@ -24,6 +24,7 @@ from typing import Any
 
 from gateway.config.bounds import MAX_DEPTH
 from gateway.config.substitution import SubstitutionError, substitute
+from gateway.config.yamlfloat import YamlFloat
 
 try:  # PyYAML built with libyaml (its wheels are); without it every file takes the round-trip path
     from yaml import YAMLError
@@ -73,20 +74,17 @@ def plain_data(text: str, env: Mapping[str, str], base: Path) -> Any:
     """The file's data as the round-trip path would give it, or ``None`` when that path must read it."""
     if CParser is None or _READ_DIFFERENTLY.search(text) is not None:
         return None
-    from gateway.config.loader import YamlFloat
-
     parser = CParser(text)
     try:
-        return _build(parser, env, base, YamlFloat)
-    except (_RoundTrip, YAMLError, SubstitutionError, RecursionError):
+        return _build(parser, env, base)
+    except (_RoundTrip, YAMLError, SubstitutionError):
         return None
     finally:
         parser.dispose()
 
 
-def _scalar(event: Any, float_type: type, env: Mapping[str, str], base: Path, strings: _Strings) -> Any:
-    if event.anchor is not None or event.tag is not None:
-        raise _RoundTrip
+def _scalar(event: Any, env: Mapping[str, str], base: Path, strings: _Strings) -> Any:
+    _check_node(event)
     value: str = event.value
     if event.style:  # quoted or block: a string
         if event.style == ">":  # folded: ruamel keeps fold positions; not worth a second reading here
@@ -101,14 +99,14 @@ def _scalar(event: Any, float_type: type, env: Mapping[str, str], base: Path, st
         if _FLOAT.fullmatch(value):
             if "_" in value or value[-1] in "fFnN":  # underscores, .inf, .nan
                 raise _RoundTrip
-            return float_type(float(value), strings[value])
+            return YamlFloat(float(value), strings[value])
         if _INT.fullmatch(value):
             if _DECIMAL.fullmatch(value) is None:
                 raise _RoundTrip
             return int(value)
         if _TIMESTAMP_START.match(value):
             raise _RoundTrip
-    elif first in "<=":  # merge key, value key
+    elif value in ("<<", "="):  # merge key, value key
         raise _RoundTrip
     return strings[_substituted(value, env, base)]
 
@@ -127,7 +125,7 @@ class _Strings(dict[str, str]):
         return text
 
 
-def _build(parser: Any, env: Mapping[str, str], base: Path, float_type: type) -> Any:
+def _build(parser: Any, env: Mapping[str, str], base: Path) -> Any:
     event = parser.get_event()
     if not isinstance(event, StreamStartEvent):
         raise _RoundTrip
@@ -160,8 +158,7 @@ def _build(parser: Any, env: Mapping[str, str], base: Path, float_type: type) ->
         if isinstance(current, dict) and key is None:  # a key
             if not isinstance(event, ScalarEvent):
                 raise _RoundTrip  # a complex key, an alias
-            if event.anchor is not None or event.tag is not None:
-                raise _RoundTrip
+            _check_node(event)
             key = strings[event.value]
             if not event.style:
                 if key in _NULL or key in _BOOL or (key and key[0] in "-+0123456789.<="):
@@ -170,7 +167,7 @@ def _build(parser: Any, env: Mapping[str, str], base: Path, float_type: type) ->
                 raise _RoundTrip  # a duplicate key: reported, with both lines, on the round-trip path
             continue
         if isinstance(event, ScalarEvent):
-            value = _scalar(event, float_type, env, base, strings)
+            value = _scalar(event, env, base, strings)
         elif isinstance(event, (MappingStartEvent, SequenceStartEvent)):
             _check_node(event)
             if len(stack) + 3 > MAX_DEPTH:  # the root, the open ones, this one, a scalar in it
@@ -192,5 +189,6 @@ def _build(parser: Any, env: Mapping[str, str], base: Path, float_type: type) ->
 
 
 def _check_node(event: Any) -> None:
+    """Anchors and tags (``&a``, ``!!str``) are the round-trip path's."""
     if event.anchor is not None or event.tag is not None:
         raise _RoundTrip

@@ -20,24 +20,9 @@ from pydantic import BaseModel, ValidationError
 from gateway.config.bounds import flow_depth, read_bounded
 from gateway.config.errors import ConfigError, ConfigIssue
 from gateway.config.fastyaml import plain_data
+from gateway.config.yamlfloat import YamlFloat
 
-
-class YamlFloat(float):
-    """A float read from YAML that remembers its text: ``40010.10`` is ``40010.1`` with ``.text == "40010.10"``.
-
-    Validators that care how a number was written (a Modbus bit address) read ``getattr(v, "text", None)``.
-    """
-
-    __slots__ = ("text",)
-    text: str
-
-    def __new__(cls, value: float, text: str) -> YamlFloat:
-        obj = super().__new__(cls, value)
-        obj.text = text
-        return obj
-
-    def __getnewargs__(self) -> tuple[float, str]:  # type: ignore[override]  # copy / pickle keep the text
-        return (float(self), self.text)
+__all__ = ["YamlFloat", "load_config"]
 
 
 def load_config(

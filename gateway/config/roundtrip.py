@@ -23,7 +23,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from gateway.config.bounds import MAX_DEPTH, graph_bounds
 from gateway.config.cross import CROSS_CHECK
 from gateway.config.errors import ConfigError, ConfigIssue
-from gateway.config.loader import YamlFloat
+from gateway.config.yamlfloat import YamlFloat
 from gateway.config.messages import readable
 from gateway.config.secrets import is_secret_key, is_secret_path, literal_parts, redact, texts_in_yaml, texts_of
 from gateway.config.substitution import FORMS, Substituted, SubstitutionError, substitute

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import YamlFloat, load_config
+from gateway.config import ConfigError, YamlFloat, load_config
 from gateway.config import roundtrip as rt
 from gateway.config.fastyaml import plain_data
 
@@ -169,6 +169,11 @@ SCALARS = [
     "-0.0",
     "1e400",
     "123456789012345678901234567890",
+    "1__2.5",  # underscores float() refuses: the round-trip path reads them
+    ".5_",
+    "1_.5",
+    "<spare>",  # only << and = resolve specially, not every text starting with < or =
+    "=x",
 ]
 
 
@@ -245,13 +250,31 @@ def test_nesting_too_deep_is_handed_over():
     assert same_or_handed_over(shallow)
 
 
+def test_block_nesting_is_read_here_exactly_as_deep_as_the_round_trip_path_takes_it():
+    """The limit of MAX_DEPTH holds on both paths: a file one level deeper than the round-trip path takes
+    must not be read here (it would pass without the error the round-trip path gives)."""
+    deepest_read = 0
+    for depth in range(58, 68):
+        text = "".join("  " * i + "a:\n" for i in range(depth)) + "  " * depth + "b: 1\n"
+        try:
+            refused = bool(rt._parse("f.yaml", text).issues)
+        except ConfigError:
+            refused = True
+        if refused:
+            assert plain_data(text, ENV, REPO) is None, depth
+        else:
+            assert same_or_handed_over(text), depth
+            deepest_read = depth
+    assert deepest_read >= 60  # the range spans the limit
+
+
 def test_a_file_that_fails_validation_still_gets_lines(tmp_path):
     path = tmp_path / "plant.yaml"
     path.write_text(
         "gateway:\n  id: gw\nmqtt:\n  host: h\nassets:\n  - id: a\n    source: {driver: modbus_tcp, "
         "host: h}\n    tags:\n      - {name: t, address: 40001, type: int17}\n"
     )
-    with pytest.raises(Exception) as info:
+    with pytest.raises(ConfigError) as info:
         load_config(path, env={})
     assert f"{path}:9:" in str(info.value) and "assets[0].tags[0].type" in str(info.value)
 
