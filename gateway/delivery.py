@@ -18,8 +18,8 @@ Paths of a message
       a half-open link is caught this way), or more than ``mqtt.max_queued`` messages waiting in RAM: the
       message, and everything unacknowledged in RAM, goes to the on-disk *backlog* spool in ``seq`` order, so
       the backlog never holds a message before an older one. A message already in flight stays in flight
-      too; when its PUBACK comes, its copy on disk is forgotten without being sent (after a crash it may be
-      sent twice).
+      too; when its PUBACK comes, its copy on disk is forgotten without being sent (after a restart before
+      the replay reached that copy, it is sent twice).
     - Backlog: replayed oldest first when the link is up, at most ``spool.replay_rate`` messages per second
       and half the in-flight window, so live data keeps flowing; replayed payloads carry ``"replay": true``.
       The start and the end of a replay are logged with counts.
@@ -88,7 +88,6 @@ class _Sent:
     backlog_pos: int | None  # set for a replayed message
     wal_pos: int | None  # set for a live message in durability "always"
     at: float
-    spilled: bool = False  # a live message also written to the backlog while in flight (see _spill)
 
 
 @dataclass(slots=True)
@@ -298,15 +297,13 @@ class Delivery:
         back = list(self._live)
         self._live.clear()
         for sent in self._inflight.values():
-            if sent.backlog_pos is None and not sent.spilled:
-                sent.spilled = True
+            if sent.backlog_pos is None and sent.rec.seq not in self._spilled:
                 self._spilled[sent.rec.seq] = None
                 back.append((sent.rec, sent.wal_pos))
                 sent.wal_pos = None  # the backlog has it now
         if rec is not None:
             back.append((rec, wal_pos))
-        back.sort(key=lambda x: x[0].seq)
-        self._job.backlog_records.extend(r for r, _ in back)
+        self._job.backlog_records.extend(r for r, _ in back)  # _kick puts the job's records in seq order
         self._job.wal_acks.extend(pos for _, pos in back if pos is not None)
 
     # ------------------------------------------------------------------------------------------- sending
@@ -333,8 +330,8 @@ class Delivery:
 
     def _done(self, sent: _Sent) -> None:
         self.delivered += 1
-        if sent.spilled:
-            pos = self._spilled.pop(sent.rec.seq, None)
+        if sent.backlog_pos is None and sent.rec.seq in self._spilled:  # a live message with a copy on disk
+            pos = self._spilled.pop(sent.rec.seq)
             if pos is None:  # not handed out by the replay yet: acknowledged when it is
                 self._acked_spilled.add(sent.rec.seq)
             else:
@@ -366,8 +363,8 @@ class Delivery:
         for sent in self._inflight.values():
             if sent.backlog_pos is not None:
                 self._job.requeue.append(sent.backlog_pos)
-            elif sent.spilled:  # its copy on disk is replayed
-                pos = self._spilled.pop(sent.rec.seq, None)
+            elif sent.rec.seq in self._spilled:  # its copy on disk is replayed
+                pos = self._spilled.pop(sent.rec.seq)
                 if pos is not None:
                     self._job.requeue.append(pos)
             else:
@@ -376,8 +373,7 @@ class Delivery:
         self._replay_inflight = 0
         back.extend(self._live)
         self._live.clear()
-        back.sort(key=lambda x: x[0].seq)
-        self._job.backlog_records.extend(rec for rec, _ in back)
+        self._job.backlog_records.extend(rec for rec, _ in back)  # _kick puts them in seq order
         self._job.wal_acks.extend(pos for _, pos in back if pos is not None)
         self._more_backlog = True
         self._kick()
@@ -390,6 +386,8 @@ class Delivery:
                 self._io_idle.set()
             return
         job, self._job = self._job, _Job()
+        # every path to the backlog (an overflow, a closed gate, a lost link) only appends to the job: this is
+        # the one sort that keeps the backlog in seq order
         job.backlog_records.sort(key=lambda r: r.seq)
         self._io_busy = True
         self._io_idle.clear()

@@ -12,8 +12,8 @@ invocation, ``run`` included:
 
 ``register`` must stay light: it imports argparse-level code only, and the handler imports the protocol
 library when it runs (``iiot-gateway run`` of a plant without OPC UA never imports asyncua). A package
-whose ``register`` fails, or adds a command name that is taken, is logged and left out; the other commands
-still work. This module is a contract module: drivers may import it.
+whose ``register`` fails, or adds a command name that is taken, is logged and left out, with any command it
+had added before it failed; the other commands still work. This module is a contract module: drivers may import it.
 """
 
 from __future__ import annotations
@@ -43,9 +43,14 @@ class CommandContext:
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], context: CommandContext) -> None:
     """Run ``register(subparsers, context)`` of every ``iiot_gateway.commands`` entry point, in name order."""
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        names, shown = set(subparsers.choices), len(subparsers._choices_actions)
         try:
             ep.load()(subparsers, context)
         except Exception as exc:  # a broken plug-in must not take the command line down
             logging.getLogger("gateway.driver_commands").warning(
                 "commands of %r cannot be added: %s: %s", ep.name, type(exc).__name__, exc
             )
+            # nor leave half of itself behind (argparse keeps what add_parser added before the failure)
+            for name in set(subparsers.choices) - names:
+                del subparsers.choices[name]
+            del subparsers._choices_actions[shown:]

@@ -288,20 +288,47 @@ async def test_ram_overflow_on_a_slow_link_keeps_every_message_in_seq_order(prox
 
 
 async def test_ram_overflow_on_a_link_that_keeps_up_sends_every_message_once(proxy, rigs, mqtt_subscriber):
+    """An overflow copies the messages in flight to disk too; their PUBACKs come (in milliseconds) before the
+    slow replay (5/s, behind an older message) reaches the copies, which must then be dropped, not sent."""
     sub = await mqtt_subscriber(TOPIC)
-    rig = await rigs(proxy, max_inflight=2, max_queued=3, spool=SpoolSection(replay_rate=1000))
+    rig = await rigs(proxy, max_inflight=2, max_queued=3, spool=SpoolSection(replay_rate=5))
     await rig.connect()
-    seqs = []
-    for _ in range(10):  # bursts faster than two in flight can carry: overflows while PUBACKs keep coming
-        seqs += rig.submit(10)
-        await asyncio.sleep(0)
-    assert await wait_until(lambda: rig.stats()["delivered"] == 100 and rig.stats()["messages"] == 0)
+    rig.uplink.hold = True
+    older = rig.submit(1)  # on disk first: the replay starts with it
+    await rig.settle()
+    rig.uplink.hold = False
+    burst = rig.submit(10)  # 2 in flight, 3 in RAM, then the overflow: all of them to disk, in seq order
+    in_flight = burst[:2]
+    assert await wait_until(lambda: rig.stats()["delivered"] == 11 and rig.stats()["messages"] == 0, timeout=20)
     end = rig.submit(1)[0]  # the broker forwards in order: once this one is here, any duplicate would be too
     await sub.next(lambda m: parsed([m]) == [(end, False)])
     got = [(s, r) for s, r in parsed(sub.messages) if s != end]
-    assert sorted(s for s, _ in got) == seqs  # every message, none twice
+    assert sorted(s for s, _ in got) == older + burst  # every message, none twice
+    assert [(s, r) for s, r in got if s in in_flight] == [(s, False) for s in in_flight]  # live only, no copy
     assert [s for s, r in got if r] == sorted(s for s, r in got if r)  # the replayed ones oldest first
-    assert any(r for _, r in got)  # the overflow did go through the disk
+    assert (older[0], True) in got and any(r for s, r in got if s in burst)  # the overflow did go through the disk
+
+
+async def test_closing_the_data_gate_with_messages_in_flight_keeps_the_backlog_in_seq_order(
+    proxy, rigs, mqtt_subscriber
+):
+    """The gate closes (a byte budget spent) while messages are in flight on a link that then turns out dead:
+    the in-flight ones go to disk no later than the first held message does, so the held ones cannot get
+    ahead of them (before the fix they were appended at the link's loss, after the held ones)."""
+    sub = await mqtt_subscriber(TOPIC)
+    rig = await rigs(proxy, ack_timeout=1.0, spool=SpoolSection(replay_rate=1000))
+    await rig.connect()
+    proxy.blackhole()  # what is sent now vanishes: no PUBACK
+    first = rig.submit(3)
+    assert rig.stats()["inflight"] == 3
+    rig.uplink.hold = True
+    later = rig.submit(2)
+    assert await wait_until(lambda: rig.stats()["inflight"] == 0 and rig.stats()["messages"] == 5)  # link dropped
+    proxy.blackhole(False)
+    assert await rig.uplink.wait_connected(10)
+    rig.uplink.hold = False
+    await sub.collect(5)
+    assert [s for s, _ in parsed(sub.messages)] == first + later
 
 
 async def test_a_closed_data_gate_spools_and_its_opening_replays_in_order(proxy, rigs, mqtt_subscriber):

@@ -26,6 +26,7 @@ def register(subparsers, context):
 
 
 def clash(subparsers, context):
+    subparsers.add_parser("half", help="added before the clash")
     subparsers.add_parser("run", help="a second run")
 """
 
@@ -85,3 +86,5 @@ def test_broken_and_clashing_packages_are_left_out_the_others_stay(site) -> None
     assert "commands of 'broken' cannot be added: ModuleNotFoundError" in done.stderr
     assert "commands of 'clash' cannot be added: ArgumentError" in done.stderr
     assert "a second run" not in done.stdout
+    assert "half" not in done.stdout  # what the clashing package added before the clash is gone too
+    assert cli(site, "half").returncode == 2  # argparse: invalid choice
