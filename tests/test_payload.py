@@ -112,25 +112,55 @@ def test_one_writer_over_successive_large_messages_equals_the_reference(n, data)
         for i in range(n)
     ]
     ring = RingBuffer(n, 16)
-    reducer = Reducer(tags, ring, heartbeat=0.0)  # every tag due in every message, also without aggregates
+    # heartbeat 0: every tag due in every message; 60 s: only the tags whose value changed (rbe), so messages
+    # carry a subset of the tags (the usual case in a plant)
+    reducer = Reducer(tags, ring, heartbeat=data.draw(st.sampled_from([0.0, 60.0])))
     encoder = JsonEncoder("full")
+    previous: list[float] | None = None
     for message in range(3):
         for _ in range(data.draw(st.integers(1, 3))):
             b = Batch.empty(n, 0)
             cuts = sorted(data.draw(st.lists(st.integers(1, n - 1), max_size=data.draw(st.sampled_from([2, 8, n])))))
             for k, (lo, hi) in enumerate(zip([0, *cuts], [*cuts, n])):  # one timestamp per "request"
                 b.ts[lo:hi] = T0 + 1_000_000 * (10 * message + k)
-            b.values[:] = [
+            values = [
                 float(data.draw(st.integers(-70000, 70000))) if integer[i] else data.draw(st.floats(-1e6, 1e6))
                 for i in range(n)
             ]
+            if previous is not None:  # some tags keep their value
+                keep = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+                values = [p if k else v for v, p, k in zip(values, previous, keep)]
+            b.values[:] = previous = values
             if data.draw(st.booleans()):
                 b.quality[:] = data.draw(
                     st.lists(st.sampled_from([Quality.GOOD, Quality.UNCERTAIN]), min_size=n, max_size=n)
                 )
             ring.write(b)
         r = reducer.reduce(float(message + 1))
+        if r is None:  # nothing changed, no heartbeat due: no message (the first one always has every tag)
+            assert message > 0
+            continue
         assert encoder.data("a", message, 5, r) == encoder.reference("a", message, 5, r)
+
+
+def test_one_writer_for_several_assets_and_a_reload_that_renames_tags():
+    """The writer keeps texts per asset: twenty assets in turn each get their own names, and a reload that
+    renames an asset's tags but keeps their number gets the new names (it builds a new reducer)."""
+    encoder = JsonEncoder("full")
+
+    def message(asset: str, prefix: str, n: int = 5) -> tuple[bytes, bytes]:
+        ring = RingBuffer(n, 4)
+        b = Batch.empty(n, T0)
+        b.values[:] = np.arange(n)
+        ring.write(b)
+        r = Reducer([TagBase(name=f"{prefix}{i}") for i in range(n)], ring, heartbeat=0.0).reduce(1.0)
+        return encoder.data(asset, 1, 5, r), encoder.reference(asset, 1, 5, r)
+
+    for k in range(20):
+        got, want = message(f"asset-{k}", f"k{k}_")
+        assert got == want
+    got, want = message("asset-3", "renamed_")
+    assert got == want and b'"renamed_0"' in got
 
 
 def test_compact_is_small_and_integers_are_integers():

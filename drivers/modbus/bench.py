@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from drivers.modbus.config import ModbusTag, ModbusTcpSource
+from drivers.modbus.config import REGISTERS, ModbusTag, ModbusTcpSource
 from drivers.modbus.plan import ReadPlan
 from drivers.modbus.tcp import ModbusTcpDriver
 from gateway.batch import Batch
@@ -24,7 +24,6 @@ from gateway.driver import DriverContext
 
 _TYPES: list[tuple[Any, Any]] = [("float32", "ABCD"), ("float32", "CDAB"), ("int16", "ABCD"), ("uint16", "BADC"),
           ("int32", "CDAB"), ("uint32", "DCBA"), ("float64", "ABCD"), ("int16", "ABCD")]  # fmt: skip
-_WORDS = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "float64": 4}
 _FMT = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "float32": "f", "float64": "d"}
 
 
@@ -35,18 +34,18 @@ def make_tags(n: int, **reduce: Any) -> list[ModbusTag]:
         typ, order = _TYPES[i % len(_TYPES)]
         scale = 0.1 if typ == "int16" and i % 2 else 1.0
         tags.append(ModbusTag(name=f"t{i}", address=f"hr:{addr}", type=typ, byte_order=order, scale=scale, **reduce))
-        addr += _WORDS[typ]
+        addr += REGISTERS[typ]
     return tags
 
 
 def register_image(tags: list[ModbusTag], step: int) -> np.ndarray:
     """A register image whose values move a little every poll (float noise, integer counters)."""
-    words = sum(_WORDS[t.type] for t in tags)
+    words = sum(REGISTERS[t.type] for t in tags)
     img = np.empty(words, dtype=np.uint16)
     pos = 0
     rng = np.random.default_rng(step)
     for i, t in enumerate(tags):
-        n = _WORDS[t.type]
+        n = REGISTERS[t.type]
         x = 100 + 10 * np.sin(step / 20 + i) + rng.normal(0, 0.05)
         v = x if t.type.startswith("float") else int(x) % 30000
         raw = struct.pack(">" + _FMT[t.type], v)
@@ -115,7 +114,7 @@ class HotPath:
         layout: list[tuple[Any, ...]] = []
         pos = 0
         for t in self.tags:
-            n = _WORDS[t.type]
+            n = REGISTERS[t.type]
             layout.append((t.name, pos, n, ">" + _FMT[t.type], f">{n}H", t.byte_order, t.scale, t.offset))
             pos += n
         return layout

@@ -87,7 +87,7 @@ def _texts(
         return orjson.dumps(values, option=_NUMPY)[1:-1].split(b",")
     idx = np.flatnonzero(ints)
     iv = values[idx]
-    if not (np.abs(iv) < 2.0**63).all():  # a uint64 above 2**63: those few through ``int``
+    if not _fits_int64(iv):  # a uint64 above 2**63: those few through ``int``
         out = orjson.dumps(values, option=_NUMPY)[1:-1].split(b",")
         for j, t in zip(idx.tolist(), orjson.dumps(_as_ints(iv))[1:-1].split(b",")):
             out[j] = t
@@ -132,10 +132,15 @@ def _int_texts(a: np.ndarray, prefix: bytes = b"", suffix: bytes = b"") -> list[
     return (prefix + body.replace(b",", suffix + b"\x00" + prefix) + suffix).split(b"\x00")
 
 
+def _fits_int64(values: np.ndarray) -> bool:
+    """Every (finite, integral) value fits int64, so one cast writes them all (a uint64 above 2**63 does not)."""
+    return bool((np.abs(values) < 2.0**63).all())
+
+
 def _as_ints(values: np.ndarray) -> list[int]:
     """Finite integral floats as Python ints: one NumPy cast where int64 holds them (a uint64 above 2**63
     does not: those few go through ``int``)."""
-    if (np.abs(values) < 2.0**63).all():
+    if _fits_int64(values):
         return values.astype(np.int64).tolist()
     return [int(x) for x in values.tolist()]
 
@@ -176,7 +181,7 @@ def _series_texts(series: list[Any], integer: np.ndarray) -> tuple[list[bytes], 
     vs = _split_lists(orjson.dumps(values, option=_NUMPY), counts)
     for k in np.flatnonzero(ints).tolist():  # integer tags' series as integers: an int64 pass where it holds them
         v = series[k].values
-        exact = np.isfinite(v).all() and (np.abs(v) < 2.0**63).all()
+        exact = np.isfinite(v).all() and _fits_int64(v)
         vs[k] = orjson.dumps(v.astype(np.int64), option=_NUMPY) if exact else orjson.dumps(_list(v, True))
     return ts, vs, qs
 
@@ -223,6 +228,42 @@ def entries(r: Reduced, positions: list[int] | None = None) -> dict[str, dict[st
     return out
 
 
+class _AssetTexts:
+    """What the full and compact writers keep for one asset: the texts of its tag names, the piece lists of
+    whole messages per aggregate layout, and the row merges of :func:`_texts` (per asset, so that many assets
+    do not push each other's out)."""
+
+    __slots__ = ("names", "keys", "heads", "templates", "merges")
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names  # the reducer's list, compared by identity (see JsonEncoder._of)
+        self.keys = [orjson.dumps(n) + b":" for n in names]  # b'"name":' per tag
+        self.heads = [k + b'{"ts":' for k in self.keys]  # b'"name":{"ts":' per tag
+        self.templates: dict[tuple[str, ...], list[bytes]] = {}
+        self.merges: dict[bytes, Any] = {}  # pattern of integer rows -> itemgetter (see _texts)
+
+    def template(self, r: Reduced, agg_keys: tuple[str, ...], slots: tuple[Any, ...]) -> list[bytes]:
+        """The piece list of :meth:`JsonEncoder._objects` with its constant pieces in place (kept when ``r``
+        has every tag), with one free slot before the first row and one after the last (for the message's head
+        and tail)."""
+        n = len(r.rows)
+        full = n == len(self.names)
+        out = self.templates.get(agg_keys) if full else None
+        if out is not None:
+            return out
+        width = len(slots)
+        out = [b""] * (width * n + 2)
+        out[1:-1:width] = self.heads if full else [self.heads[i] for i in r.rows.tolist()]
+        for pos, slot in enumerate(slots[1:], 1):
+            if isinstance(slot, bytes):
+                out[1 + pos : -1 : width] = [slot] * n
+        if isinstance(slots[-1], bytes):
+            out[-2] = slots[-1][:-1]
+        if full:
+            self.templates[agg_keys] = out
+        return out
+
+
 class JsonEncoder:
     """JSON data messages of one uplink (``shape``: full or compact); see the module docstring."""
 
@@ -231,10 +272,15 @@ class JsonEncoder:
             raise ValueError(f"payload must be one of {', '.join(SHAPES)}")
         self.shape = shape
         self.ts_tolerance_ms = int(ts_tolerance_ms)
-        self._keys: dict[str, list[bytes]] = {}  # asset -> b'"name":' per tag
-        self._head_keys: dict[str, list[bytes]] = {}  # asset -> b'"name":{"ts":' per tag
-        self._templates: dict[tuple[str, tuple[str, ...], int], list[bytes]] = {}
-        self._merges: dict[bytes, Any] = {}  # pattern of integer rows -> itemgetter (see _texts)
+        self._assets: dict[str, _AssetTexts] = {}
+
+    def _of(self, asset: str, names: list[str]) -> _AssetTexts:
+        """The texts kept for ``asset``, made again when its tag names are another list: a reload builds a
+        new reducer (and names list), even when it keeps the number of tags."""
+        kept = self._assets.get(asset)
+        if kept is None or kept.names is not names:
+            kept = self._assets[asset] = _AssetTexts(names)
+        return kept
 
     def data(self, asset: str, seq: int, ts_ms: int, reduced: Reduced) -> bytes:
         if self.shape == "compact":
@@ -262,7 +308,8 @@ class JsonEncoder:
         # asset and layout, every column goes in by one slice assignment (in C), and the list is joined once
         slots = _layout(agg_keys)
         width = len(slots)
-        out = self._template(asset, r, agg_keys, slots)
+        kept = self._of(asset, r.names)
+        out = kept.template(r, agg_keys, slots)
         for pos, slot in enumerate(slots):
             if isinstance(slot, bytes):
                 continue
@@ -271,60 +318,29 @@ class JsonEncoder:
             if column == "ts":
                 texts = _int_texts(r.ts_ms, prefix, suffix)
             elif column == "v":
-                texts = _texts(r.values, r.integer, self._merges)
+                texts = _texts(r.values, r.integer, kept.merges)
             elif column == "q":
                 labels = _q_labels(suffix)
                 texts = labels[r.quality].tolist() if r.quality.any() else [labels[0]] * n
             elif column == "n":
                 texts = _int_texts(r.agg["n"], prefix, suffix)
             else:  # min/max of an integer tag are integers; a mean never is
-                texts = _texts(r.agg[column], r.integer if column != "mean" else _NO_INTS, self._merges)
+                texts = _texts(r.agg[column], r.integer if column != "mean" else _NO_INTS, kept.merges)
             out[1 + pos : -1 : width] = texts
         if not isinstance(slots[-1], bytes):  # the last row's closing piece without its comma
             out[-2] = out[-2][:-1]
         out[0], out[-1] = head, tail  # the message around the members: no copy of the whole text
         return b"".join(out)
 
-    def _template(self, asset: str, r: Reduced, agg_keys: tuple[str, ...], slots: tuple[Any, ...]) -> list[bytes]:
-        """The piece list of :meth:`_objects` with its constant pieces in place (kept when ``r`` has every tag),
-        with one free slot before the first row and one after the last (for the message's head and tail)."""
-        n = len(r.rows)
-        full = n == len(r.names)
-        cache_key = (asset, agg_keys, n)
-        out = self._templates.get(cache_key) if full else None
-        if out is not None:
-            return out
-        width = len(slots)
-        heads = self._heads(asset, r.names)
-        out = [b""] * (width * n + 2)
-        out[1:-1:width] = heads if full else [heads[i] for i in r.rows.tolist()]
-        for pos, slot in enumerate(slots[1:], 1):
-            if isinstance(slot, bytes):
-                out[1 + pos : -1 : width] = [slot] * n
-        if isinstance(slots[-1], bytes):
-            out[-2] = slots[-1][:-1]
-        if full:
-            if len(self._templates) >= 16:
-                self._templates.clear()
-            self._templates[cache_key] = out
-        return out
-
-    def _heads(self, asset: str, names: list[str]) -> list[bytes]:
-        """``"name":{"ts":`` per tag of ``asset``."""
-        heads = self._head_keys.get(asset)
-        if heads is None or len(heads) != len(names):
-            heads = [k + b'{"ts":' for k in self._name_keys(asset, names)]
-            self._head_keys[asset] = heads
-        return heads
-
     def _members(self, asset: str, r: Reduced, sel: range | list[int]) -> list[bytes]:
         """``"name":{...}`` of the rows at ``sel`` with whatever each carries (error, aggregates, a series),
         keys in the order :func:`entries` gives them. Every column is formatted in one pass over all rows
         (series: one pass over all their samples); per row only the row's pieces are joined."""
-        keys = self._name_keys(asset, r.names)
+        kept = self._of(asset, r.names)
+        keys = kept.keys
         rows = r.rows.tolist()
-        ts = orjson.dumps(r.ts_ms, option=_NUMPY)[1:-1].split(b",")
-        vals = list(_texts(r.values, r.integer, self._merges))
+        ts = _int_texts(r.ts_ms)
+        vals = list(_texts(r.values, r.integer, kept.merges))
         for j, text in r.strings.items():
             vals[j] = orjson.dumps(text)
         qs = _Q_TEXT[r.quality].tolist()
@@ -334,11 +350,7 @@ class JsonEncoder:
         if len(r.agg_pos):
             agg_integer = r.integer[r.agg_pos]
             cols = {
-                key: (
-                    orjson.dumps(a, option=_NUMPY)[1:-1].split(b",")
-                    if key == "n"
-                    else _texts(a, agg_integer if key != "mean" else np.zeros(len(a), dtype=bool))
-                )
+                key: (_int_texts(a) if key == "n" else _texts(a, agg_integer if key != "mean" else _NO_INTS))
                 for key, a in r.agg.items()
             }
             labels = {key: b',"' + key.encode() + b'":' for key in cols}
@@ -369,13 +381,6 @@ class JsonEncoder:
             payload = mark_replay(payload)
         return _wire(topic, payload, compression)
 
-    def _name_keys(self, asset: str, names: list[str]) -> list[bytes]:
-        keys = self._keys.get(asset)
-        if keys is None or len(keys) != len(names):
-            keys = [orjson.dumps(n) + b":" for n in names]
-            self._keys[asset] = keys
-        return keys
-
     def _compact(self, asset: str, seq: int, r: Reduced) -> bytes:
         if not len(r.rows):
             return orjson.dumps({"seq": seq, "ts": 0, "asset": asset, "tags": {}})
@@ -388,10 +393,11 @@ class JsonEncoder:
             for series in r.series.values():
                 extra[[s.pos for s in series]] = True
             bare &= ~extra
-        texts = list(_texts(r.values, r.integer, self._merges))
+        kept = self._of(asset, r.names)
+        texts = list(_texts(r.values, r.integer, kept.merges))
         for j, s in r.strings.items():
             texts[j] = orjson.dumps(s)
-        keys = self._name_keys(asset, r.names)
+        keys = kept.keys
         rows = r.rows.tolist()
         if bare.all():  # keys and values interleaved by slice assignment (in C), joined once
             n = len(rows)
